@@ -1,0 +1,81 @@
+"""``create_model``: build any registered model by name, optionally with weights."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from torch import nn
+
+from zoo.registry import model_entrypoint, resolve_model_name
+
+__all__ = ["create_model", "create_model_from_config", "parse_model_name"]
+
+
+def parse_model_name(name: str) -> tuple[str, str, str | None]:
+    """Split a model name into ``(source, architecture_or_location, tag)``.
+
+    ``"rtdetr_r18vd"`` -> ("zoo", "rtdetr_r18vd", None); ``"rtdetr_r18vd.coco_o365"`` -> (..., "coco_o365");
+    ``"hf-hub:org/repo@rev"`` -> ("hf-hub", "org/repo", "rev"); ``"local-dir:/path"`` -> ("local-dir", "/path", None).
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"model name must be a non-empty string, got {name!r}")
+    if name.startswith("hf-hub:"):
+        repo, _, rev = name[len("hf-hub:"):].partition("@")
+        return "hf-hub", repo, rev or None
+    if name.startswith("local-dir:"):
+        return "local-dir", name[len("local-dir:"):], None
+    arch, _, tag = name.partition(".")
+    return "zoo", arch, tag or None
+
+
+def create_model(
+    model_name: str,
+    pretrained: bool | str = False,
+    num_classes: int | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a registered model.
+
+    Args:
+        model_name: a registered name or alias (``zoo.list_models()``), optionally ``name.tag`` to pick
+            pretrained weights, ``hf-hub:org/repo[@revision]`` or ``local-dir:/path`` (a ``save_pretrained`` folder).
+        pretrained: ``True`` for the default weights, or a tag such as ``"coco_o365"``.
+        num_classes: number of classes; with pretrained weights for another count, the class heads are adapted.
+        checkpoint_path: a local checkpoint in any known layout (zoo, official, transformers), loaded strictly.
+        **kwargs: architecture overrides routed to the right component (``num_queries=100``,
+            ``eval_idx=2``, ``num_decoder_layers=4``, ``backbone="resnet50d"``, ``decoder={...}``).
+    """
+    source, location, tag = parse_model_name(model_name)
+    if source != "zoo":
+        from zoo.hub.pretrained import create_from_location
+
+        return create_from_location(source, location, tag, num_classes=num_classes, **kwargs)
+    architecture = resolve_model_name(location)
+    if tag is not None:
+        if pretrained not in (False, True, tag):
+            raise ValueError(f"conflicting weights: tag {tag!r} in the name and pretrained={pretrained!r}")
+        pretrained = tag
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("pass either pretrained=... or checkpoint_path=..., not both")
+    if pretrained:
+        from zoo.hub.pretrained import create_pretrained
+
+        return create_pretrained(architecture, None if pretrained is True else str(pretrained),
+                                 num_classes=num_classes, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = model_entrypoint(architecture)(**kwargs)
+    if checkpoint_path is not None:
+        from zoo.convert import load_checkpoint
+
+        model.load_report = load_checkpoint(model, checkpoint_path)
+    return model
+
+
+def create_model_from_config(config: Mapping[str, Any], **overrides: Any) -> nn.Module:
+    """Rebuild a model from its ``model.config`` (``{"architecture", "model_args"}``), e.g. a Hub config.json."""
+    if not isinstance(config, Mapping) or "architecture" not in config:
+        raise ValueError("config must be a mapping with an 'architecture' key (and optional 'model_args')")
+    args = {**dict(config.get("model_args", {})), **overrides}
+    return create_model(config["architecture"], **args)

@@ -1,0 +1,127 @@
+"""What every zoo detector shares: its config, its preprocessing config, and how it is built from parts."""
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from zoo.registry import COMPONENT_KINDS, _components, get_component
+
+__all__ = ["Detector", "build_detector", "check_num_classes", "PretrainedCfg"]
+
+#: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
+PretrainedCfg = dict
+
+
+def check_num_classes(num_classes: Any) -> int:
+    """Validate ``num_classes``: a positive int (bools and floats are refused, not truncated)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be a positive int, got {num_classes!r} ({type(num_classes).__name__})")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return num_classes
+
+
+class Detector(nn.Module):
+    """Base class of zoo detectors.
+
+    Attributes set by :func:`build_detector`:
+      ``config``: ``{"architecture": name, "model_args": {...}}``, JSON-serialisable; passing it to
+      :func:`zoo.create_model_from_config` rebuilds an identical architecture.
+      ``pretrained_cfg``: input size, resize mode, mean/std (or None) and interpolation used for inference.
+    """
+
+    family: str = ""
+    config: dict
+    pretrained_cfg: dict
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["model_args"]["num_classes"])
+
+    @torch.no_grad()
+    def deploy(self) -> "Detector":
+        """Fuse re-parameterisable blocks (RepVGG) for inference; outputs are unchanged. Returns self."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "fuse_for_deploy"):
+                module.fuse_for_deploy()
+        return self.eval()
+
+
+def _component_kind(key: str) -> str | None:
+    return key if key in COMPONENT_KINDS else None
+
+
+def _accepted_args(builder: Any) -> set[str]:
+    params = inspect.signature(builder).parameters.values()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _component_spec(kind: str, default: Mapping[str, Any], value: Any) -> dict[str, Any]:
+    """Merge a user override into a default component spec ``{"name": ..., **args}``."""
+    if isinstance(value, str):
+        if value in _components.get(kind, {}):
+            return {"name": value}
+        if kind == "backbone":  # any other string is a timm model name
+            return {"name": "timm", "model_name": value}
+        get_component(kind, value)  # raises with suggestions
+    if isinstance(value, Mapping):
+        value = dict(value)
+        if "name" in value and value["name"] != default.get("name"):
+            return value
+        return {**default, **value}
+    raise TypeError(f"{kind} must be a registered {kind} name or a dict of arguments, got {type(value).__name__}")
+
+
+def resolve_model_args(
+    architecture: str, cls: type, defaults: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Return the full argument dict for ``cls``: defaults updated with overrides routed to their component.
+
+    A flat keyword (``num_queries=100``) goes to the one component whose builder accepts it; a component
+    key (``decoder={...}``, ``backbone="resnet50d"``) replaces or updates that component's spec.
+    """
+    args = copy.deepcopy(dict(defaults))
+    own = _accepted_args(cls)
+    for key, value in overrides.items():
+        kind = _component_kind(key)
+        if kind is not None and key in args:
+            args[key] = _component_spec(kind, args[key], value)
+        elif key in own:
+            args[key] = value
+        else:
+            owners = [k for k, spec in args.items()
+                      if _component_kind(k) and isinstance(spec, Mapping)
+                      and key in _accepted_args(get_component(k, spec["name"]))]
+            if len(owners) == 1:
+                args[owners[0]] = {**args[owners[0]], key: value}
+            elif len(owners) > 1:
+                raise TypeError(
+                    f"{architecture}: argument {key!r} is accepted by several components ({', '.join(owners)}); "
+                    f"pass it as {owners[0]}={{{key!r}: ...}}"
+                )
+            else:
+                valid = sorted(own | {a for k, spec in args.items() if _component_kind(k) and isinstance(spec, Mapping)
+                                      for a in _accepted_args(get_component(k, spec["name"]))})
+                raise TypeError(f"{architecture} got an unexpected argument {key!r}. Valid arguments: {', '.join(valid)}")
+    if "num_classes" in args:
+        check_num_classes(args["num_classes"])
+    return args
+
+
+def build_detector(
+    cls: type[Detector],
+    architecture: str,
+    defaults: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    pretrained_cfg: Mapping[str, Any],
+) -> Detector:
+    """Build ``cls`` from ``defaults`` + ``overrides`` and attach ``config`` and ``pretrained_cfg``."""
+    args = resolve_model_args(architecture, cls, defaults, overrides)
+    model = cls(**copy.deepcopy(args))
+    model.config = {"architecture": architecture, "model_args": args}
+    model.pretrained_cfg = dict(pretrained_cfg)
+    return model

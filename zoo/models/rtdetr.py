@@ -1,0 +1,152 @@
+"""RT-DETR detectors: backbone -> HybridEncoder -> RT-DETR decoder, composed from registered components.
+
+Any timm backbone plugs in without a new class: ``create_model("rtdetr_r18vd", backbone="resnet50d")``
+(a string that is not a registered backbone is a timm model name) or
+``backbone={"name": "timm", "model_name": "convnext_tiny", "strides": (8, 16, 32)}``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from zoo.decoders.rtdetr_decoder import DenoisingQueries
+from zoo.models.base import Detector, build_detector
+from zoo.registry import get_component, register_model
+
+__all__ = ["RTDETR"]
+
+
+class RTDETR(Detector):
+    """Real-time DETR. ``forward(pixel_values)`` -> ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}``.
+
+    pixel_values: float ``[B, 3, H, W]`` preprocessed as ``pretrained_cfg`` says; H and W multiples of
+    the largest backbone stride (32). Boxes are normalised (cx, cy, w, h); logits are per-class sigmoid logits.
+    In training mode the output also has ``aux_outputs`` (per earlier decoder layer), ``enc_outputs``
+    (encoder top-k) and, when ``denoising`` queries are passed, ``dn_outputs`` and ``dn_meta``.
+    """
+
+    family = "rtdetr"
+
+    def __init__(self, backbone: dict[str, Any], encoder: dict[str, Any], decoder: dict[str, Any],
+                 num_classes: int = 80):
+        super().__init__()
+        self.backbone = _build("backbone", backbone)
+        self.encoder = _build("encoder", encoder, in_channels=self.backbone.out_channels,
+                              strides=self.backbone.strides)
+        self.decoder = _build("decoder", decoder, in_channels=self.encoder.out_channels, num_classes=num_classes)
+        self.size_divisor = max(self.backbone.strides)
+
+    def forward(self, pixel_values: torch.Tensor, denoising: DenoisingQueries | None = None) -> dict[str, Any]:
+        check_pixel_values(pixel_values, self.size_divisor)
+        return self.decoder(self.encoder(self.backbone(pixel_values)), denoising)
+
+
+def _build(kind: str, spec: dict[str, Any], **injected: Any) -> torch.nn.Module:
+    args = {k: v for k, v in spec.items() if k != "name"}
+    return get_component(kind, spec["name"])(**args, **injected)
+
+
+def check_pixel_values(x: Any, size_divisor: int) -> None:
+    """Clear errors for inputs the model cannot take (wrong type, rank, channels, dtype or size)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor [B, 3, H, W], got {type(x).__name__}; "
+                        "use model.predict(...) for images, paths or arrays")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"pixel_values must have shape [B, 3, H, W], got {list(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"pixel_values must be a float tensor (scaled as model.pretrained_cfg says), got {x.dtype}")
+    h, w = x.shape[-2:]
+    if h % size_divisor or w % size_divisor:
+        raise ValueError(f"pixel_values height and width must be multiples of {size_divisor}, got {h}x{w}; "
+                         "resize or pad the input (model.predict does this for you)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Configurations (official widths/depths from lyuwenyu/RT-DETR rtdetr_pytorch/configs)
+# --------------------------------------------------------------------------------------------------
+
+#: RT-DETR eval preprocessing: resize to 640x640, scale to [0, 1], no mean/std.
+RTDETR_PRETRAINED_CFG = dict(input_size=(3, 640, 640), resize_mode="stretch", interpolation="bilinear",
+                             mean=None, std=None)
+#: timm backbones were trained on ImageNet-normalised inputs, so detectors built on them use mean/std.
+IMAGENET_PRETRAINED_CFG = dict(RTDETR_PRETRAINED_CFG, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def _presnet(depth: int) -> dict[str, Any]:
+    big = depth >= 50
+    return dict(name="presnet", depth=depth, return_idx=(1, 2, 3), freeze_at=0 if big else -1, freeze_norm=big)
+
+
+def _encoder(expansion: float, hidden_dim: int = 256, dim_feedforward: int = 1024) -> dict[str, Any]:
+    return dict(name="hybrid", hidden_dim=hidden_dim, num_heads=8, dim_feedforward=dim_feedforward, dropout=0.0,
+                enc_act="gelu", use_encoder_idx=(2,), num_encoder_layers=1, pe_temperature=10000.0,
+                expansion=expansion, depth_mult=1.0, act="silu")
+
+
+def _decoder(num_layers: int, eval_idx: int = -1) -> dict[str, Any]:
+    return dict(name="rtdetr", hidden_dim=256, num_queries=300, num_levels=3, num_points=4, num_heads=8,
+                num_decoder_layers=num_layers, dim_feedforward=1024, dropout=0.0, activation="relu",
+                num_denoising=100, label_noise_ratio=0.5, box_noise_scale=1.0, eval_idx=eval_idx)
+
+
+def _timm(model_name: str) -> dict[str, Any]:
+    return dict(name="timm", model_name=model_name, strides=(8, 16, 32))
+
+
+def _rtdetr(architecture: str, backbone: dict, encoder: dict, decoder: dict, overrides: dict,
+            pretrained_cfg: dict = RTDETR_PRETRAINED_CFG) -> RTDETR:
+    defaults = dict(backbone=backbone, encoder=encoder, decoder=decoder, num_classes=80)
+    return build_detector(RTDETR, architecture, defaults, overrides, pretrained_cfg)
+
+
+@register_model
+def rtdetr_r18vd(**kwargs: Any) -> RTDETR:
+    """RT-DETR R18-vd, 3 decoder layers (COCO 46.5 AP, 20M params, 60 GFLOPs)."""
+    return _rtdetr("rtdetr_r18vd", _presnet(18), _encoder(0.5), _decoder(3), kwargs)
+
+
+@register_model
+def rtdetr_r34vd(**kwargs: Any) -> RTDETR:
+    """RT-DETR R34-vd, 4 decoder layers (COCO 48.9 AP, 31M params, 92 GFLOPs)."""
+    return _rtdetr("rtdetr_r34vd", _presnet(34), _encoder(0.5), _decoder(4), kwargs)
+
+
+@register_model
+def rtdetr_r50vd_m(**kwargs: Any) -> RTDETR:
+    """RT-DETR R50-vd-m: expansion 0.5, 6 decoder layers evaluated at layer 2 (COCO 51.3 AP)."""
+    return _rtdetr("rtdetr_r50vd_m", _presnet(50), _encoder(0.5), _decoder(6, eval_idx=2), kwargs)
+
+
+@register_model
+def rtdetr_r50vd(**kwargs: Any) -> RTDETR:
+    """RT-DETR R50-vd, 6 decoder layers (COCO 53.1 AP, 42M params, 136 GFLOPs)."""
+    return _rtdetr("rtdetr_r50vd", _presnet(50), _encoder(1.0), _decoder(6), kwargs)
+
+
+@register_model
+def rtdetr_r101vd(**kwargs: Any) -> RTDETR:
+    """RT-DETR R101-vd: encoder width 384, FFN 2048, 6 decoder layers (COCO 54.3 AP, 76M params)."""
+    return _rtdetr("rtdetr_r101vd", _presnet(101), _encoder(1.0, hidden_dim=384, dim_feedforward=2048),
+                   _decoder(6), kwargs)
+
+
+@register_model(aliases=("rtdetr_mnv3",))
+def rtdetr_mobilenetv3_large(**kwargs: Any) -> RTDETR:
+    """RT-DETR on timm's MobileNetV3-Large 1.0 (strides 8/16/32) with the R18-sized encoder, 3 decoder layers."""
+    return _rtdetr("rtdetr_mobilenetv3_large", _timm("mobilenetv3_large_100"), _encoder(0.5), _decoder(3), kwargs,
+                   IMAGENET_PRETRAINED_CFG)
+
+
+@register_model
+def rtdetr_mobilenetv3_small(**kwargs: Any) -> RTDETR:
+    """RT-DETR on timm's MobileNetV3-Small 1.0 with the R18-sized encoder, 3 decoder layers."""
+    return _rtdetr("rtdetr_mobilenetv3_small", _timm("mobilenetv3_small_100"), _encoder(0.5), _decoder(3), kwargs,
+                   IMAGENET_PRETRAINED_CFG)
+
+
+@register_model
+def rtdetr_mobilenetv2_100(**kwargs: Any) -> RTDETR:
+    """RT-DETR on timm's MobileNetV2 1.0 with the R18-sized encoder, 3 decoder layers."""
+    return _rtdetr("rtdetr_mobilenetv2_100", _timm("mobilenetv2_100"), _encoder(0.5), _decoder(3), kwargs,
+                   IMAGENET_PRETRAINED_CFG)

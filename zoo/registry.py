@@ -1,0 +1,161 @@
+"""One registry for the whole zoo: model entry points and the components they are built from.
+
+Model entry points are registered with :func:`register_model` (timm style) and components
+(backbones, encoders, decoders, blocks) with :func:`register_component`. Detectors are composed
+from components by name, so the registry is the only thing that ties model families together.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import sys
+from collections import defaultdict
+from typing import Callable, Iterable, TypeVar
+
+__all__ = [
+    "register_model", "register_component", "get_component", "list_components",
+    "list_models", "is_model", "model_entrypoint", "resolve_model_name", "model_family",
+    "COMPONENT_KINDS",
+]
+
+F = TypeVar("F", bound=Callable)
+
+#: Component kinds a detector is composed from.
+COMPONENT_KINDS = ("backbone", "encoder", "decoder", "block")
+
+_model_entrypoints: dict[str, Callable] = {}
+_model_aliases: dict[str, str] = {}
+_model_family: dict[str, str] = {}
+_components: dict[str, dict[str, Callable]] = defaultdict(dict)
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def register_model(fn: F | None = None, *, name: str | None = None, aliases: Iterable[str] = ()) -> F:
+    """Register a model entry point under its function name (or ``name``), plus optional aliases.
+
+    Registering a name twice is an error: two families must never silently shadow each other.
+    """
+    def decorator(func: F) -> F:
+        model_name = name or func.__name__
+        for key in (model_name, *aliases):
+            if key in _model_entrypoints or key in _model_aliases:
+                raise ValueError(f"model name {key!r} is already registered")
+        _model_entrypoints[model_name] = func
+        # family = the defining module's short name, e.g. "rtdetr" for zoo.models.rtdetr
+        _model_family[model_name] = func.__module__.rsplit(".", 1)[-1]
+        for alias in aliases:
+            _model_aliases[alias] = model_name
+        module = sys.modules.get(func.__module__)
+        if module is not None and hasattr(module, "__all__") and model_name not in module.__all__:
+            module.__all__.append(model_name)
+        return func
+
+    return decorator(fn) if fn is not None else decorator  # type: ignore[return-value]
+
+
+def register_component(kind: str, name: str | None = None) -> Callable[[F], F]:
+    """Register a component builder (a class or function) of ``kind`` under ``name``."""
+    if kind not in COMPONENT_KINDS:
+        raise ValueError(f"unknown component kind {kind!r}; expected one of {COMPONENT_KINDS}")
+
+    def decorator(obj: F) -> F:
+        key = name or obj.__name__
+        if key in _components[kind]:
+            raise ValueError(f"{kind} component {key!r} is already registered")
+        _components[kind][key] = obj
+        return obj
+
+    return decorator
+
+
+def get_component(kind: str, name: str) -> Callable:
+    """Return the builder registered as ``name`` for ``kind``; unknown names suggest close ones."""
+    _ensure_loaded()
+    registry = _components.get(kind, {})
+    if name not in registry:
+        raise KeyError(
+            f"no {kind} component named {name!r}.{_suggest(name, registry)} "
+            f"Registered {kind}s: {', '.join(sorted(registry))}"
+        )
+    return registry[name]
+
+
+def list_components(kind: str) -> list[str]:
+    _ensure_loaded()
+    return sorted(_components.get(kind, {}))
+
+
+def list_models(
+    filter: str | Iterable[str] = "",
+    exclude_filters: str | Iterable[str] = (),
+    pretrained: bool = False,
+    include_aliases: bool = False,
+) -> list[str]:
+    """Sorted registered model names matching fnmatch ``filter`` and none of ``exclude_filters``.
+
+    ``pretrained=True`` keeps only models with at least one weight entry in the manifest and then
+    returns ``architecture.tag`` names, like timm.
+    """
+    _ensure_loaded()
+    names: list[str] = sorted(_model_entrypoints)
+    if include_aliases:
+        names = sorted(names + list(_model_aliases))
+    if pretrained:
+        from zoo.hub.manifest import load_manifest
+
+        tags = load_manifest().entries
+        names = sorted(k for k in tags if k.split(".", 1)[0] in _model_entrypoints)
+    includes = [filter] if isinstance(filter, str) else list(filter)
+    excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    if any(includes):
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, f) for f in includes if f)]
+    for pattern in excludes:
+        names = [n for n in names if not fnmatch.fnmatchcase(n, pattern)]
+    return names
+
+
+def resolve_model_name(name: str) -> str:
+    """Map an alias to its canonical architecture name; unknown names raise with suggestions."""
+    _ensure_loaded()
+    name = _model_aliases.get(name, name)
+    if name not in _model_entrypoints:
+        known = list(_model_entrypoints) + list(_model_aliases)
+        raise ValueError(f"unknown model {name!r}.{_suggest(name, known)} See zoo.list_models() for all names.")
+    return name
+
+
+def is_model(name: str) -> bool:
+    _ensure_loaded()
+    return name in _model_entrypoints or name in _model_aliases
+
+
+def model_entrypoint(name: str) -> Callable:
+    return _model_entrypoints[resolve_model_name(name)]
+
+
+def model_family(name: str) -> str:
+    return _model_family[resolve_model_name(name)]
+
+
+def model_aliases() -> dict[str, str]:
+    _ensure_loaded()
+    return dict(_model_aliases)
+
+
+_loaded = False
+
+
+def _ensure_loaded() -> None:
+    """Import the components and model families once, so that their decorators have run."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import zoo.backbones  # noqa: F401
+        import zoo.decoders  # noqa: F401
+        import zoo.layers  # noqa: F401
+        import zoo.models  # noqa: F401
+        import zoo.necks  # noqa: F401
