@@ -1,1 +1,1 @@
-"""losses"""
+"""Losses and matching for DETR-family detectors."""

@@ -7,10 +7,11 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torchvision.ops import box_convert
 
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
-__all__ = ["Detector", "build_detector", "check_num_classes", "PretrainedCfg"]
+__all__ = ["Detector", "build_detector", "check_num_classes", "detections_to_pixels", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict
@@ -125,3 +126,16 @@ def build_detector(
     model.config = {"architecture": architecture, "model_args": args}
     model.pretrained_cfg = dict(pretrained_cfg)
     return model
+
+
+def detections_to_pixels(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, target_sizes: torch.Tensor,
+               score_threshold: float) -> list[dict[str, torch.Tensor]]:
+    """Normalised cxcywh -> xyxy in pixels of each original image, dropping scores below the threshold."""
+    sizes = torch.as_tensor(target_sizes, dtype=boxes.dtype, device=boxes.device)
+    scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None]
+    boxes = box_convert(boxes, "cxcywh", "xyxy") * scale
+    results = []
+    for b, s, l in zip(boxes, scores, labels):
+        keep = s >= score_threshold
+        results.append({"boxes": b[keep], "scores": s[keep], "labels": l[keep]})
+    return results

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from zoo.decoders.rtdetr_decoder import DenoisingQueries
-from zoo.models.base import Detector, build_detector
+from zoo.models.base import Detector, build_detector, detections_to_pixels
 from zoo.registry import get_component, register_model
 
 __all__ = ["RTDETR"]
@@ -40,6 +40,23 @@ class RTDETR(Detector):
     def forward(self, pixel_values: torch.Tensor, denoising: DenoisingQueries | None = None) -> dict[str, Any]:
         check_pixel_values(pixel_values, self.size_divisor)
         return self.decoder(self.encoder(self.backbone(pixel_values)), denoising)
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, torch.Tensor], target_sizes: torch.Tensor, score_threshold: float = 0.0,
+                    top_k: int = 300) -> list[dict[str, torch.Tensor]]:
+        """Official RT-DETR postprocessing: sigmoid, top-k over queries x classes, boxes to xyxy pixels.
+
+        target_sizes: ``[B, 2]`` (height, width) of the original images. Returns per image ``boxes``
+        (xyxy, pixels), ``scores`` and ``labels`` (contiguous class indices), sorted by score.
+        """
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        num_classes = logits.shape[-1]
+        scores = logits.sigmoid().flatten(1)
+        top_k = min(top_k, scores.shape[1])
+        scores, index = scores.topk(top_k, dim=1)
+        labels = index % num_classes
+        boxes = boxes.gather(1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
+        return detections_to_pixels(boxes, scores, labels, target_sizes, score_threshold)
 
 
 def _build(kind: str, spec: dict[str, Any], **injected: Any) -> torch.nn.Module:

@@ -1,0 +1,39 @@
+"""The ``zoo`` command line (also ``python -m zoo``). Each sub-command lives in its own module with a
+``register(subparsers)`` function that adds its parser and sets ``func`` to a handler returning an exit code."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "build_parser"]
+
+#: sub-command modules under zoo.cli, in --help order
+COMMAND_MODULES = ["models"]
+
+# exit codes scripts can rely on
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="Real-time detection transformers by name.")
+    from zoo import __version__
+
+    parser.add_argument("--version", action="version", version=f"zoo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"zoo.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+        print(f"zoo {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR

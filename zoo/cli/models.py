@@ -1,0 +1,61 @@
+"""``zoo list`` and ``zoo info``: what the registry holds."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list registered models", description="List registered models (fnmatch patterns).")
+    p.add_argument("pattern", nargs="?", default="", help="wildcard filter, e.g. 'rtdetr_*'")
+    p.add_argument("--exclude", action="append", default=[], help="wildcard to exclude (repeatable)")
+    p.add_argument("--pretrained", action="store_true", help="list architecture.tag names that have weights")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("info", help="describe a model", description="Parameters, GFLOPs and config of a model.")
+    p.add_argument("name", help="model name, e.g. rtdetr_r18vd")
+    p.add_argument("--size", type=int, default=None, help="input size for GFLOPs (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_info)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from zoo.registry import list_models
+
+    for name in list_models(args.pattern, exclude_filters=args.exclude, pretrained=args.pretrained):
+        print(name)
+    return 0
+
+
+def model_summary(name: str, size: int | None = None) -> dict:
+    """Parameters, GFLOPs (one image, torch's FLOP counter; 1 multiply-add = 2 FLOPs), config and preprocessing."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zoo.factory import create_model
+
+    model = create_model(name).eval()
+    cfg = model.pretrained_cfg
+    h, w = (size, size) if size else tuple(cfg["input_size"][1:])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, h, w))
+    return {
+        "name": name,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+        "gflops": round(counter.get_total_flops() / 1e9, 2),
+        "input_size": [3, h, w],
+        "config": model.config,
+        "pretrained_cfg": cfg,
+    }
+
+
+def _info(args: argparse.Namespace) -> int:
+    info = model_summary(args.name, args.size)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{info['name']}: {info['params_m']:.2f}M parameters, {info['gflops']:.1f} GFLOPs at "
+          f"{info['input_size'][1]}x{info['input_size'][2]}")
+    print("config:", json.dumps(info["config"], default=str))
+    print("pretrained_cfg:", json.dumps(info["pretrained_cfg"], default=str))
+    return 0

@@ -1,0 +1,60 @@
+"""Hungarian matching between predictions and ground truth (DETR, RT-DETR)."""
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from torchvision.ops import box_convert, generalized_box_iou
+
+__all__ = ["HungarianMatcher"]
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment minimising ``w_class * class + w_bbox * L1 + w_giou * (-GIoU)``.
+
+    ``use_focal=False``: class cost = -softmax probability (DETR). ``use_focal=True``: the focal cost of
+    RT-DETR / Deformable DETR with ``alpha`` and ``gamma`` on sigmoid probabilities.
+    Targets: ``[{"labels": LongTensor[n], "boxes": Tensor[n, 4] normalised cxcywh}, ...]``.
+    Returns one ``(query_indices, target_indices)`` pair of int64 tensors per image.
+    """
+
+    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
+                 use_focal: bool = False, alpha: float = 0.25, gamma: float = 2.0):
+        super().__init__()
+        if cost_class == cost_bbox == cost_giou == 0:
+            raise ValueError("all matcher costs are 0")
+        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
+        self.use_focal, self.alpha, self.gamma = use_focal, alpha, gamma
+
+    @torch.no_grad()
+    def forward(self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        bs, num_queries = logits.shape[:2]
+        sizes = [len(t["boxes"]) for t in targets]
+        empty = torch.empty(0, dtype=torch.int64)
+        if sum(sizes) == 0:
+            return [(empty, empty) for _ in targets]
+        logits = logits.flatten(0, 1).float()
+        out_boxes = boxes.flatten(0, 1).float()
+        tgt_ids = torch.cat([t["labels"] for t in targets])
+        tgt_boxes = torch.cat([t["boxes"] for t in targets]).to(out_boxes)
+        if self.use_focal:
+            prob = logits.sigmoid()[:, tgt_ids]
+            neg = (1 - self.alpha) * prob ** self.gamma * -(1 - prob + 1e-8).log()
+            pos = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
+            cost_class = pos - neg
+        else:
+            cost_class = -logits.softmax(-1)[:, tgt_ids]
+        cost_bbox = torch.cdist(out_boxes, tgt_boxes, p=1)
+        cost_giou = -generalized_box_iou(box_convert(out_boxes, "cxcywh", "xyxy"),
+                                         box_convert(tgt_boxes, "cxcywh", "xyxy"))
+        cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        cost = cost.view(bs, num_queries, -1).cpu()
+        if not torch.isfinite(cost).all():
+            raise FloatingPointError("matching cost is not finite: check predictions and target boxes for NaN/inf")
+        indices = []
+        for i, c in enumerate(cost.split(sizes, -1)):
+            rows, cols = linear_sum_assignment(c[i])
+            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+        return indices
