@@ -1,6 +1,8 @@
 """Build transformers' RTDetrForObjectDetection with the configuration of a zoo RT-DETR (test helper)."""
 from __future__ import annotations
 
+import torch
+
 HF_CONFIGS = {
     # name: (depths, layer_type, encoder hidden, encoder ffn, expansion, decoder layers)
     "rtdetr_r18vd": ([2, 2, 2, 2], "basic", 256, 1024, 0.5, 3),
@@ -25,14 +27,28 @@ def hf_rtdetr(name: str, num_classes: int = 80, seed: int = 0):
     )
     torch.manual_seed(seed)
     model = RTDetrForObjectDetection(config).eval()
-    # default init leaves heads at zero and BN statistics trivial: perturb everything so that
-    # every weight matters, while keeping the encoder scores well separated (stable top-k)
+    # default init leaves heads at zero and BN statistics trivial: perturb everything so that every
+    # weight matters, then set each BatchNorm's statistics from the data it sees (with +-20% noise) so
+    # that activations stay O(1) through deep random networks and the encoder top-k is well separated
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            if key.endswith("running_var"):
-                tensor.uniform_(0.5, 1.5)
-            else:
+            if tensor.is_floating_point() and not key.endswith(("running_mean", "running_var")):
                 tensor.add_(torch.randn_like(tensor) * 0.02)
+        calibrate_batch_norms(model, lambda: model(pixel_values=torch.rand(2, 3, 320, 320)))
     return model
+
+
+def calibrate_batch_norms(model, run) -> None:
+    """Set running_mean/var of every BatchNorm (plain or frozen) to the statistics of its input during ``run()``."""
+    def hook(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3)) * torch.empty_like(module.running_var).uniform_(0.8, 1.2))
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+               if "BatchNorm" in type(m).__name__ and hasattr(m, "running_var")]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()

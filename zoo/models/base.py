@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 from typing import Any, Mapping
 
 import torch
@@ -50,6 +51,15 @@ class Detector(nn.Module):
             if module is not self and hasattr(module, "fuse_for_deploy"):
                 module.fuse_for_deploy()
         return self.eval()
+
+    def predict(self, images: Any, score_threshold: float = 0.5, top_k: int = 100, batch_size: int = 8,
+                device: Any = None, input_size: int | tuple[int, int] | None = None) -> Any:
+        """Detect objects in images (paths, PIL images, HWC uint8 arrays, CHW tensors; one or a list), using the
+        preprocessing of ``pretrained_cfg``. Returns ``Detections`` (a list for a list); see zoo.engine.predict."""
+        from zoo.engine.predict import predict
+
+        return predict(self, images, score_threshold=score_threshold, top_k=top_k, batch_size=batch_size,
+                       device=device, input_size=input_size)
 
 
 def _component_kind(key: str) -> str | None:
@@ -123,7 +133,8 @@ def build_detector(
     """Build ``cls`` from ``defaults`` + ``overrides`` and attach ``config`` and ``pretrained_cfg``."""
     args = resolve_model_args(architecture, cls, defaults, overrides)
     model = cls(**copy.deepcopy(args))
-    model.config = {"architecture": architecture, "model_args": args}
+    # JSON round trip: the config must serialise, and tuples become lists as they will in config.json
+    model.config = json.loads(json.dumps({"architecture": architecture, "model_args": args}))
     model.pretrained_cfg = dict(pretrained_cfg)
     return model
 
