@@ -10,6 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default="", help="wildcard filter, e.g. 'rtdetr_*'")
     p.add_argument("--exclude", action="append", default=[], help="wildcard to exclude (repeatable)")
     p.add_argument("--pretrained", action="store_true", help="list architecture.tag names that have weights")
+    p.add_argument("--table", action="store_true",
+                   help="print a Markdown table (parameters, GFLOPs, description) -- the README's model table")
     p.set_defaults(func=_list)
 
     p = sub.add_parser("info", help="describe a model", description="Parameters, GFLOPs and config of a model.")
@@ -22,9 +24,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _list(args: argparse.Namespace) -> int:
     from zoo.registry import list_models
 
-    for name in list_models(args.pattern, exclude_filters=args.exclude, pretrained=args.pretrained):
+    names = list_models(args.pattern, exclude_filters=args.exclude, pretrained=args.pretrained)
+    if args.table:
+        print(model_table(names))
+        return 0
+    for name in names:
         print(name)
     return 0
+
+
+def model_table(names: list[str]) -> str:
+    """Markdown table of ``names``: parameters, GFLOPs at the default input size, first docstring line."""
+    from zoo.registry import model_aliases, model_entrypoint
+
+    aliases: dict[str, list[str]] = {}
+    for alias, target in model_aliases().items():
+        aliases.setdefault(target, []).append(alias)
+    rows = ["| model | params (M) | GFLOPs | input | description |", "|---|---|---|---|---|"]
+    for name in names:
+        info = model_summary(name)
+        doc = (model_entrypoint(name).__doc__ or "").strip().splitlines()[0]
+        shown = name + "".join(f" (alias `{a}`)" for a in sorted(aliases.get(name, [])))
+        size = "x".join(str(v) for v in info["input_size"][1:])
+        rows.append(f"| `{name}`{shown[len(name):]} | {info['params_m']:.1f} | {info['gflops']:.1f} | {size} | {doc} |")
+    return "\n".join(rows)
 
 
 def model_summary(name: str, size: int | None = None) -> dict:
