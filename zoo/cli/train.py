@@ -1,0 +1,78 @@
+"""``zoo train``: train or fine-tune a detector on a COCO-format dataset (single process or under torchrun)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _data_paths(data: str) -> dict[str, str | None]:
+    """``--data DIR`` layouts: ``DIR/{train,val}.json`` + ``DIR/{train,val}/`` (zoo.data.synthetic), or COCO's
+    ``DIR/annotations/instances_{train,val}2017.json`` + ``DIR/{train,val}2017/``."""
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {data}: no such folder")
+    for ann, img in (("{}.json", "{}"), ("annotations/instances_{}2017.json", "{}2017")):
+        if (root / ann.format("train")).is_file():
+            val_ann, val_img = root / ann.format("val"), root / img.format("val")
+            has_val = val_ann.is_file() and val_img.is_dir()
+            return {"train_ann": str(root / ann.format("train")), "train_images": str(root / img.format("train")),
+                    "val_ann": str(val_ann) if has_val else None, "val_images": str(val_img) if has_val else None}
+    raise FileNotFoundError(f"--data {data}: expected train.json + train/ (and val.json + val/) or "
+                            "annotations/instances_train2017.json + train2017/")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a detector",
+                       description="Train NAME on a COCO-format dataset. Multi-GPU / multi-process: "
+                                   "torchrun --nproc_per_node N -m zoo train ...")
+    p.add_argument("name", metavar="NAME", help="architecture, e.g. rtdetr_r18vd (see `zoo list`)")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (train.json + train/, val.json + val/)")
+    p.add_argument("--weights", metavar="TAG", default=None, help="fine-tune from these pretrained weights")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the dataset's categories)")
+    p.add_argument("--output", default="runs/train", metavar="DIR", help="checkpoints and metrics.jsonl")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue from a checkpoint folder (OUTPUT/last)")
+    p.add_argument("--epochs", type=int, default=72)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch size")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--backbone-lr-mult", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=2000)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--clip-max-norm", type=float, default=0.1)
+    p.add_argument("--ema-decay", type=float, default=0.9999, help="0 disables EMA")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
+    p.add_argument("--size", type=int, default=None, help="square input size (default: the model's)")
+    p.add_argument("--no-augment", action="store_true", help="resize only")
+    p.add_argument("--no-multiscale", action="store_true")
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (0: at the end)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--model-args", default="{}", metavar="JSON",
+                   help='architecture overrides, e.g. \'{"num_queries": 100}\'')
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from zoo.engine.trainer import TrainConfig, train
+
+    try:
+        model_args = json.loads(args.model_args)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model-args is not valid JSON: {exc}") from None
+    if not isinstance(model_args, dict):
+        raise ValueError("--model-args must be a JSON object")
+    config = TrainConfig(
+        model=args.name, **_data_paths(args.data), output_dir=args.output, weights=args.weights,
+        num_classes=args.num_classes, model_args=model_args, input_size=args.size, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+        clip_max_norm=args.clip_max_norm, ema_decay=args.ema_decay, amp=args.amp, augment=not args.no_augment,
+        multiscale=not args.no_multiscale, eval_every=args.eval_every, num_workers=args.workers, seed=args.seed,
+        device=args.device, progress=not args.no_progress)
+    trainer = train(config, resume=args.resume)
+    if trainer.rank == 0:
+        print(f"done: {trainer.epoch} epochs, best AP {trainer.best_ap:.4f}; weights in {config.output_dir}/best.safetensors")
+    return 0

@@ -1,0 +1,398 @@
+"""Training and fine-tuning of zoo detectors: one loop for a single process and for ``torchrun`` (DDP).
+
+AdamW with a backbone learning-rate multiplier, linear warm-up (then constant or cosine), gradient clipping,
+EMA of the weights (timm ``ModelEmaV3``), AMP where the device has it, periodic COCO evaluation of the EMA model,
+a ``metrics.jsonl`` log and checkpoints that resume exactly:
+
+    output_dir/last/model.safetensors   training weights
+    output_dir/last/state.pt            optimizer, EMA, scheduler, scaler, epoch/step and RNG states
+                                        (plain tensors and numbers: loads with torch.load(weights_only=True))
+    output_dir/best.safetensors         EMA weights with the best validation AP (or the last EMA without val)
+    output_dir/final/                   ``save_pretrained`` of the final EMA model (config.json,
+                                        model.safetensors, README.md model card with the measured metrics)
+
+Under ``torchrun`` every rank builds the same model and data; ranks read disjoint shards of one shuffled order
+(``DistributedSampler``), so a global batch equals a single-process batch of the same images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from zoo.data.coco import CocoDetection
+from zoo.data.collate import collate_detection
+from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
+from zoo.losses.denoising import build_denoising_queries
+from zoo.losses.rtdetr_loss import RTDETRCriterion
+
+__all__ = ["TrainConfig", "Trainer", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (saved in ``output_dir/config.json`` and in every checkpoint)."""
+
+    model: str = "rtdetr_r18vd"
+    train_ann: str = ""
+    train_images: str = ""
+    val_ann: str | None = None
+    val_images: str | None = None
+    output_dir: str = "runs/train"
+    weights: str | None = None            # pretrained tag to fine-tune from (head adapted to num_classes)
+    num_classes: int | None = None        # default: the training set's category count
+    model_args: dict[str, Any] = field(default_factory=dict)  # architecture overrides (create_model kwargs)
+    input_size: int | None = None         # square training/eval size; default: the model's pretrained_cfg
+    epochs: int = 72
+    batch_size: int = 16                  # global batch (split over processes)
+    lr: float = 1e-4
+    backbone_lr_mult: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_steps: int = 2000
+    schedule: str = "constant"            # after warm-up: "constant" (official RT-DETR) or "cosine"
+    clip_max_norm: float = 0.1
+    ema_decay: float = 0.9999             # 0 disables EMA
+    amp: str = "auto"                     # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, none
+    augment: bool = True
+    multiscale: bool = True
+    eval_every: int = 1                   # epochs; 0 = only at the end
+    num_workers: int = 2
+    seed: int = 0
+    device: str | None = None
+    log_every: int = 10
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def init_distributed(device: str | None = None) -> bool:
+    """Join the process group that ``torchrun`` describes (env WORLD_SIZE > 1); NCCL on CUDA, gloo on CPU."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return dist.is_available() and dist.is_initialized()
+    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return True
+
+
+def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay: float) -> list[dict]:
+    """Backbone at ``lr * backbone_mult``; no weight decay on 1-d parameters (norms, biases, embeddings' none)."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((name.startswith("backbone."), p.ndim <= 1), []).append(p)
+    return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0), "weight_decay": 0.0 if flat else weight_decay}
+            for (bb, flat), ps in sorted(groups.items())]
+
+
+def _lr_lambda(warmup: int, total: int, schedule: str):
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+    return factor
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp not in ("auto", "bf16", "fp16", "none"):
+        raise ValueError(f"amp must be auto, bf16, fp16 or none, got {amp!r}")
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+class Trainer:
+    """Build model, data, optimizer and EMA from a :class:`TrainConfig` (or pass ``model`` to train a module
+    you built) and run :meth:`fit`. ``resume`` is a ``.../last`` checkpoint folder to continue from."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None, resume: str | os.PathLike | None = None):
+        from zoo.engine.predict import resolve_device
+
+        self.cfg = config
+        init_distributed(config.device)
+        self.rank, self.world, local_rank = _dist_info()
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(f"cuda:{local_rank}" if device == "cuda" and self.world > 1 else device)
+        torch.manual_seed(config.seed + self.rank)  # ranks draw different denoising noise and augmentations
+        random.seed(config.seed + self.rank)
+
+        self.train_set = CocoDetection(config.train_images, config.train_ann)
+        num_classes = config.num_classes or self.train_set.num_classes
+        self.model = model if model is not None else self._create_model(num_classes)
+        if self.model.num_classes != self.train_set.num_classes:
+            raise ValueError(f"the model predicts {self.model.num_classes} classes but {config.train_ann} has "
+                             f"{self.train_set.num_classes} categories; pass num_classes={self.train_set.num_classes}")
+        cfg = self.model.pretrained_cfg
+        self.input_size = int(config.input_size or cfg["input_size"][-1])
+        mean, std = cfg.get("mean"), cfg.get("std")
+        self.train_set.transforms = (train_transforms(self.input_size, mean, std) if config.augment
+                                     else eval_transforms(self.input_size, mean, std))
+        # what inference needs to use the trained model as trained
+        self.model.pretrained_cfg = {**cfg, "input_size": (3, self.input_size, self.input_size),
+                                     "label_names": list(self.train_set.class_names)}
+        self.model.to(self.device)
+
+        self.criterion = RTDETRCriterion(self.model.num_classes)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, config.lr, config.backbone_lr_mult, config.weight_decay), lr=config.lr)
+        self.steps_per_epoch = len(self.train_set) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_set)} training images is fewer than one batch of {config.batch_size}")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(config.warmup_steps, self.total_steps, config.schedule))
+        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = None
+        if config.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True)
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None, find_unused_parameters=True)
+                    if self.world > 1 else None)
+        self.epoch, self.global_step, self.best_ap = 0, 0, -1.0
+        self.out = Path(config.output_dir)
+        if resume is not None:
+            self.load_checkpoint(resume)
+
+    def _create_model(self, num_classes: int) -> nn.Module:
+        from zoo.factory import create_model
+
+        return create_model(self.cfg.model, pretrained=self.cfg.weights or False, num_classes=num_classes,
+                            **self.cfg.model_args)
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self, epoch: int) -> DataLoader:
+        sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=self.cfg.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch * self.world + self.rank)
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size // self.world, sampler=sampler,
+                          num_workers=self.cfg.num_workers, collate_fn=collate_detection, drop_last=True,
+                          generator=generator, persistent_workers=False)
+
+    def _step_size(self) -> int:
+        if not self.cfg.multiscale:
+            return self.input_size
+        scales = default_scales(self.input_size)
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.global_step)  # same on every rank
+        return scales[int(torch.randint(len(scales), (1,), generator=g))]
+
+    def train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
+        """One optimisation step on a (per-process) batch; returns the loss terms averaged over processes."""
+        model = self.ddp or self.model
+        model.train()
+        images = multiscale_resize(images.to(self.device, non_blocking=True), self._step_size())
+        targets = [{"labels": t["labels"].to(self.device), "boxes": t["boxes"].to(self.device)} for t in targets]
+        decoder = getattr(self.model, "decoder", None)
+        denoising = build_denoising_queries(targets, decoder) if hasattr(decoder, "num_denoising") else None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            outputs = model(images, denoising=denoising)
+        losses = self.criterion(outputs, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: "
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip_max_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        log = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()])
+        if self.world > 1:
+            dist.all_reduce(log)
+            log /= self.world
+        names = ["loss"] + list(losses)
+        return dict(zip(names, log.tolist()))
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``self.epoch`` to ``cfg.epochs``; returns the last evaluation metrics (or {})."""
+        from tqdm.auto import tqdm
+
+        cfg, metrics = self.cfg, {}
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        while self.epoch < cfg.epochs:
+            loader = self._loader(self.epoch)
+            bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress or self.rank,
+                       unit="it", dynamic_ncols=True)
+            start, sums = time.time(), {}
+            for images, targets in bar:
+                logs = self.train_step(images, targets)
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[-1]:.2e}")
+                if cfg.log_every and self.global_step % cfg.log_every == 0:
+                    self._log({"epoch": self.epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[-1],
+                               "loss": logs["loss"]})
+            self.epoch += 1
+            epoch_log = {"epoch": self.epoch, "step": self.global_step, "time_s": round(time.time() - start, 2),
+                         **{f"train_{k}": v / max(1, len(loader)) for k, v in sums.items()
+                            if k.count("_") <= 1}}  # total and last-layer terms
+            last = self.epoch == cfg.epochs
+            if cfg.val_ann and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
+                metrics = self.evaluate()
+                epoch_log.update({f"val_{k}": v for k, v in metrics.items()})
+            self._log(epoch_log)
+            self.save_checkpoint(metrics.get("AP") if metrics else None)
+        if self.rank == 0:
+            self.export(self.out / "final", metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation, logging, checkpoints
+    @property
+    def eval_model(self) -> nn.Module:
+        """The EMA model when EMA is on, else the trained model (carrying ``config`` / ``pretrained_cfg``)."""
+        if self.ema is None:
+            return self.model
+        module = self.ema.module
+        module.config, module.pretrained_cfg = self.model.config, self.model.pretrained_cfg
+        return module
+
+    def evaluate(self) -> dict[str, float]:
+        """COCO metrics of :attr:`eval_model` on the validation set (rank 0 runs it, the others wait)."""
+        metrics: dict[str, float] = {}
+        if self.rank == 0:
+            from zoo.engine.evaluate import evaluate
+
+            result = evaluate(self.eval_model, self.cfg.val_ann, self.cfg.val_images, batch_size=8, num_workers=0,
+                              device=self.device, input_size=self.input_size,
+                              label_map=[self.train_set.label_to_category[i] for i in range(self.model.num_classes)],
+                              progress=False, verbose=False)
+            metrics = result.metrics
+        if self.world > 1:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    def export(self, folder: str | os.PathLike, metrics: dict[str, float] | None = None) -> Path:
+        """``save_pretrained`` of :attr:`eval_model`; the card lists ``metrics`` (AP, AP50) as measured here."""
+        from zoo.hub.publish import save_pretrained
+
+        records = []
+        if metrics and self.cfg.val_ann:
+            dataset = Path(self.cfg.val_ann).stem
+            source = f"zoo.engine.trainer evaluation on {self.cfg.val_ann} after {self.epoch} epochs"
+            records = [{"task": "object-detection", "dataset": dataset, "metric": metric, "value": round(metrics[key], 4),
+                        "provenance": "measured by zoo", "source": source}
+                       for metric, key in (("box_ap", "AP"), ("box_ap50", "AP50")) if key in metrics]
+        model = self.eval_model
+        return save_pretrained(model, folder, metrics=records)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states (gathered on all ranks), so that resuming restores each rank's own."""
+        own = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            own["cuda"] = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        if self.world == 1:
+            return [own]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, own)
+        return states
+
+    def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        state = {"epoch": self.epoch, "global_step": self.global_step, "best_ap": self.best_ap,
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "config": json.dumps(self.cfg.to_dict()), "rng": rng}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def save_checkpoint(self, ap: float | None = None) -> None:
+        """Write ``last/`` (and ``best.safetensors`` when ``ap`` improves, or always without validation)."""
+        rng = self._rng_states()
+        if self.rank == 0:
+            last = self.out / "last"
+            last.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(last / "model.safetensors"))
+            best = ap is None or ap > self.best_ap
+            if best and ap is not None:
+                self.best_ap = ap
+            torch.save(self._state(rng), last / "state.pt")
+            if best:
+                weights = {k: v.contiguous() for k, v in self.eval_model.state_dict().items()}
+                save_file(weights, str(self.out / "best.safetensors"),
+                          metadata={"architecture": self.model.config["architecture"], "epoch": str(self.epoch),
+                                    "config": json.dumps(self.model.config),
+                                    "pretrained_cfg": json.dumps(self.model.pretrained_cfg)})
+        if self.world > 1:
+            dist.barrier()
+
+    def load_checkpoint(self, folder: str | os.PathLike) -> None:
+        """Restore weights and the full training state from a ``last/`` folder, to continue exactly."""
+        folder = Path(folder)
+        if not (folder / "model.safetensors").is_file() or not (folder / "state.pt").is_file():
+            raise FileNotFoundError(f"{folder} is not a checkpoint folder (model.safetensors + state.pt)")
+        self.model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.global_step, self.best_ap = state["epoch"], state["global_step"], state["best_ap"]
+        if len(state["rng"]) != self.world:
+            raise ValueError(f"checkpoint was written by {len(state['rng'])} processes, this run has {self.world}: "
+                             "resume with the same number of processes")
+        rng = state["rng"][self.rank]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None, **kwargs: Any) -> Trainer:
+    """``train(model="rtdetr_r18vd", train_ann=..., train_images=..., epochs=12)``: build a :class:`Trainer`,
+    run it, and return it (``trainer.eval_model`` is the model to keep)."""
+    config = dataclasses.replace(config or TrainConfig(), **kwargs)
+    trainer = Trainer(config, resume=resume)
+    trainer.fit()
+    return trainer
