@@ -149,4 +149,5 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> LoadRepo
 
 
 def _load_family_formats() -> None:
+    import zoo.convert.detr  # noqa: F401
     import zoo.convert.rtdetr  # noqa: F401  (registers its formats)
