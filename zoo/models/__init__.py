@@ -1,2 +1,2 @@
 """Model families. Importing this package registers every model (the registry does it lazily)."""
-from zoo.models import classifiers, rtdetr, rtdetr_akconv  # noqa: F401
+from zoo.models import classifiers, detr, rtdetr, rtdetr_akconv  # noqa: F401
