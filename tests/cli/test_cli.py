@@ -1,0 +1,183 @@
+"""The ``zoo`` command line: --help everywhere, exit codes (0 ok, 1 error, 2 usage), and what predict, eval and
+benchmark write, checked against the Python API on the same checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zoo
+from zoo.cli import main
+from zoo.cli.benchmark import latency_stats
+
+COCO = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_tiny"
+IMAGE = COCO / "val2017" / "000000532481.jpg"
+SIZE = "160"  # small input size: the commands run in seconds
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: this machine's 2 cores are shared, and oversubscribed threads run ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _need_coco():
+    if not IMAGE.is_file():
+        pytest.skip(f"real COCO images not found under {COCO} (../shared/data/coco_tiny)")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """(a zoo rtdetr_r18vd with random weights, its checkpoint as safetensors)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = zoo.create_model("rtdetr_r18vd").eval()
+    path = tmp_path_factory.mktemp("ckpt") / "rtdetr_r18vd.safetensors"
+    save_file(model.state_dict(), str(path))
+    return model, path
+
+
+@pytest.mark.parametrize("command", [[], ["list"], ["info"], ["predict"], ["eval"], ["benchmark"]],
+                         ids=lambda c: " ".join(c) or "zoo")
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: zoo {' '.join(command)}".rstrip())
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict"],
+    ["predict", "rtdetr_r18vd", "x.jpg", "--threshold", "1.5"],
+    ["predict", "rtdetr_r18vd", "x.jpg", "--threshold", "high"],
+    ["predict", "rtdetr_r18vd", "x.jpg", "--weights", "a", "--checkpoint", "b"],
+    ["predict", "rtdetr_r18vd", "x.jpg", "--size", "0"],
+    ["eval", "rtdetr_r18vd", "--images", "dir"],
+    ["eval", "rtdetr_r18vd", "--ann", "a.json", "--images", "dir", "--workers", "-1"],
+    ["benchmark", "rtdetr_r18vd", "--batch-size", "0"],
+    ["benchmark", "rtdetr_r18vd", "--iters", "many"],
+    ["no-such-command"],
+], ids=lambda a: " ".join(a))
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage: zoo" in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2 and "usage: zoo" in capsys.readouterr().out
+
+
+def test_errors_exit_1_with_a_message(tmp_path, capsys):
+    assert main(["predict", "rtdetr_r18vd", str(tmp_path / "missing.jpg")]) == 1
+    assert "image not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "rtdetr_r18vd", str(tmp_path / "empty")]) == 1
+    assert "no images" in capsys.readouterr().err
+    assert main(["predict", "rtdetr_r18vd", str(tmp_path / "empty"), "--device", "cuda:7"]) == 1
+    assert main(["benchmark", "no_such_model"]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_model" in err and "Traceback" not in err
+
+
+def test_python_m_zoo_exit_code(tmp_path):
+    """A real process: the exit code and the one-line message a script sees."""
+    done = subprocess.run([sys.executable, "-m", "zoo", "predict", "rtdetr_r18vd", str(tmp_path / "nope.png")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == f"zoo predict: error: image not found: {tmp_path / 'nope.png'}"
+
+
+def test_weights_maps_to_create_model(monkeypatch, capsys):
+    import zoo.factory
+
+    calls = []
+
+    def fake_create_model(name, **kwargs):
+        calls.append((name, kwargs))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(zoo.factory, "create_model", fake_create_model)
+    assert main(["benchmark", "rtdetr_r18vd", "--weights", "coco_o365"]) == 1
+    assert main(["benchmark", "rtdetr_r18vd", "--weights", "default"]) == 1
+    assert main(["eval", "rtdetr_r18vd", "--ann", "a.json", "--images", "d", "--checkpoint", "c.pth"]) == 1
+    assert calls == [("rtdetr_r18vd", {"pretrained": "coco_o365", "checkpoint_path": None}),
+                     ("rtdetr_r18vd", {"pretrained": True, "checkpoint_path": None}),
+                     ("rtdetr_r18vd", {"pretrained": False, "checkpoint_path": "c.pth"})]
+    assert capsys.readouterr().err.count("stop here") == 3
+
+
+def test_predict_writes_annotated_images_and_json(saved, tmp_path, capsys):
+    _need_coco()
+    model, checkpoint = saved
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(folder / "flat.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    code = main(["predict", "rtdetr_r18vd", str(IMAGE), str(folder), str(IMAGE), "--checkpoint", str(checkpoint),
+                 "--out", str(out), "--threshold", "0", "--top-k", "7", "--size", SIZE, "--device", "cpu"])
+    assert code == 0
+    assert "7 detections" in capsys.readouterr().out
+    written = json.loads((out / "detections.json").read_text())
+    assert written["model"] == "rtdetr_r18vd" and written["threshold"] == 0.0
+    records = written["images"]
+    assert [r["source"] for r in records] == [str(IMAGE), str(folder / "flat.png"), str(IMAGE)]
+    assert [Path(r["annotated"]).name for r in records] == ["000000532481.jpg", "flat.jpg", "000000532481_1.jpg"]
+    for record in records:
+        h, w = record["image_size"]
+        assert Image.open(record["annotated"]).size == (w, h) and len(record["boxes"]) == 7
+    reference = model.predict(str(IMAGE), score_threshold=0.0, top_k=7, input_size=int(SIZE))
+    torch.testing.assert_close(torch.tensor(records[0]["scores"]), reference.scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(records[0]["boxes"]), reference.boxes, atol=1e-2, rtol=0)
+    assert records[0]["label_names"] == reference.label_names
+
+
+def test_eval_writes_metrics_and_detections(saved, tmp_path, capsys):
+    _need_coco()
+    checkpoint = saved[1]
+    with open(COCO / "annotations" / "instances_val2017.json") as f:
+        dataset = json.load(f)
+    images = [im for im in dataset["images"] if im["file_name"] == IMAGE.name]
+    subset = dict(dataset, images=images, annotations=[a for a in dataset["annotations"]
+                                                       if a["image_id"] == images[0]["id"]])
+    ann = tmp_path / "one.json"
+    ann.write_text(json.dumps(subset))
+    out = tmp_path / "eval"
+    code = main(["eval", "rtdetr_r18vd", "--ann", str(ann), "--images", str(COCO / "val2017"), "--checkpoint",
+                 str(checkpoint), "--size", SIZE, "--workers", "0", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Average Precision") == 6 and printed.count("Average Recall") == 6
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert len(metrics) == 12 and "AP" in metrics
+    assert len(json.loads((out / "detections.json").read_text())) == 300
+
+
+def test_benchmark_json(saved, capsys):
+    code = main(["benchmark", "rtdetr_r18vd", "--checkpoint", str(saved[1]), "--size", SIZE, "--warmup", "1",
+                 "--iters", "3", "--threads", "1", "--device", "cpu", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["input_size"] == [160, 160] and result["deploy"] is True and result["iters"] == 3
+    assert 0 < result["median_ms"] <= result["p90_ms"]
+    assert result["images_per_s"] == pytest.approx(1000 / result["median_ms"])
+    assert result["peak_memory_mib"] > 0
+
+
+def test_latency_stats():
+    stats = latency_stats([i / 1000 for i in range(10, 0, -1)], batch_size=4)  # 1..10 ms, unordered
+    assert stats["median_ms"] == pytest.approx(5.5) and stats["p90_ms"] == pytest.approx(9.0)
+    assert stats["images_per_s"] == pytest.approx(4 / 0.0055)

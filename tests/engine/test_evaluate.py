@@ -1,0 +1,174 @@
+"""zoo.evaluate on real COCO images and annotations (../shared/data/coco_tiny), against pycocotools itself."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.engine.evaluate import COCO_METRIC_NAMES, TOP_K, evaluate_detections, label_to_category_ids
+
+COCO = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_tiny"
+ANN = COCO / "annotations" / "instances_val2017.json"
+IMAGE_DIR = COCO / "val2017"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: this machine's 2 cores are shared, and oversubscribed threads run ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    if not ANN.is_file() or not IMAGE_DIR.is_dir():
+        pytest.skip(f"real COCO images and annotations not found under {COCO} (../shared/data/coco_tiny)")
+    with open(ANN) as f:
+        return json.load(f)
+
+
+def _pycocotools(ann_file, detections_file) -> list[float]:
+    """The reference: pycocotools called directly, exactly as its README shows."""
+    from pycocotools.coco import COCO as Coco
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = Coco(str(ann_file))
+        evaluator = COCOeval(gt, gt.loadRes(str(detections_file)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(v) for v in evaluator.stats]
+
+
+def _perturbed(annotations: list[dict], category_ids: list[int], seed: int = 0) -> list[dict]:
+    """Ground truth with seeded noise: jittered boxes, random scores, 10% dropped, 10% relabelled, plus
+    false positives, so that every COCO number lands strictly between 0 and 1."""
+    rng = np.random.default_rng(seed)
+    detections = []
+    for ann in annotations:
+        if rng.random() < 0.1:
+            continue
+        x, y, w, h = ann["bbox"]
+        jitter = rng.normal(0, 0.12, 4) * [w, h, w, h]
+        category = ann["category_id"] if rng.random() > 0.1 else int(rng.choice(category_ids))
+        box = [x + jitter[0], y + jitter[1], max(1.0, w + jitter[2]), max(1.0, h + jitter[3])]
+        detections.append({"image_id": ann["image_id"], "category_id": category,
+                           "bbox": [round(float(v), 2) for v in box], "score": round(float(rng.random()), 4)})
+        if rng.random() < 0.3:  # a false positive next to it
+            detections.append({"image_id": ann["image_id"], "category_id": int(rng.choice(category_ids)),
+                               "bbox": [round(float(v), 2) for v in (x + w, y + h, w / 2 + 1, h / 2 + 1)],
+                               "score": round(float(rng.random()) * 0.5, 4)})
+    return detections
+
+
+def test_ground_truth_as_detections_scores_one(dataset):
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+                  for a in dataset["annotations"]]
+    metrics = evaluate_detections(ANN, detections, verbose=False)
+    assert list(metrics) == list(COCO_METRIC_NAMES)
+    for name in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100"):
+        assert metrics[name] == 1.0, name
+    assert "segmentation" not in detections[0], "the caller's detections must not be modified"
+
+
+def test_perturbed_detections_match_pycocotools(dataset, tmp_path):
+    detections = _perturbed(dataset["annotations"], [c["id"] for c in dataset["categories"]])
+    path = tmp_path / "detections.json"
+    path.write_text(json.dumps(detections))
+    reference = _pycocotools(ANN, path)
+    ours = evaluate_detections(ANN, path, verbose=False)
+    assert list(ours.values()) == reference  # exact: the same library on the same numbers
+    assert evaluate_detections(ANN, detections, verbose=False) == ours
+    assert 0.2 < ours["AP"] < 0.9 and 0.2 < ours["AP50"] < 1.0, ours  # the file is neither empty nor perfect
+
+
+def test_prints_the_12_numbers(capsys):
+    if not ANN.is_file():
+        pytest.skip(f"COCO annotations not found under {COCO}")
+    metrics = evaluate_detections(ANN, [], verbose=True)
+    printed = capsys.readouterr().out
+    assert printed.count("Average Precision") == 6 and printed.count("Average Recall") == 6
+    assert all(v == 0.0 for v in metrics.values())  # no detections: zeros, not a pycocotools crash
+
+
+def test_label_to_category_ids():
+    coco_ids = [1, 2, 3, 5, 90]
+    assert label_to_category_ids(5, [90, 3, 1, 5, 2]) == coco_ids  # contiguous -> sorted dataset ids
+    assert label_to_category_ids(91, coco_ids) is None  # DETR: labels already are the ids
+    assert label_to_category_ids(3, coco_ids, label_map={0: 5, 2: 1}) == [5, -1, 1]
+    with pytest.raises(ValueError, match="label_map"):
+        label_to_category_ids(20, coco_ids)
+
+
+def _subset(dataset: dict, tmp_path: Path, count: int, **image_changes) -> Path:
+    images = [dict(im, **image_changes) for im in sorted(dataset["images"], key=lambda im: im["id"])[:count]]
+    keep = {im["id"] for im in images}
+    subset = dict(dataset, images=images, annotations=[a for a in dataset["annotations"] if a["image_id"] in keep])
+    path = tmp_path / f"subset_{count}.json"
+    path.write_text(json.dumps(subset))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return zoo.create_model("rtdetr_r18vd").eval()
+
+
+def test_model_end_to_end(dataset, model, tmp_path):
+    """rtdetr_r18vd (random weights, input 160 to stay fast) on 4 real images, loaded by a DataLoader worker."""
+    ann = _subset(dataset, tmp_path, 4)
+    result = zoo.evaluate(model, ann, IMAGE_DIR, batch_size=3, num_workers=1, input_size=160, progress=False,
+                          verbose=False)
+    assert list(result.metrics) == list(COCO_METRIC_NAMES)
+    assert all(v == -1.0 or 0.0 <= v <= 1.0 for v in result.metrics.values())
+    subset = json.loads(ann.read_text())
+    ids = {im["id"] for im in subset["images"]}
+    category_ids = sorted(c["id"] for c in subset["categories"])
+    assert len(result.detections) == TOP_K * len(ids)  # top-300 per image, no score threshold
+    assert {d["image_id"] for d in result.detections} == ids
+    assert {d["category_id"] for d in result.detections} <= set(category_ids)
+    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in result.detections)
+    # the same numbers as predict gives for that image, with labels mapped to the dataset's category ids
+    first = min(ids)
+    info = next(im for im in subset["images"] if im["id"] == first)
+    det = model.predict(str(IMAGE_DIR / info["file_name"]), score_threshold=0.0, top_k=TOP_K, input_size=160)
+    ours = [d for d in result.detections if d["image_id"] == first]
+    assert [d["category_id"] for d in ours] == [category_ids[i] for i in det.labels.tolist()]
+    torch.testing.assert_close(torch.tensor([d["score"] for d in ours]), det.scores, atol=1e-5, rtol=0)
+    xyxy = torch.tensor([d["bbox"] for d in ours])
+    xyxy[:, 2:] += xyxy[:, :2]
+    torch.testing.assert_close(xyxy, det.boxes, atol=1e-2, rtol=0)
+    # and pycocotools agrees on the detections it returned
+    path = tmp_path / "model_detections.json"
+    path.write_text(json.dumps(result.detections))
+    assert list(result.metrics.values()) == _pycocotools(ann, path)
+
+
+def test_input_errors(dataset, model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        zoo.evaluate(model, tmp_path / "missing.json", IMAGE_DIR, verbose=False)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        zoo.evaluate(model, ANN, tmp_path / "nowhere", verbose=False)
+    for text in ("[1, 2]", "{not json", '{"images": []}'):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ValueError, match="bad.json is not a COCO"):
+            zoo.evaluate(model, tmp_path / "bad.json", IMAGE_DIR, verbose=False)
+    with pytest.raises(ValueError, match="num_workers"):
+        zoo.evaluate(model, ANN, IMAGE_DIR, num_workers=-1, verbose=False)
+    wrong = _subset(dataset, tmp_path, 1, height=7)  # the annotation disagrees with the image on disk
+    with pytest.raises(ValueError, match="annotations say 7x"):
+        zoo.evaluate(model, wrong, IMAGE_DIR, num_workers=0, input_size=160, progress=False, verbose=False)
+    twenty_classes = SimpleNamespace(num_classes=20, pretrained_cfg=model.pretrained_cfg)
+    with pytest.raises(ValueError, match="20 classes but the annotations have 80 categories"):
+        zoo.evaluate(twenty_classes, ANN, IMAGE_DIR, verbose=False)

@@ -1,0 +1,122 @@
+"""``zoo benchmark``: inference latency, throughput and peak memory of a model.
+
+What is timed is what ``model.predict`` does after decoding and resizing: normalisation, the forward pass and
+postprocessing (top-300, boxes to pixels), on random images of the requested size, in deploy mode (RepVGG
+blocks fused). Warm-up iterations come first; CUDA is synchronised around every iteration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from typing import Callable
+
+from zoo.cli.predict import add_model_arguments, int_at_least, model_from_args
+
+__all__ = ["measure_latency", "latency_stats", "peak_memory_mib", "benchmark_model"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="latency, throughput and memory",
+                       description="Time a model's inference (normalisation + forward + postprocess) on random "
+                                   "images: warm-up, then median and p90 latency, throughput and peak memory.")
+    add_model_arguments(p)
+    p.add_argument("--batch-size", type=int_at_least(1), default=1, metavar="B", help="images per batch (default 1)")
+    p.add_argument("--warmup", type=int_at_least(0), default=5, metavar="N", help="untimed iterations (default 5)")
+    p.add_argument("--iters", type=int_at_least(1), default=30, metavar="N", help="timed iterations (default 30)")
+    p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N", help="CPU threads for torch")
+    p.add_argument("--no-deploy", action="store_true", help="time the un-fused (training-layout) model")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_benchmark)
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(fn: Callable[[], object], device, warmup: int, iters: int, progress: bool = False) -> list[float]:
+    """Seconds per call of ``fn`` over ``iters`` timed calls, after ``warmup`` untimed ones."""
+    from tqdm.auto import tqdm
+
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    for _ in tqdm(range(iters), desc="benchmark", unit="it", disable=not progress):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def latency_stats(times: list[float], batch_size: int) -> dict[str, float]:
+    """Median and 90th-percentile (nearest rank) latency in ms, and throughput (images/s at the median)."""
+    ordered = sorted(times)
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+    median = statistics.median(ordered)
+    return {"median_ms": median * 1e3, "p90_ms": p90 * 1e3, "images_per_s": batch_size / median}
+
+
+def peak_memory_mib(device) -> tuple[float, str]:
+    """(MiB, what it measures): CUDA max allocated tensor memory, or the process' peak resident memory on CPU."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def benchmark_model(model, batch_size: int = 1, size: int | None = None, device=None, warmup: int = 5,
+                    iters: int = 30, progress: bool = False) -> dict:
+    """Time ``model`` as described in the module docstring; returns latencies, throughput and peak memory."""
+    import torch
+
+    from zoo.engine.predict import Preprocess, resolve_device, run_detector
+
+    device = resolve_device(device, model)
+    model = model.to(device).eval()
+    preprocess = Preprocess.from_model(model, size)
+    height, width = preprocess.size if preprocess.resize_mode == "stretch" else (preprocess.size[0],) * 2
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+              for _ in range(batch_size)]
+    sizes = [(height, width)] * batch_size
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        times = measure_latency(lambda: run_detector(model, preprocess, images, sizes, device, 0.0, 300),
+                                device, warmup, iters, progress)
+    memory, memory_kind = peak_memory_mib(device)
+    return {"batch_size": batch_size, "input_size": [height, width], "device": str(device),
+            "threads": torch.get_num_threads(), "warmup": warmup, "iters": iters,
+            **latency_stats(times, batch_size), "peak_memory_mib": memory, "peak_memory_kind": memory_kind}
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, device = model_from_args(args)
+    if not args.no_deploy:
+        model.deploy()
+    result = {"model": args.name, "deploy": not args.no_deploy,
+              **benchmark_model(model, args.batch_size, args.size, device, args.warmup, args.iters, progress=True)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    h, w = result["input_size"]
+    print(f"{args.name} {'deployed' if result['deploy'] else 'not deployed'}, batch {args.batch_size}, {h}x{w}, "
+          f"{result['device']} ({result['threads']} threads), {args.iters} iterations after {args.warmup} warm-up")
+    print(f"  latency  median {result['median_ms']:.2f} ms   p90 {result['p90_ms']:.2f} ms")
+    print(f"  throughput {result['images_per_s']:.2f} images/s")
+    print(f"  peak memory {result['peak_memory_mib']:.0f} MiB ({result['peak_memory_kind']})")
+    return 0

@@ -1,0 +1,190 @@
+"""COCO box evaluation with pycocotools, following the official RT-DETR / DETR protocol.
+
+Per image the model's top 300 detections over the flattened (query x class) scores are kept with no score
+threshold; contiguous labels are mapped back to the dataset's category ids; ``COCOeval`` (maxDets 1/10/100)
+computes the 12 standard numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import box_convert
+
+from zoo.engine.predict import Preprocess, load_image, resolve_device, run_detector
+
+__all__ = ["evaluate", "evaluate_detections", "label_to_category_ids", "EvalResult", "COCO_METRIC_NAMES"]
+
+#: names of the 12 numbers ``COCOeval.summarize()`` prints, in its order
+COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+                     "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+
+#: detections kept per image by the official RT-DETR evaluation
+TOP_K = 300
+
+
+@dataclass
+class EvalResult:
+    """``metrics``: the 12 COCO numbers by name (-1 where the dataset has no ground truth of that kind);
+    ``detections``: the COCO results list (``image_id``, ``category_id``, ``bbox`` xywh, ``score``)."""
+
+    metrics: dict[str, float]
+    detections: list[dict[str, Any]] = field(repr=False)
+
+
+def _quiet(quiet: bool = True) -> contextlib.AbstractContextManager:
+    """Silence pycocotools' prints ("loading annotations...", "DONE") unless ``quiet`` is False."""
+    return contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
+
+
+def _load_coco(ann: Any, verbose: bool) -> Any:
+    from pycocotools.coco import COCO
+
+    if not isinstance(ann, (str, os.PathLike)):
+        return ann  # already a COCO object
+    if not Path(ann).is_file():
+        raise FileNotFoundError(f"annotation file not found: {ann}")
+    with _quiet(not verbose):
+        try:
+            coco = COCO(os.fspath(ann))
+        except (json.JSONDecodeError, UnicodeDecodeError, AssertionError, KeyError, TypeError) as exc:
+            raise ValueError(f"{ann} is not a COCO annotation file ({type(exc).__name__}: {exc})") from exc
+    missing = [key for key in ("images", "categories", "annotations") if key not in coco.dataset]
+    if missing:
+        raise ValueError(f"{ann} is not a COCO detection annotation file: no {', '.join(missing)}")
+    return coco
+
+
+def _results_coco(coco_gt: Any, detections: Sequence[Mapping[str, Any]]) -> Any:
+    """``coco_gt.loadRes(detections)``; an empty list (which loadRes cannot take) gives an empty result set."""
+    from pycocotools.coco import COCO
+
+    if detections:
+        with _quiet():
+            # loadRes adds keys (area, id, segmentation...) to the dicts it is given: pass copies
+            return coco_gt.loadRes([dict(d, bbox=list(d["bbox"])) for d in detections])
+    empty = COCO()
+    empty.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
+                     "annotations": []}
+    with _quiet():
+        empty.createIndex()
+    return empty
+
+
+def evaluate_detections(ann_file: str | os.PathLike | Any, detections: Sequence[Mapping[str, Any]] | str | os.PathLike,
+                        verbose: bool = True) -> dict[str, float]:
+    """Score COCO-format detections (a list, or a JSON file of one) against ``ann_file`` with ``COCOeval``.
+
+    Prints the 12 standard numbers when ``verbose``; returns them by name (:data:`COCO_METRIC_NAMES`).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = _load_coco(ann_file, verbose)
+    if isinstance(detections, (str, os.PathLike)):
+        with open(detections) as f:
+            detections = json.load(f)
+    if not isinstance(detections, list):
+        raise TypeError(f"detections must be a list of COCO results, got {type(detections).__name__}")
+    evaluator = COCOeval(coco_gt, _results_coco(coco_gt, detections), "bbox")
+    with _quiet(not verbose):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(value) for name, value in zip(COCO_METRIC_NAMES, evaluator.stats)}
+
+
+def label_to_category_ids(num_classes: int, category_ids: Sequence[int],
+                          label_map: Mapping[int, int] | Sequence[int] | None = None) -> list[int] | None:
+    """How model labels become dataset category ids: ``label_map`` when given; contiguous labels ->
+    the sorted category ids when the model has one class per category (RT-DETR on COCO: 80); None (labels
+    are already category ids) when the model's classes cover every id (DETR on COCO: 91 > id 90)."""
+    if label_map is not None:
+        if isinstance(label_map, Mapping):
+            return [int(label_map.get(i, -1)) for i in range(num_classes)]
+        if len(label_map) != num_classes:
+            raise ValueError(f"label_map has {len(label_map)} entries but the model predicts {num_classes} classes")
+        return [int(c) for c in label_map]
+    ids = sorted(int(c) for c in category_ids)
+    if num_classes == len(ids):
+        return ids
+    if ids and num_classes > ids[-1]:
+        return None
+    raise ValueError(f"the model predicts {num_classes} classes but the annotations have {len(ids)} categories "
+                     f"(ids {ids[:5]}{' ...' if len(ids) > 5 else ''}); pass label_map= (model label -> category id)")
+
+
+class _CocoImages(Dataset):
+    """Reads and resizes the images of a COCO annotation file (in DataLoader workers)."""
+
+    def __init__(self, coco: Any, image_dir: Path, preprocess: Preprocess):
+        self.coco, self.image_dir, self.preprocess = coco, image_dir, preprocess
+        self.ids = sorted(coco.getImgIds())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[int, tuple[int, int], torch.Tensor]:
+        info = self.coco.imgs[self.ids[index]]
+        path = self.image_dir / info["file_name"]
+        image = load_image(path, exif_transpose=False)
+        size = (int(image.shape[1]), int(image.shape[2]))
+        expected = (info.get("height", size[0]), info.get("width", size[1]))
+        if size != tuple(expected):
+            raise ValueError(f"{path} is {size[0]}x{size[1]} pixels but the annotations say "
+                             f"{expected[0]}x{expected[1]}; is image_dir the right split?")
+        return info["id"], size, self.preprocess.resize(image)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, ann_file: str | os.PathLike, image_dir: str | os.PathLike, batch_size: int = 8,
+             num_workers: int = 2, device: str | torch.device | None = None,
+             input_size: int | tuple[int, int] | None = None,
+             label_map: Mapping[int, int] | Sequence[int] | None = None, progress: bool = True,
+             verbose: bool = True) -> EvalResult:
+    """Run ``model`` on every image of a COCO annotation file and score it with pycocotools.
+
+    Preprocessing comes from ``model.pretrained_cfg`` (``input_size`` overrides the size). Returns an
+    :class:`EvalResult` with the 12 numbers (also printed when ``verbose``) and the detections list.
+    """
+    from tqdm.auto import tqdm
+
+    for arg, value in (("batch_size", batch_size), ("num_workers", num_workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if arg == "batch_size" else 0):
+            raise ValueError(f"{arg} must be a {'positive' if arg == 'batch_size' else 'non-negative'} int, "
+                             f"got {value!r}")
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image directory not found: {image_dir}")
+    coco = _load_coco(ann_file, verbose)
+    to_category = label_to_category_ids(int(model.num_classes), coco.getCatIds(), label_map)
+    device = resolve_device(device, model)
+    preprocess = Preprocess.from_model(model, input_size)
+    loader = DataLoader(_CocoImages(coco, image_dir, preprocess),
+                        batch_size=batch_size if preprocess.batchable else 1, num_workers=num_workers,
+                        collate_fn=list)
+    lookup = torch.tensor(to_category) if to_category is not None else None
+    detections: list[dict[str, Any]] = []
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+            ids, sizes, images = zip(*batch)
+            outputs = run_detector(model, preprocess, images, sizes, device, score_threshold=0.0, top_k=TOP_K)
+            for image_id, out in zip(ids, outputs):
+                labels = out["labels"].cpu().long()
+                categories = lookup[labels] if lookup is not None else labels
+                boxes = box_convert(out["boxes"].float().cpu(), "xyxy", "xywh")
+                detections.extend(
+                    {"image_id": int(image_id), "category_id": c, "bbox": b, "score": s}
+                    for c, b, s in zip(categories.tolist(), boxes.tolist(), out["scores"].float().cpu().tolist())
+                )
+    finally:
+        model.train(was_training)
+    return EvalResult(evaluate_detections(coco, detections, verbose), detections)
