@@ -1,4 +1,5 @@
-"""Build transformers' RTDetrForObjectDetection with the configuration of a zoo RT-DETR (test helper)."""
+"""Build transformers' RTDetrForObjectDetection / RTDetrV2ForObjectDetection with the configuration of a zoo
+RT-DETR (test helper)."""
 from __future__ import annotations
 
 import torch
@@ -13,26 +14,45 @@ HF_CONFIGS = {
 
 
 def hf_rtdetr(name: str, num_classes: int = 80, seed: int = 0):
-    import torch
-    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+    from transformers import RTDetrConfig, RTDetrForObjectDetection
+
+    config = RTDetrConfig(**_hf_config_args(name, num_classes))
+    torch.manual_seed(seed)
+    return _randomise(RTDetrForObjectDetection(config).eval())
+
+
+def hf_rtdetrv2(name: str, num_classes: int = 80, seed: int = 0, decoder_method: str = "default"):
+    """``RTDetrV2ForObjectDetection`` for a zoo ``rtdetrv2_*`` name (same architectures as v1)."""
+    from transformers import RTDetrV2Config, RTDetrV2ForObjectDetection
+
+    config = RTDetrV2Config(**_hf_config_args(name.replace("rtdetrv2_", "rtdetr_"), num_classes),
+                            decoder_method=decoder_method)
+    torch.manual_seed(seed)
+    return _randomise(RTDetrV2ForObjectDetection(config).eval())
+
+
+def _hf_config_args(name: str, num_classes: int) -> dict:
+    from transformers import RTDetrResNetConfig
 
     depths, layer_type, hidden, ffn, expansion, layers = HF_CONFIGS[name]
     widths = [64, 128, 256, 512] if layer_type == "basic" else [256, 512, 1024, 2048]
     backbone = RTDetrResNetConfig(depths=depths, layer_type=layer_type, hidden_sizes=widths,
                                   out_features=["stage2", "stage3", "stage4"])
-    config = RTDetrConfig(
+    return dict(
         backbone_config=backbone, encoder_in_channels=widths[1:], encoder_hidden_dim=hidden, encoder_ffn_dim=ffn,
         hidden_expansion=expansion, decoder_in_channels=[hidden] * 3, decoder_layers=layers,
         num_labels=num_classes, id2label={i: f"class_{i}" for i in range(num_classes)},
     )
-    torch.manual_seed(seed)
-    model = RTDetrForObjectDetection(config).eval()
+
+
+def _randomise(model):
     # default init leaves heads at zero and BN statistics trivial: perturb everything so that every
     # weight matters, then set each BatchNorm's statistics from the data it sees (with +-20% noise) so
-    # that activations stay O(1) through deep random networks and the encoder top-k is well separated
+    # that activations stay O(1) through deep random networks and the encoder top-k is well separated.
+    # v2's n_points_scale is a constant (1 / points per level), not a weight: left as is.
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and not key.endswith(("running_mean", "running_var")):
+            if tensor.is_floating_point() and not key.endswith(("running_mean", "running_var", "n_points_scale")):
                 tensor.add_(torch.randn_like(tensor) * 0.02)
         calibrate_batch_norms(model, lambda: model(pixel_values=torch.rand(2, 3, 320, 320)))
     return model

@@ -1,5 +1,15 @@
-"""RT-DETR checkpoint layouts: the official one (``{'ema': {'module': sd}}``, zoo keys are the official keys)
-and Hugging Face transformers' ``RTDetrForObjectDetection`` (PekingU/* repos, ``save_pretrained``)."""
+"""RT-DETR and RT-DETRv2 checkpoint layouts.
+
+- official RT-DETR (``{'ema': {'module': sd}}``): zoo keys are these keys;
+- official RT-DETRv2: the same plus ``...cross_attn.num_points_scale``, with ``encoder.input_proj.k.{conv,norm}``,
+  ``decoder.enc_output.{proj,norm}`` renamed and fixed-size ``decoder.anchors`` / ``decoder.valid_mask`` buffers
+  (dropped: zoo computes anchors for each input size);
+- Hugging Face transformers' ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` (PekingU/* repos,
+  ``save_pretrained``); v2 adds ``encoder_attn.n_points_scale``.
+
+v1 and v2 layouts are told apart by the points-scale buffers, so a v2 checkpoint never loads silently into a v1
+model (or the reverse): the strict load reports the buffers as unexpected (or missing).
+"""
 from __future__ import annotations
 
 import re
@@ -9,7 +19,7 @@ import torch
 
 from zoo.convert import StateDict, register_format
 
-__all__ = ["transformers_to_zoo"]
+__all__ = ["transformers_to_zoo", "official_v2_to_zoo"]
 
 # (transformers pattern, zoo replacement); applied in order after dropping the "model." prefix
 _RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
@@ -35,6 +45,8 @@ _RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
     (r"^decoder\.layers\.(\d+)\.self_attn_layer_norm", r"decoder.decoder.layers.\1.norm1"),
     (r"^decoder\.layers\.(\d+)\.encoder_attn_layer_norm", r"decoder.decoder.layers.\1.norm2"),
     (r"^decoder\.layers\.(\d+)\.final_layer_norm", r"decoder.decoder.layers.\1.norm3"),
+    (r"^decoder\.layers\.(\d+)\.encoder_attn\.n_points_scale$",
+     r"decoder.decoder.layers.\1.cross_attn.num_points_scale"),
     (r"^decoder\.layers\.(\d+)\.encoder_attn\.", r"decoder.decoder.layers.\1.cross_attn."),
     (r"^decoder\.layers\.(\d+)\.fc1", r"decoder.decoder.layers.\1.linear1"),
     (r"^decoder\.layers\.(\d+)\.fc2", r"decoder.decoder.layers.\1.linear2"),
@@ -47,8 +59,8 @@ _RENAMES_RE = [(re.compile(p), r) for p, r in _RENAMES]
 _QKV = re.compile(r"^(.*self_attn)\.([qkv])_proj\.(weight|bias)$")
 
 
-def _rename(key: str) -> str:
-    for pattern, repl in _RENAMES_RE:
+def _rename(key: str, renames: list[tuple[re.Pattern, str | Callable[[re.Match], str]]] = _RENAMES_RE) -> str:
+    for pattern, repl in renames:
         new, count = pattern.subn(repl, key, count=1)
         if count:
             return new
@@ -59,8 +71,14 @@ def _is_transformers(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith("model.backbone.model.") or k.startswith("model.decoder.layers.") for k in sd)
 
 
+def _is_v2(sd: Mapping[str, torch.Tensor]) -> bool:
+    """RT-DETRv2 checkpoints (official and transformers) store each cross-attention's points scale."""
+    return any(k.endswith(("cross_attn.num_points_scale", "encoder_attn.n_points_scale")) for k in sd)
+
+
 def transformers_to_zoo(sd: StateDict) -> StateDict:
-    """Map ``RTDetrForObjectDetection`` keys to zoo (= official) keys; q/k/v projections are concatenated."""
+    """Map ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` keys to zoo (= official) keys;
+    q/k/v projections are concatenated."""
     body = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
     # heads duplicated at the top level (tied to model.decoder.*) in older saves
     for k, v in sd.items():
@@ -84,5 +102,25 @@ def _is_official(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith("backbone.res_layers.") for k in sd) and any(k.startswith("decoder.decoder.") for k in sd)
 
 
-register_format("rtdetr", "transformers-rtdetr", _is_transformers, transformers_to_zoo)
-register_format("rtdetr", "official-rtdetr", _is_official, lambda sd: sd)
+# official RT-DETRv2 names -> zoo names (the official RT-DETR ones)
+_V2_RENAMES_RE = [(re.compile(p), r) for p, r in [
+    (r"^encoder\.input_proj\.(\d+)\.conv\.", r"encoder.input_proj.\1.0."),
+    (r"^encoder\.input_proj\.(\d+)\.norm\.", r"encoder.input_proj.\1.1."),
+    (r"^decoder\.enc_output\.proj\.", "decoder.enc_output.0."),
+    (r"^decoder\.enc_output\.norm\.", "decoder.enc_output.1."),
+]]
+#: buffers of official v2 models built with a fixed eval_spatial_size; zoo recomputes them for every input size
+_V2_RECOMPUTED = ("decoder.anchors", "decoder.valid_mask")
+
+
+def official_v2_to_zoo(sd: StateDict) -> StateDict:
+    """Official ``RTDETRTransformerv2`` checkpoint -> zoo keys: rename the v2 names, drop the anchor buffers."""
+    return {_rename(k, _V2_RENAMES_RE): v for k, v in sd.items() if k not in _V2_RECOMPUTED}
+
+
+register_format("rtdetr", "transformers-rtdetr", lambda sd: _is_transformers(sd) and not _is_v2(sd),
+                transformers_to_zoo)
+register_format("rtdetr", "transformers-rtdetrv2", lambda sd: _is_transformers(sd) and _is_v2(sd),
+                transformers_to_zoo)
+register_format("rtdetr", "official-rtdetr", lambda sd: _is_official(sd) and not _is_v2(sd), lambda sd: sd)
+register_format("rtdetr", "official-rtdetrv2", lambda sd: _is_official(sd) and _is_v2(sd), official_v2_to_zoo)

@@ -1,5 +1,11 @@
 """RT-DETR decoder: IoU-aware query selection from the encoder memory, then deformable-attention layers with
-iterative box refinement. Key layout follows the official ``RTDETRTransformer``."""
+iterative box refinement. Key layout follows the official ``RTDETRTransformer``.
+
+The same class is RT-DETRv2's decoder (``RTDETRTransformerv2``): per-level sampling points
+(``num_points=[4, 4, 4]``), ``cross_attn_method="discrete"`` and ``persistent_points_scale=True`` (v2 checkpoints
+store each cross-attention's ``num_points_scale``). v2's renamed ``enc_output.{proj,norm}`` and its fixed-size
+``anchors`` / ``valid_mask`` buffers are handled by the checkpoint converter (anchors are computed per input).
+"""
 from __future__ import annotations
 
 import copy
@@ -10,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers.conv import create_act
@@ -62,12 +67,14 @@ class DecoderLayer(nn.Module):
     """Self-attention -> LN -> deformable cross-attention -> LN -> FFN -> LN (post-norm)."""
 
     def __init__(self, d_model: int = 256, num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
-                 activation: str = "relu", num_levels: int = 3, num_points: int = 4):
+                 activation: str = "relu", num_levels: int = 3, num_points: int | Sequence[int] = 4,
+                 cross_attn_method: str = "default", persistent_points_scale: bool = False):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.cross_attn = MSDeformableAttention(d_model, num_heads, num_levels, num_points)
+        self.cross_attn = MSDeformableAttention(d_model, num_heads, num_levels, num_points, method=cross_attn_method,
+                                                persistent_points_scale=persistent_points_scale)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -100,15 +107,18 @@ class RTDETRDecoder(nn.Module):
     """Query selection + deformable decoder + per-layer class/box heads.
 
     Eval: returns the ``eval_idx`` layer's ``pred_logits`` / ``pred_boxes`` and stops there.
+    ``num_points`` (an int or one per level), ``cross_attn_method`` ("default" bilinear or "discrete" gather) and
+    ``persistent_points_scale`` are RT-DETRv2's options; their defaults are RT-DETR's.
     Train: also returns ``aux_outputs`` (every other layer), ``enc_outputs`` (encoder top-k) and, when
     denoising queries are given, ``dn_outputs`` (per layer) and ``dn_meta``.
     """
 
     def __init__(self, in_channels: Sequence[int] = (256, 256, 256), num_classes: int = 80, hidden_dim: int = 256,
-                 num_queries: int = 300, num_levels: int = 3, num_points: int = 4, num_heads: int = 8,
-                 num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.0,
+                 num_queries: int = 300, num_levels: int = 3, num_points: int | Sequence[int] = 4,
+                 num_heads: int = 8, num_decoder_layers: int = 6, dim_feedforward: int = 1024, dropout: float = 0.0,
                  activation: str = "relu", num_denoising: int = 100, label_noise_ratio: float = 0.5,
-                 box_noise_scale: float = 1.0, eval_idx: int = -1, anchor_eps: float = 1e-2):
+                 box_noise_scale: float = 1.0, eval_idx: int = -1, anchor_eps: float = 1e-2,
+                 cross_attn_method: str = "default", persistent_points_scale: bool = False):
         super().__init__()
         if not -num_decoder_layers <= eval_idx < num_decoder_layers:
             raise ValueError(f"eval_idx {eval_idx} out of range for {num_decoder_layers} decoder layers")
@@ -130,7 +140,8 @@ class RTDETRDecoder(nn.Module):
                 ("conv", nn.Conv2d(c, hidden_dim, 3, 2, padding=1, bias=False)), ("norm", nn.BatchNorm2d(hidden_dim))])))
             c = hidden_dim
 
-        layer = DecoderLayer(hidden_dim, num_heads, dim_feedforward, dropout, activation, num_levels, num_points)
+        layer = DecoderLayer(hidden_dim, num_heads, dim_feedforward, dropout, activation, num_levels, num_points,
+                             cross_attn_method, persistent_points_scale)
         self.decoder = TransformerDecoder(layer, num_decoder_layers)
         if num_denoising > 0:
             self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim, padding_idx=num_classes)

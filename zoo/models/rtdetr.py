@@ -80,7 +80,8 @@ def check_pixel_values(x: Any, size_divisor: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Configurations (official widths/depths from lyuwenyu/RT-DETR rtdetr_pytorch/configs)
+# Configurations (official widths/depths from lyuwenyu/RT-DETR rtdetr_pytorch/configs and
+# rtdetrv2_pytorch/configs/rtdetrv2)
 # --------------------------------------------------------------------------------------------------
 
 #: RT-DETR eval preprocessing: resize to 640x640, scale to [0, 1], no mean/std.
@@ -105,6 +106,12 @@ def _decoder(num_layers: int, eval_idx: int = -1) -> dict[str, Any]:
     return dict(name="rtdetr", hidden_dim=256, num_queries=300, num_levels=3, num_points=4, num_heads=8,
                 num_decoder_layers=num_layers, dim_feedforward=1024, dropout=0.0, activation="relu",
                 num_denoising=100, label_noise_ratio=0.5, box_noise_scale=1.0, eval_idx=eval_idx)
+
+
+def _decoder_v2(num_layers: int, eval_idx: int = -1) -> dict[str, Any]:
+    """RTDETRTransformerv2: per-level points [4, 4, 4], bilinear sampling ("discrete" is the deployment option)."""
+    return dict(_decoder(num_layers, eval_idx), num_points=[4, 4, 4], cross_attn_method="default",
+                persistent_points_scale=True)
 
 
 def _timm(model_name: str) -> dict[str, Any]:
@@ -167,3 +174,38 @@ def rtdetr_mobilenetv2_100(**kwargs: Any) -> RTDETR:
     """RT-DETR on timm's MobileNetV2 1.0 with the R18-sized encoder, 3 decoder layers."""
     return _rtdetr("rtdetr_mobilenetv2_100", _timm("mobilenetv2_100"), _encoder(0.5), _decoder(3), kwargs,
                    IMAGENET_PRETRAINED_CFG)
+
+
+# RT-DETRv2 ("bag of freebies"): the v1 architectures with the v2 decoder; same preprocessing.
+# ``cross_attn_method="discrete"`` gives the GridSample-free variant (official *_dsp_* configs).
+
+
+@register_model
+def rtdetrv2_r18vd(**kwargs: Any) -> RTDETR:
+    """RT-DETRv2-S: R18-vd, 3 decoder layers (COCO 48.1 AP, 20M params, 60 GFLOPs)."""
+    return _rtdetr("rtdetrv2_r18vd", _presnet(18), _encoder(0.5), _decoder_v2(3), kwargs)
+
+
+@register_model
+def rtdetrv2_r34vd(**kwargs: Any) -> RTDETR:
+    """RT-DETRv2-M*: R34-vd, 4 decoder layers (COCO 49.9 AP, 31M params, 92 GFLOPs)."""
+    return _rtdetr("rtdetrv2_r34vd", _presnet(34), _encoder(0.5), _decoder_v2(4), kwargs)
+
+
+@register_model
+def rtdetrv2_r50vd_m(**kwargs: Any) -> RTDETR:
+    """RT-DETRv2-M: R50-vd, expansion 0.5, 6 decoder layers evaluated at layer 2 (COCO 51.9 AP, 36M params)."""
+    return _rtdetr("rtdetrv2_r50vd_m", _presnet(50), _encoder(0.5), _decoder_v2(6, eval_idx=2), kwargs)
+
+
+@register_model
+def rtdetrv2_r50vd(**kwargs: Any) -> RTDETR:
+    """RT-DETRv2-L: R50-vd, 6 decoder layers (COCO 53.4 AP, 42M params, 136 GFLOPs)."""
+    return _rtdetr("rtdetrv2_r50vd", _presnet(50), _encoder(1.0), _decoder_v2(6), kwargs)
+
+
+@register_model
+def rtdetrv2_r101vd(**kwargs: Any) -> RTDETR:
+    """RT-DETRv2-X: R101-vd, encoder width 384, FFN 2048, 6 decoder layers (COCO 54.3 AP, 76M params)."""
+    return _rtdetr("rtdetrv2_r101vd", _presnet(101), _encoder(1.0, hidden_dim=384, dim_feedforward=2048),
+                   _decoder_v2(6), kwargs)
