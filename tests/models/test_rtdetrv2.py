@@ -149,10 +149,6 @@ def test_official_v2_layout_loads(r18, tmp_path):
         _load_official(name, pth)
 
 
-@pytest.mark.xfail(strict=True, raises=CheckpointError,
-                   reason="zoo.convert.convert_state_dict takes any checkpoint sharing >= 90% of the model's keys "
-                          "as zoo layout before asking the family formats, so the official v2 file (96% shared) is "
-                          "never converted; needs the fix described in the RT-DETRv2 report")
 def test_official_v2_layout_loads_through_create_model(r18, tmp_path):
     name, _, path = r18
     pth = tmp_path / "official.pth"

@@ -82,11 +82,14 @@ def _is_state_dict(obj: Mapping) -> bool:
 def convert_state_dict(family: str, state_dict: StateDict, model_keys: set[str] | None = None) -> tuple[StateDict, str]:
     """Convert ``state_dict`` to zoo keys for ``family``; returns ``(converted, format_name)``."""
     _load_family_formats()
-    if model_keys is not None and _matches(state_dict, model_keys):
+    keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    if model_keys is not None and keys <= model_keys:
         return dict(state_dict), "zoo"
     for fmt in _formats.get(family, []):
         if fmt.detect(state_dict):
             return fmt.convert(dict(state_dict)), fmt.name
+    if model_keys is not None and _matches(state_dict, model_keys):
+        return dict(state_dict), "zoo"  # nearly zoo keys: the strict load names what does not fit
     known = ", ".join(["zoo"] + [f.name for f in _formats.get(family, [])])
     sample = ", ".join(sorted(state_dict)[:5])
     raise CheckpointError(f"unrecognised checkpoint layout for a {family} model (known layouts: {known}); "
