@@ -18,20 +18,8 @@ from zoo.layers.conv import create_act
 from zoo.necks.hybrid_encoder import TransformerEncoderLayer
 from zoo.registry import register_component
 
-__all__ = ["DetrEncoderLayer", "DetrDecoderLayer", "DetrTransformerEncoder", "DetrTransformerDecoder",
+__all__ = ["DetrDecoderLayer", "DetrTransformerEncoder", "DetrTransformerDecoder",
            "DetrTransformer"]
-
-
-class DetrEncoderLayer(TransformerEncoderLayer):
-    """The post-norm encoder layer of RT-DETR's AIFI (same keys), with padded pixels masked as keys."""
-
-    def forward(self, src: torch.Tensor, pos_embed: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        q = k = src + pos_embed
-        attn, _ = self.self_attn(q, k, value=src, key_padding_mask=key_padding_mask, need_weights=False)
-        src = self.norm1(src + self.dropout1(attn))
-        ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
-        return self.norm2(src + self.dropout2(ffn))
 
 
 class DetrDecoderLayer(nn.Module):
@@ -68,7 +56,7 @@ class DetrTransformerEncoder(nn.Module):
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6, dim_feedforward: int = 2048,
                  dropout: float = 0.1, activation: str = "relu"):
         super().__init__()
-        layer = DetrEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation)
+        layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_encoder_layers))
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor | None = None

@@ -12,7 +12,7 @@ from torchvision.ops import box_convert
 
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
-__all__ = ["Detector", "build_detector", "check_num_classes", "detections_to_pixels", "PretrainedCfg"]
+__all__ = ["Detector", "build_detector", "build_component", "check_num_classes", "detections_to_pixels", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict
@@ -44,6 +44,12 @@ class Detector(nn.Module):
     def num_classes(self) -> int:
         return int(self.config["model_args"]["num_classes"])
 
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
+        """Write config.json, model.safetensors and a README.md model card (see zoo.hub.publish.save_pretrained)."""
+        from zoo.hub.publish import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
     @torch.no_grad()
     def deploy(self) -> "Detector":
         """Fuse re-parameterisable blocks (RepVGG) for inference; outputs are unchanged. Returns self."""
@@ -60,6 +66,12 @@ class Detector(nn.Module):
 
         return predict(self, images, score_threshold=score_threshold, top_k=top_k, batch_size=batch_size,
                        device=device, input_size=input_size)
+
+
+def build_component(kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.Module:
+    """Build a registered component from its spec ``{"name": ..., **args}`` plus arguments the detector injects."""
+    args = {k: v for k, v in spec.items() if k != "name"}
+    return get_component(kind, spec["name"])(**args, **injected)
 
 
 def _component_kind(key: str) -> str | None:

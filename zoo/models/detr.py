@@ -22,9 +22,9 @@ from zoo.backbones.detr_resnet import DetrResNet  # noqa: F401  (registers the "
 from zoo.decoders.detr_transformer import DetrTransformer
 from zoo.layers.mlp import MLP
 from zoo.layers.position_sine import PositionEmbeddingSine
-from zoo.models.base import Detector, build_detector, detections_to_pixels
+from zoo.models.base import Detector, build_component, build_detector, detections_to_pixels
 from zoo.models.rtdetr import check_pixel_values
-from zoo.registry import get_component, register_model
+from zoo.registry import register_model
 
 __all__ = ["DETR", "pad_images"]
 
@@ -65,9 +65,9 @@ class DETR(Detector):
     def __init__(self, backbone: dict[str, Any], encoder: dict[str, Any], decoder: dict[str, Any],
                  num_classes: int = 91, num_queries: int = 100, hidden_dim: int = 256, aux_loss: bool = True):
         super().__init__()
-        self.backbone = _build("backbone", backbone)
-        self.transformer = DetrTransformer(_build("encoder", encoder, d_model=hidden_dim),
-                                           _build("decoder", decoder, d_model=hidden_dim))
+        self.backbone = build_component("backbone", backbone)
+        self.transformer = DetrTransformer(build_component("encoder", encoder, d_model=hidden_dim),
+                                           build_component("decoder", decoder, d_model=hidden_dim))
         self.position_embedding = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.input_proj = nn.Conv2d(self.backbone.out_channels[-1], hidden_dim, kernel_size=1)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -126,11 +126,6 @@ class DETR(Detector):
             labels = labels.gather(1, index)
             boxes = boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
         return detections_to_pixels(boxes, scores, labels, target_sizes, score_threshold)
-
-
-def _build(kind: str, spec: dict[str, Any], **injected: Any) -> nn.Module:
-    args = {k: v for k, v in spec.items() if k != "name"}
-    return get_component(kind, spec["name"])(**args, **injected)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from zoo.decoders.rtdetr_decoder import DenoisingQueries
-from zoo.models.base import Detector, build_detector, detections_to_pixels
-from zoo.registry import get_component, register_model
+from zoo.models.base import Detector, build_component, build_detector, detections_to_pixels
+from zoo.registry import register_model
 
 __all__ = ["RTDETR"]
 
@@ -31,10 +31,10 @@ class RTDETR(Detector):
     def __init__(self, backbone: dict[str, Any], encoder: dict[str, Any], decoder: dict[str, Any],
                  num_classes: int = 80):
         super().__init__()
-        self.backbone = _build("backbone", backbone)
-        self.encoder = _build("encoder", encoder, in_channels=self.backbone.out_channels,
+        self.backbone = build_component("backbone", backbone)
+        self.encoder = build_component("encoder", encoder, in_channels=self.backbone.out_channels,
                               strides=self.backbone.strides)
-        self.decoder = _build("decoder", decoder, in_channels=self.encoder.out_channels, num_classes=num_classes)
+        self.decoder = build_component("decoder", decoder, in_channels=self.encoder.out_channels, num_classes=num_classes)
         self.size_divisor = max(self.backbone.strides)
 
     def forward(self, pixel_values: torch.Tensor, denoising: DenoisingQueries | None = None) -> dict[str, Any]:
@@ -57,11 +57,6 @@ class RTDETR(Detector):
         labels = index % num_classes
         boxes = boxes.gather(1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
         return detections_to_pixels(boxes, scores, labels, target_sizes, score_threshold)
-
-
-def _build(kind: str, spec: dict[str, Any], **injected: Any) -> torch.nn.Module:
-    args = {k: v for k, v in spec.items() if k != "name"}
-    return get_component(kind, spec["name"])(**args, **injected)
 
 
 def check_pixel_values(x: Any, size_divisor: int) -> None:

@@ -31,9 +31,11 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.activation = create_act(activation)
 
-    def forward(self, src: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, pos_embed: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_padding_mask`` [B, L] is True on padded positions (DETR); RT-DETR inputs have none."""
         q = k = src + pos_embed
-        attn, _ = self.self_attn(q, k, value=src, need_weights=False)
+        attn, _ = self.self_attn(q, k, value=src, key_padding_mask=key_padding_mask, need_weights=False)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout2(ffn))
