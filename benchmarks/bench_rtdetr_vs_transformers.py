@@ -21,7 +21,7 @@ import torch
 
 import zoo
 from zoo.cli.benchmark import latency_stats, measure_latency
-from zoo.convert import LoadReport, convert_state_dict, load_state_dict_strict, read_checkpoint
+from zoo.convert import load_checkpoint
 from zoo.engine.predict import resolve_device
 
 MODELS = ("rtdetr_r18vd", "rtdetr_mobilenetv3_large", "rtdetr_mobilenetv3_small")
@@ -72,11 +72,7 @@ def twin_models(name: str, seed: int = 0):
                 tensor.add_(torch.randn_like(tensor) * 0.02)
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
-        state_dict = read_checkpoint(Path(folder) / "model.safetensors")
-    converted, fmt = convert_state_dict("rtdetr", state_dict, set(model.state_dict()))
-    # zoo.convert.rtdetr maps the PResNet layout; a timm backbone sits under "_backbone" in transformers
-    converted = {k.replace("backbone.model._backbone.", "backbone.model."): v for k, v in converted.items()}
-    load_state_dict_strict(model, converted, LoadReport(source="transformers save_pretrained", format=fmt))
+        model.load_report = load_checkpoint(model, Path(folder) / "model.safetensors")
     return model, hf
 
 

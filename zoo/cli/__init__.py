@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args) or EXIT_OK)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
-        print(f"zoo {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR

@@ -23,6 +23,7 @@ __all__ = ["transformers_to_zoo", "official_v2_to_zoo"]
 
 # (transformers pattern, zoo replacement); applied in order after dropping the "model." prefix
 _RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
+    (r"^backbone\.model\._backbone\.", "backbone.model."),  # transformers hosting a timm backbone
     (r"^backbone\.model\.embedder\.embedder\.(\d)\.convolution",
      lambda m: f"backbone.conv1.conv1_{int(m[1]) + 1}.conv"),
     (r"^backbone\.model\.embedder\.embedder\.(\d)\.normalization",
