@@ -1,0 +1,220 @@
+"""``zoo weights list|info|download|verify|check|bundle``: the pretrained weights in the manifest."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from zoo.hub.manifest import WeightsEntry
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="pretrained weights: list, info, download, verify, check, bundle",
+                       description="Pretrained weights from the manifest (weights_manifest.json).")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    a = actions.add_parser("list", help="list weight entries", description="List weight entries (fnmatch patterns).")
+    a.add_argument("patterns", nargs="*", default=["*"], help="e.g. 'rtdetr_*' or an architecture name")
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a.set_defaults(func=_list)
+
+    a = actions.add_parser("info", help="describe one entry and where it loads from")
+    a.add_argument("name", help="architecture.tag, or an architecture for its default weights")
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a.set_defaults(func=_info)
+
+    a = actions.add_parser("download", help="download and verify weights into the Hugging Face cache")
+    a.add_argument("patterns", nargs="+", help="entries to download (fnmatch patterns)")
+    a.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    a.set_defaults(func=_download)
+
+    a = actions.add_parser("verify", help="re-hash cached weights against the manifest")
+    a.add_argument("patterns", nargs="*", default=["*"], help="entries to verify (default: all cached)")
+    a.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    a.set_defaults(func=_verify)
+
+    a = actions.add_parser("check", help="validate the manifest against its schema and the registry")
+    a.add_argument("--manifest", default=None, help="manifest file (default: the one zoo loads)")
+    a.add_argument("--strict", action="store_true", help="entries of unregistered architectures are errors")
+    a.set_defaults(func=_check)
+
+    a = actions.add_parser("bundle", help="download weights into a folder to carry to an offline machine",
+                           description="Download entries into DIR (a Hugging Face cache). On the offline machine: "
+                                       "HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1.")
+    a.add_argument("directory", help="output folder")
+    a.add_argument("patterns", nargs="+", help="entries to bundle (fnmatch patterns)")
+    a.set_defaults(func=_bundle)
+
+
+def _status(entry: WeightsEntry) -> str:
+    from zoo.registry import is_model
+
+    return "" if is_model(entry.architecture) else "architecture not registered"
+
+
+def _summary(entry: WeightsEntry) -> dict[str, Any]:
+    from zoo.hub.download import cached_file
+
+    metric = next(iter(entry.metrics), None)
+    return {"name": entry.name, "repo": f"{entry.hub.repo_id}@{entry.hub.revision}", "format": entry.format,
+            "dataset": entry.dataset, "metric": f"{metric['metric']} {metric['value']}" if metric else "",
+            "params_m": entry.complexity["params_m"], "sha256": "pinned" if entry.hub.sha256 else "unhashed",
+            "cached": cached_file(entry.hub) is not None, "status": _status(entry)}
+
+
+def _list(args: argparse.Namespace) -> int:
+    from zoo.hub.manifest import load_manifest
+
+    rows = [_summary(e) for e in load_manifest().select(args.patterns)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("name", "repo", "format", "metric", "params_m", "sha256", "cached", "status")
+    table = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    for row in [list(columns), *table]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _resolve(name: str) -> WeightsEntry:
+    from zoo.hub.manifest import load_manifest
+
+    arch, _, tag = name.partition(".")
+    return load_manifest().resolve(arch, tag or None)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from zoo.hub.download import cached_file, hub_cache_dir, hub_endpoint, hub_offline
+
+    entry = _resolve(args.name)
+    hub = entry.hub
+    cached = cached_file(hub)
+    info = {
+        "name": entry.name, "architecture": entry.architecture, "status": _status(entry) or "registered",
+        "hub": {"repo_id": hub.repo_id, "revision": hub.revision, "filename": hub.filename, "sha256": hub.sha256,
+                "size": hub.size},
+        "loads_from": str(cached) if cached else
+        (f"nothing cached in {hub_cache_dir()} and offline" if hub_offline() else
+         f"{hub_endpoint()}/{hub.repo_id}/resolve/{hub.revision}/{hub.filename} (into {hub_cache_dir()})"),
+        "format": entry.format, "license": entry.license, "origin": dict(entry.origin), "dataset": entry.dataset,
+        "pretrain_dataset": entry.pretrain_dataset, "num_classes": entry.num_classes,
+        "label_names": entry.label_set or list(entry.label_names), "preprocessing": dict(entry.preprocessing),
+        "metrics": [dict(m) for m in entry.metrics], "complexity": dict(entry.complexity),
+        "model_args": dict(entry.model_args), "notes": entry.notes,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if value not in (None, "", {}, []):
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+def _fetch_all(patterns: list[str], cache_dir: str | None) -> list[tuple[WeightsEntry, Path]]:
+    from zoo.hub.download import fetch_weights
+    from zoo.hub.manifest import load_manifest
+
+    done = []
+    for entry in load_manifest().select(patterns):
+        path = fetch_weights(entry, cache_dir=cache_dir, verify_cache=True)
+        check = "sha256 verified" if entry.hub.sha256 else "unverified: no sha256 in the manifest"
+        print(f"{entry.name}: {path} ({check})")
+        done.append((entry, path))
+    return done
+
+
+def _download(args: argparse.Namespace) -> int:
+    _fetch_all(args.patterns, args.cache_dir)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from zoo.hub.download import cached_file, sha256_file, verify_file
+    from zoo.hub.manifest import load_manifest
+
+    failed = checked = 0
+    for entry in load_manifest().select(args.patterns):
+        path = cached_file(entry.hub, args.cache_dir)
+        if path is None:
+            continue
+        checked += 1
+        if entry.hub.sha256 is None:
+            print(f"{entry.name}: no sha256 in the manifest; the cached file has sha256 {sha256_file(path)}, "
+                  f"size {os.path.getsize(path)}")
+            continue
+        problems = verify_file(path, entry.hub.sha256, entry.hub.size)
+        failed += bool(problems)
+        print(f"{entry.name}: " + (f"MISMATCH ({'; '.join(problems)}): {path}" if problems else "ok"))
+    if not checked:
+        print("nothing cached matches; `zoo weights download PATTERN` fetches and verifies weights")
+    return 1 if failed else 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Schema, then per entry: registered architecture, known layout, num_classes and parameter count."""
+    from zoo.hub.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(args.manifest)
+    except ManifestError as exc:
+        print(exc)
+        return 1
+    errors = 0
+    for entry in manifest.entries.values():
+        problems = _entry_problems(entry) if not _status(entry) else []
+        if _status(entry):
+            line = f"{entry.name}: architecture not registered" + (" (error: --strict)" if args.strict else "")
+            errors += args.strict
+        else:
+            line = f"{entry.name}: " + ("; ".join(problems) if problems else "ok")
+            errors += bool(problems)
+        print(line)
+    print(f"{len(manifest.entries)} entries in {manifest.path}, {errors} with errors")
+    return 1 if errors else 0
+
+
+def _entry_problems(entry: WeightsEntry) -> list[str]:
+    """Build the architecture on the meta device (no memory, no weights) and compare it with the entry."""
+    import torch
+
+    from zoo.convert import _formats, _load_family_formats
+    from zoo.registry import model_entrypoint
+
+    try:
+        with torch.device("meta"):
+            model = model_entrypoint(entry.architecture)(**{**entry.model_args, "num_classes": entry.num_classes})
+    except Exception as exc:  # report, do not crash the check
+        return [f"cannot build with the entry's num_classes/model_args: {type(exc).__name__}: {exc}"]
+    problems = []
+    _load_family_formats()
+    family = getattr(model, "family", "")
+    known = {"zoo", "timm"} | {f.name for f in _formats.get(family, [])}
+    if entry.format not in known:
+        problems.append(f"format {entry.format} has no converter for the {family or 'timm'} family "
+                        f"(known: {', '.join(sorted(known))})")
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    claimed = entry.complexity["params_m"]
+    tolerance = 0.005 if entry.complexity["provenance"] == "measured by zoo" else 0.05
+    if abs(params - claimed) > tolerance * claimed:
+        problems.append(f"params_m {claimed} but the architecture has {params:.3f}M "
+                        f"(tolerance {tolerance:.1%} for {entry.complexity['provenance']})")
+    return problems
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from zoo.hub.download import sha256_file
+
+    folder = Path(args.directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = _fetch_all(args.patterns, str(folder))
+    record = {entry.name: {"repo_id": entry.hub.repo_id, "revision": entry.hub.revision,
+                           "filename": entry.hub.filename, "sha256": sha256_file(path), "size": path.stat().st_size}
+              for entry, path in done}
+    (folder / "zoo-bundle.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"bundled {len(done)} weight files in {folder}. On the offline machine copy the folder and set "
+          f"HF_HUB_CACHE={folder} HF_HUB_OFFLINE=1 (or copy its models--* folders into your Hugging Face cache).")
+    return 0
