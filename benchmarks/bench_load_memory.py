@@ -97,13 +97,13 @@ def main() -> None:
         hub = LocalHub(tmp / "hub").start()
         try:
             model = zoo.create_model(args.arch)
-            weights = tmp / "model.safetensors"
+            weights, num_classes = tmp / "model.safetensors", model.num_classes
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
             del model
             repo = f"zoo-bench/{args.arch}"
             hub.commit(repo, {"model.safetensors": weights})
-            entry = manifest_entry(repo, sha256=sha256_file(weights), size=weights.stat().st_size, num_classes=80,
-                                   label_names="coco80")
+            entry = manifest_entry(repo, sha256=sha256_file(weights), size=weights.stat().st_size,
+                                   num_classes=num_classes)
             manifest = tmp / "manifest.json"
             manifest.write_text(json.dumps({"schema_version": 1, "weights": {f"{args.arch}.bench": entry}}))
             env = {**os.environ, "ZOO_WEIGHTS_MANIFEST": str(manifest), "HF_ENDPOINT": hub.endpoint,
@@ -113,7 +113,9 @@ def main() -> None:
             rows = []
             for mode in ("zoo", "copy"):
                 out = subprocess.run([sys.executable, __file__, "--child", mode, "--arch", args.arch,
-                                      "--size", str(args.size)], env=env, check=True, capture_output=True, text=True)
+                                      "--size", str(args.size)], env=env, capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"the {mode} measurement failed:\n{out.stderr[-3000:]}")
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         finally:
             hub.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from zoo.convert import CheckpointError
@@ -45,7 +46,7 @@ def hub_endpoint() -> str:
     """The Hub URL: ``$HF_ENDPOINT`` (a mirror) or huggingface.co."""
     from huggingface_hub import constants
 
-    return (os.environ.get("HF_ENDPOINT") or constants._HF_DEFAULT_ENDPOINT).rstrip("/")
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 def hub_cache_dir() -> Path:
@@ -106,6 +107,18 @@ def _remove(path: Path) -> None:
             pass
 
 
+def _lock_dir(cache: Path) -> Path:
+    """Locks live in the cache (shared by every process using it); a read-only cache (a bundle) uses the temp dir."""
+    for folder in (cache / ".locks" / "zoo", Path(tempfile.gettempdir()) / "zoo-locks"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise PermissionError(f"no writable folder for download locks (tried {cache / '.locks'} and the temp dir)")
+
+
 def _prefetch_hint(name: str) -> str:
     return (f"Prefetch on a machine with access: `zoo weights download {name}`, or `zoo weights bundle DIR {name}`, "
             "copy DIR to this machine and set HF_HUB_CACHE=DIR (with HF_HUB_OFFLINE=1 to stay offline).")
@@ -130,10 +143,8 @@ def fetch_file(hub: HubFile, *, name: str | None = None, verify_cache: bool | No
     cache = Path(cache_dir) if cache_dir else hub_cache_dir()
     offline = hub_offline() if offline is None else offline
     verify_cache = _flag("ZOO_VERIFY_CACHE") if verify_cache is None else verify_cache
-    lock_dir = cache / ".locks" / "zoo"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock_name = hashlib.sha1(f"{hub.repo_id}\n{hub.filename}\n{hub.revision}".encode()).hexdigest()
-    with FileLock(str(lock_dir / f"{lock_name}.lock")):
+    lock_name = hashlib.sha1(f"{cache}\n{hub.repo_id}\n{hub.filename}\n{hub.revision}".encode()).hexdigest()
+    with FileLock(str(_lock_dir(cache) / f"{lock_name}.lock")):
         before = cached_file(hub, cache)
         path = _download(hub, name, cache, offline)
         fresh = before is None or before.resolve() != path.resolve()
