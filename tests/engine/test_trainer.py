@@ -101,3 +101,15 @@ def test_cli(data, tmp_path, capsys):
     assert "best AP" in capsys.readouterr().out
     assert (tmp_path / "final" / "model.safetensors").is_file()
     assert main(["train", "rtdetr_mobilenetv3_small", "--data", str(tmp_path / "nowhere")]) == 1
+
+
+def test_lr_schedule():
+    from zoo.engine.trainer import _lr_lambda
+
+    f = _lr_lambda(10, 100, "constant", drop_steps=[60, 80])
+    assert [f(0), f(9), f(10), f(59)] == [pytest.approx(0.1), 1.0, 1.0, 1.0]
+    assert f(60) == pytest.approx(0.1) and f(80) == pytest.approx(0.01)
+    g = _lr_lambda(0, 100, "cosine")
+    assert g(0) == pytest.approx(1.0) and g(50) == pytest.approx(0.5) and g(100) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="schedule"):
+        _lr_lambda(0, 1, "linear")

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=2000)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--lr-drops", type=int, nargs="*", default=[], metavar="EPOCH",
+                   help="epochs after which the lr is multiplied by 0.1")
     p.add_argument("--clip-max-norm", type=float, default=0.1)
     p.add_argument("--ema-decay", type=float, default=0.9999, help="0 disables EMA")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
@@ -69,6 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, model_args=model_args, input_size=args.size, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+        lr_drops=tuple(args.lr_drops),
         clip_max_norm=args.clip_max_norm, ema_decay=args.ema_decay, amp=args.amp, augment=not args.no_augment,
         multiscale=not args.no_multiscale, eval_every=args.eval_every, num_workers=args.workers, seed=args.seed,
         device=args.device, progress=not args.no_progress)

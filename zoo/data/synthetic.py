@@ -81,7 +81,7 @@ def render_image(seed: int, index: int, image_size: int = 160, max_objects: int 
             draw.ellipse(pts, fill=colour)
         else:
             draw.polygon(pts, fill=colour)
-        objects.append({"category_id": kind + 1, "bbox": [round(v, 2) for v in box]})
+        objects.append({"category_id": kind + 1, "bbox": [round(float(v), 2) for v in box]})
     return img, objects
 
 

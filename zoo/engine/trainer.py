@@ -24,7 +24,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -63,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 2000
     schedule: str = "constant"            # after warm-up: "constant" (official RT-DETR) or "cosine"
+    lr_drops: tuple[int, ...] = ()        # epochs after which the lr is multiplied by 0.1 (MultiStepLR)
     clip_max_norm: float = 0.1
     ema_decay: float = 0.9999             # 0 disables EMA
     amp: str = "auto"                     # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, none
@@ -106,17 +107,19 @@ def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_deca
             for (bb, flat), ps in sorted(groups.items())]
 
 
-def _lr_lambda(warmup: int, total: int, schedule: str):
+def _lr_lambda(warmup: int, total: int, schedule: str, drop_steps: Sequence[int] = ()):
+    """lr factor per step: linear warm-up, then constant or cosine, times 0.1 per passed drop step."""
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
 
     def factor(step: int) -> float:
+        drop = 0.1 ** sum(step >= d for d in drop_steps)
         if step < warmup:
-            return (step + 1) / warmup
+            return drop * (step + 1) / warmup
         if schedule == "cosine":
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+            return drop * 0.5 * (1 + math.cos(math.pi * progress))
+        return drop
     return factor
 
 
@@ -173,7 +176,8 @@ class Trainer:
             raise ValueError(f"{len(self.train_set)} training images is fewer than one batch of {config.batch_size}")
         self.total_steps = self.steps_per_epoch * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(config.warmup_steps, self.total_steps, config.schedule))
+            self.optimizer, _lr_lambda(config.warmup_steps, self.total_steps, config.schedule,
+                                       [e * self.steps_per_epoch for e in config.lr_drops]))
         self.amp_dtype = _amp_dtype(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = None
