@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +17,8 @@ from zoo.hub.pretrained import load_pretrained_backbone
 from zoo.hub.publish import save_pretrained
 
 PRIOR = prior_prob_bias(0.01)
-#: a class head with another number of rows runs another GEMM shape, which rounds differently (~1e-7)
-GEMM_TOL = dict(rtol=0, atol=1e-6)
+#: a class head with another number of rows runs another GEMM shape, which rounds differently (~1e-7 relative)
+GEMM_TOL = dict(rtol=0, atol=1e-5)
 RTDETR_HEADS = ("decoder.enc_score_head", "decoder.dec_score_head", "decoder.denoising_class_embed")
 
 
@@ -158,3 +160,30 @@ def test_detector_without_weights_points_to_its_backbone(monkeypatch):
     monkeypatch.delenv("ZOO_WEIGHTS_MANIFEST", raising=False)
     with pytest.raises(KeyError, match=r"pretrained_backbone=True\) loads mobilenetv3_small_100.lamb_in1k"):
         zoo.create_model("rtdetr_mobilenetv3_small", pretrained=True)
+
+
+def test_transformers_detr_weights_with_coco_class_names(local_hub, hub_env, use_manifest, repo_id, tmp_path):
+    """facebook/detr-style weights (transformers layout, 91 COCO-id classes) against transformers itself:
+    all classes give its logits, class_names pick its columns (and keep no-object)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from hf_detr import hf_detr
+
+    hf = hf_detr("detr_resnet50", backbone="resnet10t", encoder_layers=1, decoder_layers=1)
+    hf.save_pretrained(tmp_path)
+    local_hub.commit(repo_id, {"model.safetensors": tmp_path / "model.safetensors"})
+    path = tmp_path / "model.safetensors"
+    args = {"backbone": {"model_name": "resnet10t"}, "encoder": {"num_encoder_layers": 1},
+            "decoder": {"num_decoder_layers": 1}}
+    use_manifest({"detr_resnet50.tiny": manifest_entry(repo_id, fmt="transformers-detr", sha256=sha256_file(path),
+                                                      size=path.stat().st_size, num_classes=91,
+                                                      label_names="coco91", model_args=args)})
+    x = torch.rand(1, 3, 96, 128)
+    model = zoo.create_model("detr_resnet50.tiny").eval()
+    assert model.load_report.format == "transformers-detr"
+    subset = zoo.create_model("detr_resnet50.tiny", class_names=["dog", "person"]).eval()
+    with torch.no_grad():
+        ref, out, picked = hf(pixel_values=x), model(x), subset(x)
+    torch.testing.assert_close(out["pred_logits"], ref.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out["pred_boxes"], ref.pred_boxes, rtol=0, atol=1e-5)
+    torch.testing.assert_close(picked["pred_logits"], ref.logits[..., [18, 1, 91]], **GEMM_TOL)  # dog=18, person=1
+    assert subset.pretrained_cfg["label_names"] == ["dog", "person"]
