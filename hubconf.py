@@ -16,11 +16,17 @@ def _detectors() -> dict:
     from zoo.models.base import Detector
     from zoo.registry import list_models, model_aliases, model_entrypoint
 
-    names = {}
-    for name in list_models():
-        returns = typing.get_type_hints(model_entrypoint(name)).get("return")
-        if isinstance(returns, type) and issubclass(returns, Detector):
-            names[name] = name
+    def is_detector(name: str) -> bool:
+        try:
+            returns = typing.get_type_hints(model_entrypoint(name)).get("return")
+        except NameError:  # an annotation that does not resolve: build it (on the meta device, no memory)
+            import torch
+
+            with torch.device("meta"):
+                returns = type(model_entrypoint(name)())
+        return isinstance(returns, type) and issubclass(returns, Detector)
+
+    names = {name: name for name in list_models() if is_detector(name)}
     names.update({alias: target for alias, target in model_aliases().items() if target in names})
     return names
 

@@ -200,7 +200,8 @@ def load_pretrained_backbone(model: nn.Module, weights: bool | str = True, verif
 def build_with_weights(architecture: str, model_args: Mapping[str, Any], source: WeightsSource,
                        num_classes: int | None = None, class_names: Sequence[str] | None = None,
                        strict: bool = True) -> nn.Module:
-    """Build ``architecture`` on the meta device and assign the (converted, adapted) weights of ``source``."""
+    """Build ``architecture`` with its weights on the meta device and assign the converted (and, for other classes,
+    adapted) tensors of ``source``; see the module docstring for the rules."""
     target_classes, rows = _class_plan(source, num_classes, class_names)
     args = {**model_args, "num_classes": target_classes}
     entrypoint = model_entrypoint(architecture)
@@ -271,6 +272,9 @@ def _adapt_class_heads(model: nn.Module, state_dict: dict[str, torch.Tensor], ro
                               "heads are not declared (zoo.hub.pretrained.register_class_heads)")
     modules = [(name, module, head) for name, module in model.named_modules() for head in heads
                if re.fullmatch(head.module, name)]
+    if not modules:
+        raise CheckpointError(f"no module of this {family} model matches its declared class heads "
+                              f"({', '.join(h.module for h in heads)})")
     kept = [r for r in rows if r is not None]
     for name, module, head in modules:
         fresh = copy.deepcopy(module).to_empty(device="cpu")
