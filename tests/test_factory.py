@@ -65,8 +65,10 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
 def test_conflicting_weight_requests():
     with pytest.raises(ValueError, match="conflicting"):
         zoo.create_model("rtdetr_r18vd.coco", pretrained="coco_o365")
-    with pytest.raises(ValueError, match="either"):
+    with pytest.raises(ValueError, match="only one of"):
         zoo.create_model("rtdetr_r18vd", pretrained=True, checkpoint_path="x.pth")
+    with pytest.raises(ValueError, match="only one of"):
+        zoo.create_model("rtdetr_mnv3", pretrained_backbone=True, checkpoint_path="x.pth")
 
 
 def test_create_model_from_config_requires_an_architecture():

@@ -33,6 +33,7 @@ def create_model(
     pretrained: bool | str = False,
     num_classes: int | None = None,
     checkpoint_path: str | os.PathLike | None = None,
+    pretrained_backbone: bool | str = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Create a registered model.
@@ -43,6 +44,8 @@ def create_model(
         pretrained: ``True`` for the default weights, or a tag such as ``"coco_o365"``.
         num_classes: number of classes; with pretrained weights for another count, the class heads are adapted.
         checkpoint_path: a local checkpoint in any known layout (zoo, official, transformers), loaded strictly.
+        pretrained_backbone: load ImageNet weights (from the manifest) into a timm backbone: ``True`` for the
+            default tag of the backbone's timm model, or a tag. Used for detectors without detector weights.
         **kwargs: architecture overrides routed to the right component (``num_queries=100``,
             ``eval_idx=2``, ``num_decoder_layers=4``, ``backbone="resnet50d"``, ``decoder={...}``).
     """
@@ -56,8 +59,8 @@ def create_model(
         if pretrained not in (False, True, tag):
             raise ValueError(f"conflicting weights: tag {tag!r} in the name and pretrained={pretrained!r}")
         pretrained = tag
-    if pretrained and checkpoint_path is not None:
-        raise ValueError("pass either pretrained=... or checkpoint_path=..., not both")
+    if sum(map(bool, (pretrained, checkpoint_path is not None, pretrained_backbone))) > 1:
+        raise ValueError("pass only one of pretrained=..., checkpoint_path=... and pretrained_backbone=...")
     if pretrained:
         from zoo.hub.pretrained import create_pretrained
 
@@ -70,6 +73,10 @@ def create_model(
         from zoo.convert import load_checkpoint
 
         model.load_report = load_checkpoint(model, checkpoint_path)
+    if pretrained_backbone:
+        from zoo.hub.pretrained import load_pretrained_backbone
+
+        model.load_report = load_pretrained_backbone(model, pretrained_backbone)
     return model
 
 

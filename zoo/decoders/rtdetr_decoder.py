@@ -178,15 +178,17 @@ class RTDETRDecoder(nn.Module):
         anchors, valid = _anchors(tuple(shapes), 0.05, self.anchor_eps, memory.device, memory.dtype)
         output_memory = self.enc_output(valid.to(memory.dtype) * memory)
         enc_logits = self.enc_score_head(output_memory)
-        enc_boxes_unact = self.enc_bbox_head(output_memory) + anchors
         topk = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=1).indices
 
         def gather(t: torch.Tensor) -> torch.Tensor:
+            t = t.expand(topk.shape[0], -1, -1)  # anchors are shared by the batch
             return t.gather(1, topk.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
 
-        ref_unact = gather(enc_boxes_unact)
+        # the box head is row-wise: running it on the top-k rows only gives the same boxes for ~1/28 of the work
+        selected = gather(output_memory)
+        ref_unact = self.enc_bbox_head(selected) + gather(anchors)
         enc_topk_boxes, enc_topk_logits = ref_unact.sigmoid(), gather(enc_logits)
-        target = gather(output_memory).detach()
+        target = selected.detach()
         attn_mask = None
         if denoising is not None:
             target = torch.cat([denoising.class_embed, target], 1)
