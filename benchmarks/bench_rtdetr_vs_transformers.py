@@ -3,8 +3,8 @@
 For each model, transformers' RTDetrForObjectDetection is configured from the zoo model's config (PResNet ->
 RTDetrResNetConfig; a timm backbone -> TimmBackboneConfig, transformers' way of hosting timm models), its weights are
 randomised, saved with ``save_pretrained`` and loaded into zoo through ``zoo.convert`` (strict). Outputs are compared
-(max |diff| of logits and boxes), then the forward pass is timed, interleaving zoo, zoo after ``deploy()`` (RepVGG
-fused) and transformers in every iteration so that load on the machine hits all three alike.
+(max |diff| of logits and boxes), then the forward pass is timed, interleaving zoo, zoo after ``deploy(channels_last=True)``
+(RepVGG fused, channels-last memory) and transformers in every iteration so that load on the machine hits all three alike.
 
     python benchmarks/bench_rtdetr_vs_transformers.py                 # CPU, 640x640, batch 1
     python benchmarks/bench_rtdetr_vs_transformers.py --device cuda --iters 100
@@ -78,7 +78,7 @@ def twin_models(name: str, seed: int = 0):
 
 def bench(name: str, device: torch.device, size: int, batch_size: int, warmup: int, iters: int) -> dict:
     model, hf = twin_models(name)
-    deployed = copy.deepcopy(model).deploy()
+    deployed = copy.deepcopy(model).deploy(channels_last=True)
     model, deployed, hf = model.to(device), deployed.to(device), hf.to(device)
     x = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.inference_mode():
@@ -86,7 +86,8 @@ def bench(name: str, device: torch.device, size: int, batch_size: int, warmup: i
         diff = {"logits": (ref.logits - out["pred_logits"]).abs().max().item(),
                 "boxes": (ref.pred_boxes - out["pred_boxes"]).abs().max().item(),
                 "deploy_logits": (out["pred_logits"] - fused["pred_logits"]).abs().max().item()}
-        runs = {"zoo": lambda: model(x), "zoo_deploy": lambda: deployed(x), "transformers": lambda: hf(pixel_values=x)}
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        runs = {"zoo": lambda: model(x), "zoo_deploy": lambda: deployed(x_cl), "transformers": lambda: hf(pixel_values=x)}
         for fn in runs.values():
             measure_latency(fn, device, warmup, 0)
         times = {key: [] for key in runs}

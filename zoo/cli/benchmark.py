@@ -107,7 +107,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, device = model_from_args(args)
     if not args.no_deploy:
-        model.deploy()
+        model.deploy(channels_last=True)
     result = {"model": args.name, "deploy": not args.no_deploy,
               **benchmark_model(model, args.batch_size, args.size, device, args.warmup, args.iters, progress=True)}
     if args.json:
