@@ -12,7 +12,8 @@ from transformers.models.rt_detr.modeling_rt_detr import get_contrastive_denoisi
 @pytest.fixture(scope="module")
 def decoder():
     torch.manual_seed(0)
-    return create_model("rtdetr_mobilenetv3_small", num_classes=5, num_queries=20).decoder
+    return create_model("rtdetr_mobilenetv3_small", num_classes=5, num_queries=20, encoder={"hidden_dim": 64},
+                        decoder={"hidden_dim": 64, "num_heads": 4}).decoder
 
 
 def _targets(counts, seed=0):

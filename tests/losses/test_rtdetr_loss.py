@@ -17,7 +17,9 @@ NUM_CLASSES = 5
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = create_model("rtdetr_mobilenetv3_small", num_classes=NUM_CLASSES, num_queries=30).train()
+    m = create_model("rtdetr_mobilenetv3_small", num_classes=NUM_CLASSES,  # narrow, to keep the test fast
+                     encoder={"hidden_dim": 64, "dim_feedforward": 128, "num_heads": 4},
+                     decoder={"hidden_dim": 64, "dim_feedforward": 128, "num_heads": 4, "num_queries": 30}).train()
     with torch.no_grad():  # heads start at zero: perturb them so that boxes and scores differ per query
         for p in m.decoder.parameters():
             p.add_(torch.randn_like(p) * 0.05)
