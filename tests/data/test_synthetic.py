@@ -1,8 +1,11 @@
 """zoo.data.synthetic: seeded, index-addressable, tight boxes, valid COCO json (read back with pycocotools)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from zoo.data.coco import CocoDetection
 from zoo.data.synthetic import SHAPE_CLASSES, _background, make_synthetic_coco, render_image
@@ -54,3 +57,74 @@ def test_coco_format_reads_back(tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="num_images"):
         make_synthetic_coco(tmp_path, "val", 0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The bundled demo weights (zoo/assets/shapes_demo) and demo image, trained on this dataset (docs/training.md)
+# ----------------------------------------------------------------------------------------------------------
+import zoo  # noqa: E402
+
+ASSETS = Path(zoo.__file__).parent / "assets"
+DEMO_WEIGHTS, DEMO_IMAGE = ASSETS / "shapes_demo", ASSETS / "shapes_demo.png"
+#: the held-out split: stream seed 1 (training used seed 0), 96x96, the first 50 images
+HELD_OUT = dict(split="val", num_images=50, seed=1, image_size=96)
+#: the demo image is image 114 of stream seed 2 (never trained on), upscaled 3x
+DEMO_SOURCE, DEMO_SCALE = (2, 114, 96), 3
+#: box AP measured on HELD_OUT when the weights were made (also in their model card and manifest entry)
+DEMO_AP = 0.6314
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    if not (DEMO_WEIGHTS / "model.safetensors").is_file():
+        pytest.skip("demo weights not bundled")
+    return zoo.create_model(f"local-dir:{DEMO_WEIGHTS}").eval()
+
+
+def test_demo_weights_are_small_fp16(demo_model):
+    from safetensors import safe_open
+
+    path = DEMO_WEIGHTS / "model.safetensors"
+    assert path.stat().st_size <= 12 * 2 ** 20
+    with safe_open(str(path), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}
+    assert demo_model.config["architecture"] == "rtdetr_mobilenetv3_small"
+    assert demo_model.pretrained_cfg["input_size"] == (3, 96, 96) or list(demo_model.pretrained_cfg["input_size"]) == [3, 96, 96]
+    assert demo_model.pretrained_cfg["label_names"] == list(SHAPE_CLASSES)
+
+
+def test_demo_weights_ap_on_regenerated_held_out_split(demo_model, tmp_path):
+    from zoo.engine.evaluate import evaluate
+
+    ann = make_synthetic_coco(tmp_path, **HELD_OUT)
+    metrics = evaluate(demo_model, ann, tmp_path / "val", num_workers=0, progress=False, verbose=False).metrics
+    assert metrics["AP"] == pytest.approx(DEMO_AP, abs=0.01)
+
+
+def test_demo_image_is_the_documented_render():
+    image, _ = render_image(*DEMO_SOURCE)
+    expected = image.resize((image.width * DEMO_SCALE, image.height * DEMO_SCALE), Image.LANCZOS)
+    assert np.array_equal(np.asarray(Image.open(DEMO_IMAGE).convert("RGB")), np.asarray(expected))
+
+
+def test_zoo_predict_finds_the_shapes_in_the_demo_image(demo_model, tmp_path, capsys):
+    """The README's main command (threshold 0.7): every shape found with the right class (IoU >= 0.5), and
+    nothing else."""
+    from torchvision.ops import box_iou
+
+    from zoo.cli import main
+
+    assert main(["predict", f"local-dir:{DEMO_WEIGHTS}", str(DEMO_IMAGE), "--threshold", "0.7",
+                 "--out", str(tmp_path)]) == 0
+    assert "detections" in capsys.readouterr().out
+    record = json.loads((tmp_path / "detections.json").read_text())["images"][0]
+    assert (tmp_path / "shapes_demo.jpg").is_file()
+    _, objects = render_image(*DEMO_SOURCE)
+    gt = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (o["bbox"] for o in objects)]) * DEMO_SCALE
+    gt_names = [SHAPE_CLASSES[o["category_id"] - 1] for o in objects]
+    pred = torch.tensor(record["boxes"]).reshape(-1, 4)
+    assert len(pred) == len(gt), (record["label_names"], gt_names)
+    iou = box_iou(gt, pred)
+    for i, name in enumerate(gt_names):
+        j = int(iou[i].argmax())
+        assert iou[i, j] >= 0.5 and record["label_names"][j] == name, (name, record)
