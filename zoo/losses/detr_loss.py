@@ -11,6 +11,7 @@ from torchvision.ops import box_convert, generalized_box_iou
 
 from zoo.losses.matcher import HungarianMatcher
 from zoo.losses.rtdetr_loss import RTDETRCriterion
+from zoo.losses.targets import check_targets
 
 __all__ = ["SetCriterion"]
 
@@ -59,14 +60,8 @@ class SetCriterion(nn.Module):
         if logits.shape[-1] != self.num_classes + 1:
             raise ValueError(f"pred_logits has {logits.shape[-1]} columns; a criterion with num_classes="
                              f"{self.num_classes} expects {self.num_classes + 1} (classes + no-object)")
-        if len(targets) != logits.shape[0]:
-            raise ValueError(f"{len(targets)} targets for a batch of {logits.shape[0]} images")
-        for i, t in enumerate(targets):
-            if "labels" not in t or "boxes" not in t:
-                raise KeyError(f"target {i} needs 'labels' and 'boxes' (normalised cxcywh), got {sorted(t)}")
-            if len(t["labels"]) and (t["labels"].min() < 0 or t["labels"].max() >= self.num_classes):
-                raise ValueError(f"target {i} has labels outside [0, {self.num_classes}); DETR COCO models take the "
-                                 "raw COCO category ids (1..90) with num_classes=91")
+        check_targets(targets, logits.shape[0], self.num_classes,
+                      "DETR COCO models take the raw COCO category ids (1..90) with num_classes=91")
 
     def _terms(self, out: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]], indices: Indices,
                num_boxes: float, suffix: str) -> dict[str, torch.Tensor]:

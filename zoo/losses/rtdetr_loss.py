@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 from zoo.losses.matcher import HungarianMatcher
+from zoo.losses.targets import check_targets
 
 __all__ = ["RTDETRCriterion", "varifocal_loss"]
 
@@ -54,7 +55,8 @@ class RTDETRCriterion(nn.Module):
         self.alpha, self.gamma = alpha, gamma
 
     def forward(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        self._check_targets(outputs, targets)
+        check_targets(targets, outputs["pred_logits"].shape[0], self.num_classes,
+                      "map dataset category ids to contiguous labels (zoo.data.CocoDetection does)")
         device = outputs["pred_logits"].device
         targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device=device, dtype=torch.float32)}
                    for t in targets]
@@ -73,16 +75,6 @@ class RTDETRCriterion(nn.Module):
             for i, out in enumerate(outputs["dn_outputs"]):
                 losses.update(self._terms(out, targets, indices, num_boxes * meta["dn_num_group"], f"_dn_{i}"))
         return losses
-
-    def _check_targets(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> None:
-        if len(targets) != outputs["pred_logits"].shape[0]:
-            raise ValueError(f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} images")
-        for i, t in enumerate(targets):
-            if "labels" not in t or "boxes" not in t:
-                raise KeyError(f"target {i} needs 'labels' and 'boxes' (normalised cxcywh), got {sorted(t)}")
-            if len(t["labels"]) and (t["labels"].min() < 0 or t["labels"].max() >= self.num_classes):
-                raise ValueError(f"target {i} has labels outside [0, {self.num_classes}); map dataset category ids "
-                                 "to contiguous labels (zoo.data.CocoDetection does)")
 
     @staticmethod
     def num_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device) -> float:
