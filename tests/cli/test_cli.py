@@ -22,13 +22,7 @@ IMAGE = COCO / "val2017" / "000000532481.jpg"
 SIZE = "160"  # small input size: the commands run in seconds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: this machine's 2 cores are shared, and oversubscribed threads run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _need_coco():

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 

@@ -19,13 +19,7 @@ ANN = COCO / "annotations" / "instances_val2017.json"
 IMAGE_DIR = COCO / "val2017"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: this machine's 2 cores are shared, and oversubscribed threads run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ SMALL = 160  # input size for API tests (the smallest giving RT-DETR's 300 queri
 SCORE_TOL, BOX_TOL_PX = 1e-4, 1e-2  # float32 model noise; boxes in pixels of 640-wide images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: this machine's 2 cores are shared, and oversubscribed threads run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _need_coco():

@@ -20,13 +20,7 @@ from zoo.layers.akconv import (AKConv, Bottleneck_AKConv, C3_AKConv, akconv_init
 from zoo.registry import get_component
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small CPU workloads on a shared machine: one intra-op thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 FP32_TOL = 1e-5

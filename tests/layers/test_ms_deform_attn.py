@@ -13,13 +13,7 @@ from zoo.layers import MSDeformableAttention
 SHAPES = [(12, 16), (6, 8), (3, 4)]  # rectangular: x and y are clamped to different sizes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small CPU workloads on a shared machine: one intra-op thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _inputs(dim: int = 64, batch: int = 2, queries: int = 30, seed: int = 0):

@@ -20,13 +20,7 @@ LOGITS_TOL, BOXES_TOL = 1e-4, 1e-4
 SIZES = [(256, 320), (320, 224)]  # two differently sized images: the batch is padded to 320x320
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """ResNet-50 forwards are ~8x slower with 2 threads on a busy 2-core machine than with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _images(seed: int = 1) -> list[torch.Tensor]:

@@ -10,13 +10,7 @@ from zoo.factory import create_model, create_model_from_config
 from zoo.layers.akconv import AKConv, C3_AKConv
 from zoo.registry import list_models, model_family
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small CPU workloads on a shared machine: one intra-op thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 NAMES = ["rtdetr_mobilenetv3_large_akconv", "rtdetr_r18vd_akconv"]

@@ -21,12 +21,7 @@ from hf_rtdetr import hf_rtdetrv2  # noqa: E402
 LOGITS_TOL, BOXES_TOL = 1e-4, 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _saved(name, tmp_path_factory):
@@ -38,12 +33,12 @@ def _saved(name, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def r18(tmp_path_factory, _single_thread):
+def r18(tmp_path_factory, single_thread):
     return _saved("rtdetrv2_r18vd", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def r50(tmp_path_factory, _single_thread):
+def r50(tmp_path_factory, single_thread):
     return _saved("rtdetrv2_r50vd", tmp_path_factory)
 
 

@@ -10,7 +10,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 
