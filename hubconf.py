@@ -42,13 +42,15 @@ def _weights_doc(architecture: str) -> str:
         return "Pretrained weights: no detector weights in the manifest." + (
             f" pretrained_backbone=True loads the ImageNet weights {backbone.name} into the backbone."
             if backbone else "")
-    lines = [f"Pretrained weights (pretrained=True loads '{tags[0]}'):"]
+    default = manifest.default_tag(architecture)
+    lines = [f"Pretrained weights (pretrained=True loads '{default}'):" if default else
+             "Pretrained weights (none is the default: name the tag, pretrained='TAG'):"]
     for tag in tags:
         entry = manifest.resolve(architecture, tag)
         metrics = ", ".join(f"{m['metric']} {m['value']} ({m['provenance']})" for m in entry.metrics)
         c = entry.complexity
         gflops = f", {c['gflops']} GFLOPs" if c["gflops"] is not None else ""
-        lines.append(f"  {tag}: {entry.hub.repo_id}@{entry.hub.revision}, {entry.dataset}, {metrics}; "
+        lines.append(f"  {tag}: {entry.where}, {entry.dataset}, {metrics}; "
                      f"{c['params_m']}M params{gflops} at {c['input_size'][0]}x{c['input_size'][1]}")
     return "\n".join(lines)
 

@@ -70,35 +70,54 @@ DEMO_WEIGHTS, DEMO_IMAGE = ASSETS / "shapes_demo", ASSETS / "shapes_demo.png"
 HELD_OUT = dict(split="val", num_images=50, seed=1, image_size=96)
 #: the demo image is image 114 of stream seed 2 (never trained on), upscaled 3x
 DEMO_SOURCE, DEMO_SCALE = (2, 114, 96), 3
-#: box AP measured on HELD_OUT when the weights were made (also in their model card and manifest entry)
-DEMO_AP = 0.6331
+DEMO_NAME = "rtdetr_mobilenetv3_small.shapes_demo"  # its manifest entry (zoo/weights_manifest.json)
 
 
 @pytest.fixture(scope="module")
 def demo_model():
     if not (DEMO_WEIGHTS / "model.safetensors").is_file():
         pytest.skip("demo weights not bundled")
-    return zoo.create_model(f"local-dir:{DEMO_WEIGHTS}").eval()
+    with pytest.MonkeyPatch.context() as mp:  # no Hub, no cache: the weights are inside the package
+        mp.delenv("ZOO_WEIGHTS_MANIFEST", raising=False)
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        return zoo.create_model(DEMO_NAME, pretrained=True).eval()
 
 
-def test_demo_weights_are_small_fp16(demo_model):
+def test_demo_weights_are_small_fp16_and_registered(demo_model):
     from safetensors import safe_open
+
+    from zoo.hub.manifest import load_manifest
 
     path = DEMO_WEIGHTS / "model.safetensors"
     assert path.stat().st_size <= 12 * 2 ** 20
     with safe_open(str(path), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}
     assert demo_model.config["architecture"] == "rtdetr_mobilenetv3_small"
-    assert demo_model.pretrained_cfg["input_size"] == (3, 96, 96) or list(demo_model.pretrained_cfg["input_size"]) == [3, 96, 96]
+    assert tuple(demo_model.pretrained_cfg["input_size"]) == (3, 96, 96)
     assert demo_model.pretrained_cfg["label_names"] == list(SHAPE_CLASSES)
+    assert demo_model.load_report.weights == DEMO_NAME and not demo_model.load_report.notes  # hashed, nothing adapted
+    # the save_pretrained folder beside the file (config.json, model card) describes the same model
+    from_folder = zoo.create_model(f"local-dir:{DEMO_WEIGHTS}")
+    assert from_folder.config == demo_model.config
+    assert all(torch.equal(v, demo_model.state_dict()[k]) for k, v in from_folder.state_dict().items())
+    entry = load_manifest().entries[DEMO_NAME]
+    config = json.loads((DEMO_WEIGHTS / "config.json").read_text())
+    assert config["files"]["model.safetensors"] == {"sha256": entry.sha256, "size": entry.package.size}
+    params = sum(p.numel() for p in demo_model.parameters()) / 1e6
+    assert params == pytest.approx(entry.complexity["params_m"], abs=5e-4)
 
 
 def test_demo_weights_ap_on_regenerated_held_out_split(demo_model, tmp_path):
+    """The box AP recorded in the manifest (measured when the weights were made) holds on the regenerated split."""
     from zoo.engine.evaluate import evaluate
+    from zoo.hub.manifest import load_manifest
 
     ann = make_synthetic_coco(tmp_path, **HELD_OUT)
     metrics = evaluate(demo_model, ann, tmp_path / "val", num_workers=0, progress=False, verbose=False).metrics
-    assert metrics["AP"] == pytest.approx(DEMO_AP, abs=0.01)
+    entry = load_manifest().entries[DEMO_NAME]
+    assert metrics["AP"] * 100 == pytest.approx(entry.metric("box_ap"), abs=1.0)
+    assert metrics["AP50"] * 100 == pytest.approx(entry.metric("box_ap50"), abs=1.0)
 
 
 def test_demo_image_is_the_documented_render():
@@ -114,9 +133,8 @@ def test_zoo_predict_finds_the_shapes_in_the_demo_image(demo_model, tmp_path, ca
 
     from zoo.cli import main
 
-    assert main(["predict", f"local-dir:{DEMO_WEIGHTS}", str(DEMO_IMAGE), "--threshold", "0.7",
-                 "--out", str(tmp_path)]) == 0
-    assert "detections" in capsys.readouterr().out
+    assert main(["predict", DEMO_NAME, str(DEMO_IMAGE), "--threshold", "0.7", "--out", str(tmp_path)]) == 0
+    assert "4 detections (2 circle, 1 triangle, 1 square)" in capsys.readouterr().out
     record = json.loads((tmp_path / "detections.json").read_text())["images"][0]
     assert (tmp_path / "shapes_demo.jpg").is_file()
     _, objects = render_image(*DEMO_SOURCE)

@@ -26,7 +26,8 @@ def test_list_info_check_on_the_shipped_manifest(shipped, capsys, tmp_path, monk
     assert info["loads_from"].endswith(f"/PekingU/rtdetr_r18vd/resolve/main/model.safetensors (into {tmp_path})")
     assert main(["weights", "check"]) == 0
     out = capsys.readouterr().out
-    assert "detr_resnet101_dc5.coco: ok" in out and "18 entries" in out and "0 with errors" in out
+    assert "detr_resnet101_dc5.coco: ok" in out and "19 entries" in out and "0 with errors" in out
+    assert "rtdetr_mobilenetv3_small.shapes_demo: ok" in out
     assert main(["weights", "info", "rtdetr_r18vd.coco_0365"]) == 1
     assert "Did you mean coco_o365" in capsys.readouterr().err
 
@@ -92,3 +93,44 @@ def test_download_verify_bundle_then_offline(local_hub, hub_env, use_manifest, t
     blob.write_bytes(blob.read_bytes()[:-1] + b"\0")  # same size, corrupted
     assert main(["weights", "verify", f"{ARCH}.tiny"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_weights_inside_the_package(shipped, capsys, tmp_path, monkeypatch):
+    """The bundled demo weights: listed, described, verified and "downloaded" without any Hub or cache."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    name = "rtdetr_mobilenetv3_small.shapes_demo"
+    assert main(["weights", "list", "rtdetr_mobilenetv3_small*", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["name"], row["repo"], row["sha256"], row["cached"]) == (
+        name, "zoo/assets/shapes_demo/model.safetensors", "pinned", True)
+    assert main(["weights", "info", name, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["default"] is False and "hub" not in info
+    assert info["loads_from"] == str(manifest_path().parent / "assets" / "shapes_demo" / "model.safetensors")
+    assert main(["weights", "verify", name]) == 0
+    assert f"{name}: ok" in capsys.readouterr().out
+    assert main(["weights", "download", name]) == 0
+    assert "sha256 verified" in capsys.readouterr().out
+    assert main(["weights", "info", "rtdetr_mobilenetv3_small"]) == 1
+    assert "no default weights" in capsys.readouterr().err
+
+
+def test_package_file_that_does_not_match_is_refused(shipped, use_manifest):
+    """A changed or missing file inside the package is an error that says what to do, never a silent load."""
+    import zoo
+    from zoo.hub.download import WeightsIntegrityError, WeightsNotFoundError
+
+    entry = json.loads(manifest_path().read_text())["weights"]["rtdetr_mobilenetv3_small.shapes_demo"]
+    wrong_hash = {**entry, "package": {**entry["package"], "sha256": "0" * 64}}
+    wrong_size = {**entry, "package": {**entry["package"], "size": entry["package"]["size"] + 1}}
+    missing = {**entry, "package": {**entry["package"], "path": "assets/shapes_demo/absent.safetensors"}}
+    use_manifest({"rtdetr_mobilenetv3_small.hash": wrong_hash, "rtdetr_mobilenetv3_small.size": wrong_size,
+                  "rtdetr_mobilenetv3_small.missing": missing})
+    with pytest.raises(WeightsIntegrityError, match="sha256 .* expected 0000.*restore it"):
+        zoo.create_model("rtdetr_mobilenetv3_small.hash", pretrained=True)
+    with pytest.raises(WeightsIntegrityError, match="truncated"):
+        zoo.create_model("rtdetr_mobilenetv3_small.size", pretrained=True)
+    with pytest.raises(WeightsNotFoundError, match="absent.safetensors .*is missing.*reinstall"):
+        zoo.create_model("rtdetr_mobilenetv3_small.missing", pretrained=True)

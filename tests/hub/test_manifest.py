@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import zoo
+from zoo.hub.download import sha256_file
 from zoo.hub.manifest import LABEL_SETS, ManifestError, load_manifest, manifest_path, validate_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,12 +38,12 @@ def test_repo_root_manifest_is_the_packaged_one():
 
 def test_shipped_manifest_is_valid():
     assert validate_manifest(_data()) == []
-    assert len(load_manifest().entries) == 18
+    assert len(load_manifest().entries) == 19
 
 
 def test_upstream_entries():
     m = load_manifest()
-    repos = {e.hub.repo_id: e for e in m.entries.values()}
+    repos = {e.hub_id: e for e in m.entries.values()}
     for repo in PEKINGU:
         e = repos[f"PekingU/{repo}"]
         assert (e.format, e.hub.filename, e.hub.revision, e.num_classes) == (
@@ -81,7 +82,7 @@ def test_measured_parameter_counts_match_the_registry():
         if e.complexity["provenance"] != "measured by zoo":
             continue
         with torch.device("meta"):
-            model = zoo.create_model(e.architecture, num_classes=e.num_classes)
+            model = zoo.create_model(e.architecture, num_classes=e.num_classes, **e.model_args)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         assert params == pytest.approx(e.complexity["params_m"], rel=5e-3), e.name
 
@@ -118,6 +119,45 @@ def test_validation_errors_name_entry_and_field(mutate, message):
     data["weights"] = {"rtdetr_r18vd.coco": entry}
     errors = validate_manifest(data)
     assert any(message in e and e.startswith("rtdetr_r18vd.coco") for e in errors), errors
+
+
+DEMO = "rtdetr_mobilenetv3_small.shapes_demo"
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda e: e.update(hub={"repo_id": "a/b", "revision": "main", "filename": "m.safetensors", "sha256": None,
+                             "size": None}), "exactly one of 'hub'"),
+    (lambda e: e.pop("package"), "exactly one of 'hub'"),
+    (lambda e: e["package"].update(path="../../etc/passwd"), "relative path inside the zoo package"),
+    (lambda e: e["package"].update(path="/abs/model.safetensors"), "relative path inside the zoo package"),
+    (lambda e: e["package"].update(sha256=None), "64 lowercase hex"),
+    (lambda e: e["package"].pop("size"), "missing field 'size'"),
+    (lambda e: e.update(default="no"), "true or false"),
+])
+def test_package_entry_validation(mutate, message):
+    data = _data()
+    entry = copy.deepcopy(data["weights"][DEMO])
+    mutate(entry)
+    data["weights"] = {DEMO: entry}
+    errors = validate_manifest(data)
+    assert any(message in e and e.startswith(DEMO) for e in errors), errors
+
+
+def test_demo_entry_is_in_the_package_and_never_the_default():
+    m = load_manifest()
+    entry = m.entries[DEMO]
+    assert entry.hub is None and entry.hub_id is None and entry.where == "zoo/assets/shapes_demo/model.safetensors"
+    path = entry.package.local_path()
+    assert path == REPO / "zoo" / "assets" / "shapes_demo" / "model.safetensors"
+    assert (path.stat().st_size, entry.sha256) == (entry.package.size, sha256_file(path))
+    # the only weights of rtdetr_mobilenetv3_small are a narrow demo model: pretrained=True must not pick them
+    assert m.default_tag("rtdetr_mobilenetv3_small") is None and m.tags("rtdetr_mobilenetv3_small") == ["shapes_demo"]
+    with pytest.raises(KeyError, match="no default weights.*rtdetr_mobilenetv3_small.shapes_demo"):
+        m.resolve("rtdetr_mobilenetv3_small")
+    with pytest.raises(KeyError, match="no default pretrained weights.*must be named"):
+        zoo.create_model("rtdetr_mobilenetv3_small", pretrained=True)
+    assert m.resolve("rtdetr_mobilenetv3_small", "shapes_demo") is entry
+    assert m.default_tag("rtdetr_r18vd") == "coco"
 
 
 def test_bad_names_and_files(tmp_path, monkeypatch):

@@ -68,7 +68,7 @@ def test_class_names_keep_pretrained_rows(tiny_entry):
         assert new.bias[1].item() == pytest.approx(PRIOR)
     embed, old_embed = model.decoder.denoising_class_embed.weight, source.decoder.denoising_class_embed.weight
     torch.testing.assert_close(embed[[0, 2, 3]], old_embed[[2, 0, 3]], rtol=0, atol=0)  # row 3: padding
-    assert len(model.load_report.adapted) == 7 and "1 are new" in model.load_report.notes[-1]
+    assert len(model.load_report.adapted) == 7 and "2 of 3 classes keep their pretrained rows, 1 is new" in model.load_report.notes[-1]
     with pytest.raises(ValueError, match="num_classes=4 but 3 class_names"):
         zoo.create_model(f"{ARCH}.tiny", num_classes=4, class_names=["dog", "car", "person"])
 
@@ -158,8 +158,11 @@ def test_pretrained_backbone_from_the_manifest(local_hub, hub_env, use_manifest,
 
 def test_detector_without_weights_points_to_its_backbone(monkeypatch):
     monkeypatch.delenv("ZOO_WEIGHTS_MANIFEST", raising=False)
-    with pytest.raises(KeyError, match=r"pretrained_backbone=True\) loads mobilenetv3_small_100.lamb_in1k"):
-        zoo.create_model("rtdetr_mobilenetv3_small", pretrained=True)
+    with pytest.raises(KeyError, match=r"pretrained_backbone=True\) loads mobilenetv3_small_100.lamb_in1k.*"
+                                       r"rtdetr_mobilenetv3_small.shapes_demo"):
+        zoo.create_model("rtdetr_mobilenetv3_small", pretrained=True)  # its only weights are the narrow demo
+    with pytest.raises(KeyError, match=r"pretrained_backbone=True\) loads mobilenetv3_large_100.ra_in1k"):
+        zoo.create_model("rtdetr_mobilenetv3_large", pretrained=True)
 
 
 def test_transformers_detr_weights_with_coco_class_names(local_hub, hub_env, use_manifest, repo_id, tmp_path):

@@ -54,14 +54,22 @@ def _status(entry: WeightsEntry) -> str:
     return "" if is_model(entry.architecture) else "architecture not registered"
 
 
-def _summary(entry: WeightsEntry) -> dict[str, Any]:
+def _local_file(entry: WeightsEntry, cache_dir: str | None = None) -> Path | None:
+    """The entry's file on this machine: in the Hub cache, or inside the package (None when absent)."""
     from zoo.hub.download import cached_file
 
+    if entry.package is not None:
+        path = entry.package.local_path()
+        return path if path.is_file() else None
+    return cached_file(entry.hub, cache_dir)
+
+
+def _summary(entry: WeightsEntry) -> dict[str, Any]:
     metric = next(iter(entry.metrics), None)
-    return {"name": entry.name, "repo": f"{entry.hub.repo_id}@{entry.hub.revision}", "format": entry.format,
+    return {"name": entry.name, "repo": entry.where, "format": entry.format,
             "dataset": entry.dataset, "metric": f"{metric['metric']} {metric['value']}" if metric else "",
-            "params_m": entry.complexity["params_m"], "sha256": "pinned" if entry.hub.sha256 else "unhashed",
-            "cached": cached_file(entry.hub) is not None, "status": _status(entry)}
+            "params_m": entry.complexity["params_m"], "sha256": "pinned" if entry.sha256 else "unhashed",
+            "cached": _local_file(entry) is not None, "status": _status(entry)}
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -87,18 +95,23 @@ def _resolve(name: str) -> WeightsEntry:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from zoo.hub.download import cached_file, hub_cache_dir, hub_endpoint, hub_offline
+    from dataclasses import asdict
+
+    from zoo.hub.download import hub_cache_dir, hub_endpoint, hub_offline
 
     entry = _resolve(args.name)
-    hub = entry.hub
-    cached = cached_file(hub)
+    hub, local = entry.hub, _local_file(entry)
+    if local is not None:
+        loads_from = str(local)
+    elif hub is None:
+        loads_from = f"{entry.package} is missing: reinstall zoo"
+    elif hub_offline():
+        loads_from = f"nothing cached in {hub_cache_dir()} and offline"
+    else:
+        loads_from = f"{hub_endpoint()}/{hub.repo_id}/resolve/{hub.revision}/{hub.filename} (into {hub_cache_dir()})"
     info = {
         "name": entry.name, "architecture": entry.architecture, "status": _status(entry) or "registered",
-        "hub": {"repo_id": hub.repo_id, "revision": hub.revision, "filename": hub.filename, "sha256": hub.sha256,
-                "size": hub.size},
-        "loads_from": str(cached) if cached else
-        (f"nothing cached in {hub_cache_dir()} and offline" if hub_offline() else
-         f"{hub_endpoint()}/{hub.repo_id}/resolve/{hub.revision}/{hub.filename} (into {hub_cache_dir()})"),
+        "default": entry.default, "hub" if hub else "package": asdict(entry.location), "loads_from": loads_from,
         "format": entry.format, "license": entry.license, "origin": dict(entry.origin), "dataset": entry.dataset,
         "pretrain_dataset": entry.pretrain_dataset, "num_classes": entry.num_classes,
         "label_names": entry.label_set or list(entry.label_names), "preprocessing": dict(entry.preprocessing),
@@ -121,7 +134,7 @@ def _fetch_all(patterns: list[str], cache_dir: str | None) -> list[tuple[Weights
     done = []
     for entry in load_manifest().select(patterns):
         path = fetch_weights(entry, cache_dir=cache_dir, verify_cache=True)
-        check = "sha256 verified" if entry.hub.sha256 else "unverified: no sha256 in the manifest"
+        check = "sha256 verified" if entry.sha256 else "unverified: no sha256 in the manifest"
         print(f"{entry.name}: {path} ({check})")
         done.append((entry, path))
     return done
@@ -133,20 +146,20 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from zoo.hub.download import cached_file, sha256_file, verify_file
+    from zoo.hub.download import sha256_file, verify_file
     from zoo.hub.manifest import load_manifest
 
     failed = checked = 0
     for entry in load_manifest().select(args.patterns):
-        path = cached_file(entry.hub, args.cache_dir)
+        path = _local_file(entry, args.cache_dir)
         if path is None:
             continue
         checked += 1
-        if entry.hub.sha256 is None:
+        if entry.sha256 is None:
             print(f"{entry.name}: no sha256 in the manifest; the cached file has sha256 {sha256_file(path)}, "
                   f"size {os.path.getsize(path)}")
             continue
-        problems = verify_file(path, entry.hub.sha256, entry.hub.size)
+        problems = verify_file(path, entry.sha256, entry.location.size)
         failed += bool(problems)
         print(f"{entry.name}: " + (f"MISMATCH ({'; '.join(problems)}): {path}" if problems else "ok"))
     if not checked:
@@ -210,7 +223,7 @@ def _bundle(args: argparse.Namespace) -> int:
 
     folder = Path(args.directory)
     folder.mkdir(parents=True, exist_ok=True)
-    done = _fetch_all(args.patterns, str(folder))
+    done = [(entry, path) for entry, path in _fetch_all(args.patterns, str(folder)) if entry.hub is not None]
     record = {entry.name: {"repo_id": entry.hub.repo_id, "revision": entry.hub.revision,
                            "filename": entry.hub.filename, "sha256": sha256_file(path), "size": path.stat().st_size}
               for entry, path in done}

@@ -194,10 +194,19 @@ class Trainer:
             self.load_checkpoint(resume)
 
     def _create_model(self, num_classes: int) -> nn.Module:
+        """A fresh model, or the pretrained one with its class heads adapted to the dataset: classes whose name is
+        among the weights' labels keep their pretrained rows, the others start from the prior-probability init."""
         from zoo.factory import create_model
 
-        return create_model(self.cfg.model, pretrained=self.cfg.weights or False, num_classes=num_classes,
-                            **self.cfg.model_args)
+        if not self.cfg.weights:
+            return create_model(self.cfg.model, num_classes=num_classes, **self.cfg.model_args)
+        names = list(self.train_set.class_names)
+        if len(names) != num_classes:
+            raise ValueError(f"num_classes={num_classes} but {self.cfg.train_ann} has {len(names)} categories")
+        model = create_model(self.cfg.model, pretrained=self.cfg.weights, class_names=names, **self.cfg.model_args)
+        if self.rank == 0:
+            print(f"fine-tuning from {model.load_report}")
+        return model
 
     # ------------------------------------------------------------------ loop
     def _loader(self, epoch: int) -> DataLoader:

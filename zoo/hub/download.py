@@ -222,5 +222,20 @@ def _missing_file(hub: HubFile, endpoint: str) -> str:
 
 
 def fetch_weights(entry: WeightsEntry, **kwargs) -> Path:
-    """Fetch and verify the file of a manifest entry (see :func:`fetch_file` for the keyword arguments)."""
-    return fetch_file(entry.hub, name=entry.name, **kwargs)
+    """Fetch and verify the file of a manifest entry (see :func:`fetch_file` for the keyword arguments).
+
+    A file inside the package needs no download: it is checked against its sha256 and size every time (such files
+    are small) and the keyword arguments, which are about the Hub cache, do not apply.
+    """
+    if entry.package is None:
+        return fetch_file(entry.hub, name=entry.name, **kwargs)
+    path = entry.package.local_path()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{entry.name}: {entry.package} is missing; the installation is incomplete "
+                                   "(reinstall zoo: `pip install --force-reinstall zoo`, or `git checkout` the file)")
+    problems = verify_file(path, entry.package.sha256, entry.package.size)
+    if problems:
+        raise WeightsIntegrityError(f"{entry.name}: {entry.package} does not match the manifest: "
+                                    f"{'; '.join(problems)}. It was changed after installation; restore it "
+                                    "(`git checkout` or reinstall zoo).")
+    return path

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["Manifest", "WeightsEntry", "HubFile", "ManifestError", "load_manifest", "validate_manifest",
+__all__ = ["Manifest", "WeightsEntry", "HubFile", "PackageFile", "ManifestError", "load_manifest", "validate_manifest",
            "manifest_path", "FORMATS", "PROVENANCES", "LABEL_SETS"]
 
 SCHEMA_VERSION = 1
@@ -58,6 +58,10 @@ def _is(kind: type | tuple[type, ...], what: str) -> _Check:
     return lambda v: None if isinstance(v, kind) and not isinstance(v, bool) else f"must be {what}, got {v!r}"
 
 
+def _is_bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
 def _optional(check: _Check) -> _Check:
     return lambda v: None if v is None else check(v)
 
@@ -77,6 +81,12 @@ def _sha256(v: Any) -> str | None:
 
 def _repo_id(v: Any) -> str | None:
     return None if isinstance(v, str) and _REPO_ID.match(v) else f"must be a Hub repo id 'org/name', got {v!r}"
+
+
+def _package_path(v: Any) -> str | None:
+    ok = (isinstance(v, str) and v and not v.startswith("/") and "\\" not in v
+          and all(part not in ("", ".", "..") for part in v.split("/")))
+    return None if ok else f"must be a relative path inside the zoo package ('assets/x/model.safetensors'), got {v!r}"
 
 
 def _label_names(v: Any) -> str | None:
@@ -101,6 +111,12 @@ HUB_FIELDS: dict[str, tuple[bool, _Check]] = {
     "filename": (True, _is(str, "a file path in the repo")),
     "sha256": (True, _optional(_sha256)),
     "size": (True, _optional(_positive_int)),
+}
+#: package: a file shipped inside the zoo package (small demo weights), always hashed
+PACKAGE_FIELDS: dict[str, tuple[bool, _Check]] = {
+    "path": (True, _package_path),
+    "sha256": (True, _sha256),
+    "size": (True, _positive_int),
 }
 PREPROCESSING_FIELDS: dict[str, tuple[bool, _Check]] = {
     "input_size": (True, _floats(3, "[3, height, width]")),
@@ -132,9 +148,11 @@ ORIGIN_FIELDS: dict[str, tuple[bool, _Check]] = {
     "repo": (True, _is(str, "the upstream code repository URL")),
     "weights": (False, _is(str, "where the upstream weights were published")),
 }
-#: one manifest entry
+#: one manifest entry; exactly one of ``hub`` and ``package`` says where its file is
 ENTRY_FIELDS: dict[str, tuple[bool, Any]] = {
-    "hub": (True, HUB_FIELDS),
+    "hub": (False, HUB_FIELDS),
+    "package": (False, PACKAGE_FIELDS),
+    "default": (False, _is_bool),
     "format": (True, _one_of(FORMATS)),
     "license": (True, _is(str, "a license id such as apache-2.0")),
     "origin": (True, ORIGIN_FIELDS),
@@ -195,11 +213,14 @@ def validate_manifest(data: Any) -> list[str]:
         _check_fields(name, entry, ENTRY_FIELDS, errors)
         if len(errors) > before:
             continue
-        hub = entry["hub"]
-        if (hub["sha256"] is None) != (hub["size"] is None):
-            errors.append(f"{name}.hub: give both sha256 and size, or neither")
-        if hub["sha256"] is None and entry["format"] == "zoo":
-            errors.append(f"{name}.hub: files zoo publishes (format 'zoo') must record sha256 and size")
+        if ("hub" in entry) == ("package" in entry):
+            errors.append(f"{name}: give exactly one of 'hub' (a file on the Hub) and 'package' (a file in zoo)")
+        elif "hub" in entry:
+            hub = entry["hub"]
+            if (hub["sha256"] is None) != (hub["size"] is None):
+                errors.append(f"{name}.hub: give both sha256 and size, or neither")
+            if hub["sha256"] is None and entry["format"] == "zoo":
+                errors.append(f"{name}.hub: files zoo publishes (format 'zoo') must record sha256 and size")
         labels = entry["label_names"]
         count = len(LABEL_SETS[labels]()) if isinstance(labels, str) else len(labels)
         if count != entry["num_classes"]:
@@ -223,10 +244,27 @@ class HubFile:
 
 
 @dataclass(frozen=True)
+class PackageFile:
+    """A file shipped inside the zoo package (``path`` relative to the ``zoo`` folder), pinned by sha256 and size."""
+    path: str
+    sha256: str
+    size: int
+
+    def local_path(self) -> Path:
+        return Path(__file__).resolve().parent.parent.joinpath(*self.path.split("/"))
+
+    def __str__(self) -> str:
+        return f"zoo/{self.path} (in the package)"
+
+
+@dataclass(frozen=True)
 class WeightsEntry:
-    """One set of pretrained weights (``name`` = ``architecture.tag``); fields as in the manifest schema."""
+    """One set of pretrained weights (``name`` = ``architecture.tag``); fields as in the manifest schema.
+
+    The file is either on the Hub (``hub``) or inside the package (``package``); ``location`` is whichever it is.
+    """
     name: str
-    hub: HubFile
+    hub: HubFile | None
     format: str
     license: str
     origin: Mapping[str, str]
@@ -239,7 +277,28 @@ class WeightsEntry:
     pretrain_dataset: str | None = None
     model_args: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
+    package: PackageFile | None = None
+    default: bool = True
     _labels: tuple[str, ...] | None = None
+
+    @property
+    def location(self) -> HubFile | PackageFile:
+        return self.hub if self.hub is not None else self.package
+
+    @property
+    def sha256(self) -> str | None:
+        """The file's recorded sha256 (None: a third-party Hub file zoo has not hashed)."""
+        return self.location.sha256
+
+    @property
+    def where(self) -> str:
+        """Short location: ``org/repo@revision`` or ``zoo/<path in the package>``."""
+        return f"{self.hub.repo_id}@{self.hub.revision}" if self.hub else f"zoo/{self.package.path}"
+
+    @property
+    def hub_id(self) -> str | None:
+        """The Hub repo of the file (None for a file inside the package)."""
+        return self.hub.repo_id if self.hub is not None else None
 
     @property
     def architecture(self) -> str:
@@ -264,7 +323,9 @@ class WeightsEntry:
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> "WeightsEntry":
         labels = data["label_names"]
-        return cls(name=name, hub=HubFile(**data["hub"]), format=data["format"], license=data["license"],
+        hub, package = data.get("hub"), data.get("package")
+        return cls(name=name, hub=HubFile(**hub) if hub else None, package=PackageFile(**package) if package else None,
+                   default=data.get("default", True), format=data["format"], license=data["license"],
                    origin=dict(data["origin"]), dataset=data["dataset"], num_classes=data["num_classes"],
                    label_set=labels if isinstance(labels, str) else None, preprocessing=dict(data["preprocessing"]),
                    metrics=tuple(dict(m) for m in data["metrics"]), complexity=dict(data["complexity"]),
@@ -284,24 +345,34 @@ class Manifest:
     def tags(self, architecture: str) -> list[str]:
         return [e.tag for e in self.entries.values() if e.architecture == architecture]
 
+    def default_tag(self, architecture: str) -> str | None:
+        """The first tag of ``architecture`` not marked ``"default": false`` (None when there is none)."""
+        return next((e.tag for e in self.entries.values() if e.architecture == architecture and e.default), None)
+
     def resolve(self, architecture: str, tag: str | None = None) -> WeightsEntry:
-        """The entry for ``architecture`` and ``tag`` (None = the default, i.e. first, tag)."""
+        """The entry for ``architecture`` and ``tag`` (None = the default tag, see :meth:`default_tag`)."""
         tags = self.tags(architecture)
         if not tags:
             raise KeyError(f"no pretrained weights for {architecture!r} in {self.path}. "
                            f"Architectures with weights: {', '.join(self.architectures())}")
+        default = self.default_tag(architecture)
         if tag is None:
-            tag = tags[0]
+            if default is None:
+                raise KeyError(f"{architecture} has no default weights, only ones you must name because they are "
+                               f"not what pretrained=True promises (e.g. demo weights of another width): "
+                               f"{', '.join(f'{architecture}.{t}' for t in tags)}. Name one: "
+                               f"'{architecture}.{tags[0]}', pretrained='{tags[0]}' or --weights {tags[0]}")
+            tag = default
         if tag not in tags:
             close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.4)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise KeyError(f"{architecture} has no weights tagged {tag!r}.{hint} Its tags: {', '.join(tags)} "
-                           f"(default {tags[0]})")
+                           f"(default {default or 'none'})")
         return self.entries[f"{architecture}.{tag}"]
 
     def find_repo(self, repo_id: str) -> WeightsEntry | None:
         """The entry whose weights live in Hub repo ``repo_id`` (None when no entry does)."""
-        return next((e for e in self.entries.values() if e.hub.repo_id == repo_id), None)
+        return next((e for e in self.entries.values() if e.hub_id == repo_id), None)
 
     def select(self, patterns: str | Iterable[str]) -> list[WeightsEntry]:
         """Entries whose ``architecture.tag`` matches any fnmatch pattern; a bare architecture means all its tags."""

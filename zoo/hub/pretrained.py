@@ -101,10 +101,12 @@ def create_pretrained(architecture: str, tag: str | None = None, num_classes: in
         raise ValueError("pretrained weights already include the backbone; pass either pretrained=... "
                          "or pretrained_backbone=..., not both")
     manifest = load_manifest()
-    if not manifest.tags(architecture):
-        hint = _backbone_hint(architecture)
-        raise KeyError(f"no pretrained weights for {architecture!r} in {manifest.path}.{hint} "
-                       "`zoo weights list` shows the weights there are.")
+    if tag is None and manifest.default_tag(architecture) is None:
+        named = ", ".join(f"{architecture}.{t}" for t in manifest.tags(architecture))
+        only = (f" Its only weights are not general {architecture} weights (e.g. a demo of another width) and must "
+                f"be named: {named}." if named else "")
+        raise KeyError(f"no default pretrained weights for {architecture!r} in {manifest.path}."
+                       f"{_backbone_hint(architecture)}{only} `zoo weights list` shows the weights there are.")
     entry = manifest.resolve(architecture, tag)
     path = fetch_weights(entry, verify_cache=verify_cache)
     source = _entry_source(entry, path)
@@ -289,16 +291,16 @@ def _adapt_class_heads(model: nn.Module, state_dict: dict[str, torch.Tensor], ro
             if old.shape[0] != source_classes + head.extra_rows:
                 raise CheckpointError(f"{key} has {old.shape[0]} rows; the weights declare {source_classes} classes "
                                       f"(+{head.extra_rows} extra rows)")
-            new = new.to(old.dtype)
+            # in the fresh module's dtype: re-initialised rows must not pass through a half-precision file's dtype
             for i, j in enumerate(rows):
                 if j is not None:
                     new[i] = old[j]
             new[len(rows):] = old[source_classes:]
             state_dict[key] = new
             (report.adapted if kept else report.reinitialized).append(key)
-    missing = [n for n in rows if n is None]
-    if kept and missing:
-        report.notes.append(f"{len(kept)} classes keep their pretrained rows, {len(missing)} are new (re-initialised)")
+    new = len(rows) - len(kept)
+    report.notes.append(f"class heads: {len(kept)} of {len(rows)} classes keep their pretrained rows, "
+                        f"{new} {'is' if new == 1 else 'are'} new (re-initialised)")
 
 
 def _fill_counters(state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
@@ -399,12 +401,12 @@ def _read_config(path: Path, name: str) -> dict[str, Any]:
 
 def _entry_source(entry: WeightsEntry, path: Path) -> WeightsSource:
     return WeightsSource(entry.name, path, entry.num_classes, entry.label_names, entry.format,
-                         entry.pretrained_cfg(), entry.hub.repo_id, tuple(_hash_notes(entry)))
+                         entry.pretrained_cfg(), entry.hub_id, tuple(_hash_notes(entry)))
 
 
 def _hash_notes(entry: WeightsEntry) -> list[str]:
-    if entry.hub.sha256 is None:
-        return [f"{entry.hub} is a third-party file without a sha256 in the manifest: loaded unverified"]
+    if entry.sha256 is None:
+        return [f"{entry.location} is a third-party file without a sha256 in the manifest: loaded unverified"]
     return []
 
 
@@ -421,7 +423,7 @@ def _attach(model: nn.Module, report: PretrainedReport) -> None:
 
 
 def _timm_architectures(manifest: Any) -> list[str]:
-    return [a for a in manifest.architectures() if manifest.resolve(a).format == "timm"]
+    return list(dict.fromkeys(e.architecture for e in manifest.entries.values() if e.format == "timm"))
 
 
 @lru_cache(maxsize=None)
@@ -434,7 +436,7 @@ def backbone_weights(architecture: str) -> WeightsEntry | None:
     """The default ImageNet weights for the timm backbone of ``architecture`` (None when it has none)."""
     spec = _default_backbone(architecture)
     manifest = load_manifest()
-    if isinstance(spec, Mapping) and spec.get("name") == "timm" and manifest.tags(spec.get("model_name", "")):
+    if isinstance(spec, Mapping) and spec.get("name") == "timm" and manifest.default_tag(spec.get("model_name", "")):
         entry = manifest.resolve(spec["model_name"])
         return entry if entry.format == "timm" else None
     return None

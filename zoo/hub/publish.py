@@ -130,7 +130,7 @@ def _card(model: nn.Module, repo_id: str | None, metrics: Sequence[Mapping[str, 
     task = "object-detection" if isinstance(model, Detector) else "image-classification"
     name = repo_id or arch
     datasets = [d for d in (entry.dataset, entry.pretrain_dataset) if d] if entry else None
-    base_model = entry.hub.repo_id if entry is not None and entry.hub.repo_id != repo_id else None
+    base_model = entry.hub_id if entry is not None and entry.hub_id != repo_id else None
     results = []
     for m in metrics:
         metric_type, metric_name = _METRICS.get(m["metric"], (m["metric"], m["metric"]))
@@ -151,7 +151,7 @@ def _card(model: nn.Module, repo_id: str | None, metrics: Sequence[Mapping[str, 
     lines = [f"---\n{data.to_yaml()}\n---", "", f"# {name}", "", doc, ""]
     if entry is not None:
         how = "these are" if exact else "fine-tuned or adapted from"
-        lines += [f"Weights: {how} `{entry.name}` ({entry.hub.repo_id}, {entry.origin['title']}).", ""]
+        lines += [f"Weights: {how} `{entry.name}` ({entry.hub_id or 'bundled with zoo'}, {entry.origin['title']}).", ""]
     lines += ["## Usage", "", "```python", "import zoo", "", f"model = zoo.create_model({load}).eval()"]
     if task == "object-detection":
         lines += ['detections = model.predict("image.jpg")  # boxes (xyxy pixels), scores, labels, label_names']
@@ -187,10 +187,11 @@ def _card(model: nn.Module, repo_id: str | None, metrics: Sequence[Mapping[str, 
 
 
 def _complexity(arch: str, entry: WeightsEntry | None) -> Mapping[str, Any] | None:
-    """GFLOPs from the manifest (the source entry, else any entry of the architecture); counting them needs a forward
-    pass at full resolution, which saving a model should not cost."""
+    """GFLOPs from the manifest (the source entry, else the architecture's default entry); counting them needs a
+    forward pass at full resolution, which saving a model should not cost."""
     if entry is not None and entry.architecture == arch:
         return entry.complexity
     manifest = load_manifest()
-    return manifest.resolve(arch).complexity if manifest.tags(arch) else None
+    tag = manifest.default_tag(arch)
+    return manifest.resolve(arch, tag).complexity if tag else None
 
