@@ -113,3 +113,24 @@ def test_lr_schedule():
     assert g(0) == pytest.approx(1.0) and g(50) == pytest.approx(0.5) and g(100) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="schedule"):
         _lr_lambda(0, 1, "linear")
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")  # fp16: GradScaler skips step 1
+def test_amp_losses_match_fp32(data, tmp_path):
+    """--amp bf16 / fp16 (autocast on CPU here; CUDA uses the same code path): the first step's loss terms on the
+    same batch and denoising noise stay close to fp32, parameters stay fp32 and fp16 gets a GradScaler."""
+    losses = {}
+    for amp in ("none", "bf16", "fp16"):
+        trainer = Trainer(tiny_config(data, tmp_path / amp, amp=amp, augment=False, multiscale=False))
+        assert trainer.amp_dtype == {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        assert trainer.scaler.is_enabled() == (amp == "fp16")
+        images, targets = next(iter(trainer._loader(0)))
+        torch.manual_seed(0)  # the same denoising groups for every run
+        losses[amp] = trainer.train_step(images, targets)
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.model.parameters())
+    for amp, rel in (("bf16", 0.05), ("fp16", 2e-3)):  # bf16 keeps 8 mantissa bits, fp16 11
+        assert losses[amp].keys() == losses["none"].keys()
+        for name, value in losses["none"].items():
+            assert losses[amp][name] == pytest.approx(value, rel=rel, abs=1e-3), (amp, name)
+    with pytest.raises(ValueError, match="amp must be"):
+        Trainer(tiny_config(data, tmp_path / "bad", amp="int8"))
