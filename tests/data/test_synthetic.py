@@ -17,7 +17,8 @@ def test_seeded_and_index_addressable(tmp_path):
     ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
     assert ja["annotations"] == [x for x in jb["annotations"] if x["image_id"] <= 4]
     for i in range(4):
-        assert (tmp_path / "a" / "val" / f"{i:06d}.png").read_bytes() == (tmp_path / "b" / "val" / f"{i:06d}.png").read_bytes()
+        name = f"{i:06d}.png"
+        assert (tmp_path / "a" / "val" / name).read_bytes() == (tmp_path / "b" / "val" / name).read_bytes()
     other, _ = render_image(6, 0, 96)
     assert not np.array_equal(np.asarray(other), np.asarray(render_image(5, 0, 96)[0]))
 

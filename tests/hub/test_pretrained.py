@@ -68,7 +68,8 @@ def test_class_names_keep_pretrained_rows(tiny_entry):
         assert new.bias[1].item() == pytest.approx(PRIOR)
     embed, old_embed = model.decoder.denoising_class_embed.weight, source.decoder.denoising_class_embed.weight
     torch.testing.assert_close(embed[[0, 2, 3]], old_embed[[2, 0, 3]], rtol=0, atol=0)  # row 3: padding
-    assert len(model.load_report.adapted) == 7 and "2 of 3 classes keep their pretrained rows, 1 is new" in model.load_report.notes[-1]
+    assert len(model.load_report.adapted) == 7
+    assert "2 of 3 classes keep their pretrained rows, 1 is new" in model.load_report.notes[-1]
     with pytest.raises(ValueError, match="num_classes=4 but 3 class_names"):
         zoo.create_model(f"{ARCH}.tiny", num_classes=4, class_names=["dog", "car", "person"])
 

@@ -233,7 +233,8 @@ class Trainer:
         targets = [{"labels": t["labels"].to(self.device), "boxes": t["boxes"].to(self.device)} for t in targets]
         decoder = getattr(self.model, "decoder", None)
         denoising = build_denoising_queries(targets, decoder) if hasattr(decoder, "num_denoising") else None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
             outputs = model(images, denoising=denoising)
         losses = self.criterion(outputs, targets)
         loss = sum(losses.values())
@@ -321,15 +322,16 @@ class Trainer:
         return metrics
 
     def export(self, folder: str | os.PathLike, metrics: dict[str, float] | None = None) -> Path:
-        """``save_pretrained`` of :attr:`eval_model`; the card lists ``metrics`` (AP, AP50) as measured here."""
+        """``save_pretrained`` of :attr:`eval_model`; the card lists ``metrics`` (AP, AP50) as measured here, in
+        percent like the manifest and COCO results."""
         from zoo.hub.publish import save_pretrained
 
         records = []
         if metrics and self.cfg.val_ann:
             dataset = Path(self.cfg.val_ann).stem
             source = f"zoo.engine.trainer evaluation on {self.cfg.val_ann} after {self.epoch} epochs"
-            records = [{"task": "object-detection", "dataset": dataset, "metric": metric, "value": round(metrics[key], 4),
-                        "provenance": "measured by zoo", "source": source}
+            records = [{"task": "object-detection", "dataset": dataset, "metric": metric,
+                        "value": round(100 * metrics[key], 2), "provenance": "measured by zoo", "source": source}
                        for metric, key in (("box_ap", "AP"), ("box_ap50", "AP50")) if key in metrics]
         model = self.eval_model
         return save_pretrained(model, folder, metrics=records)

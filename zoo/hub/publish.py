@@ -152,6 +152,8 @@ def _card(model: nn.Module, repo_id: str | None, metrics: Sequence[Mapping[str, 
     if entry is not None:
         how = "these are" if exact else "fine-tuned or adapted from"
         lines += [f"Weights: {how} `{entry.name}` ({entry.hub_id or 'bundled with zoo'}, {entry.origin['title']}).", ""]
+        if entry.notes:
+            lines += [entry.notes, ""]
     lines += ["## Usage", "", "```python", "import zoo", "", f"model = zoo.create_model({load}).eval()"]
     if task == "object-detection":
         lines += ['detections = model.predict("image.jpg")  # boxes (xyxy pixels), scores, labels, label_names']
