@@ -42,7 +42,7 @@ def _jsonable(value: Any) -> Any:
 
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, repo_id: str | None = None,
                     metrics: Sequence[Mapping[str, Any]] | None = None, model_card: bool = True) -> Path:
-    """Write ``config.json``, ``model.safetensors`` (with metadata) and a ``README.md`` model card.
+    """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card.
 
     Args:
         repo_id: the Hub repo the folder is for (used in the card's usage examples).
@@ -57,9 +57,9 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, repo
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME),
-              metadata={"format": "pt", "architecture": config["architecture"], "library": "zoo",
-                        "zoo_version": __version__})
+    # one metadata key: safetensors orders several in a per-process random order, and a published file must be
+    # byte-identical when its tensors are (config.json beside it names the architecture and zoo version)
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     weights = folder / WEIGHTS_NAME
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     document = {
