@@ -16,19 +16,9 @@ def decoder():
                         decoder={"hidden_dim": 64, "num_heads": 4}).decoder
 
 
-def _targets(counts, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in counts:
-        xy = torch.rand(n, 2, generator=g) * 0.6 + 0.2
-        wh = torch.rand(n, 2, generator=g) * 0.3 + 0.05
-        out.append({"labels": torch.randint(0, 5, (n,), generator=g), "boxes": torch.cat([xy, wh], 1)})
-    return out
-
-
 @pytest.mark.parametrize("counts", [[3, 1], [7, 0, 2], [40]])
-def test_matches_transformers(decoder, counts):
-    targets = _targets(counts)
+def test_matches_transformers(decoder, counts, random_targets):
+    targets = random_targets(counts)
     torch.manual_seed(123)
     ours = build_denoising_queries(targets, decoder)
     torch.manual_seed(123)
@@ -45,8 +35,8 @@ def test_matches_transformers(decoder, counts):
         assert torch.equal(a, b)
 
 
-def test_positive_noise_smaller_than_negative(decoder):
-    targets = _targets([4, 4], seed=3)
+def test_positive_noise_smaller_than_negative(decoder, random_targets):
+    targets = random_targets([4, 4], seed=3)
     dn = build_denoising_queries(targets, decoder, label_noise_ratio=0.0)
     boxes = dn.boxes_unact.sigmoid()
     gt = targets[0]["boxes"]
@@ -57,13 +47,13 @@ def test_positive_noise_smaller_than_negative(decoder):
     assert not torch.equal(pos, neg)
 
 
-def test_no_boxes_and_denoising_off(decoder):
-    assert build_denoising_queries(_targets([0, 0]), decoder) is None
-    assert build_denoising_queries(_targets([2]), decoder, num_denoising=0) is None
+def test_no_boxes_and_denoising_off(decoder, random_targets):
+    assert build_denoising_queries(random_targets([0, 0]), decoder) is None
+    assert build_denoising_queries(random_targets([2]), decoder, num_denoising=0) is None
 
 
-def test_more_boxes_than_budget(decoder):
-    targets = _targets([150, 3], seed=1)
+def test_more_boxes_than_budget(decoder, random_targets):
+    targets = random_targets([150, 3], seed=1)
     dn = build_denoising_queries(targets, decoder)  # budget 100
     n_dn, q = dn.meta["dn_num_split"]
     assert dn.meta["dn_num_group"] == 1 and n_dn == 200 and q == decoder.num_queries
@@ -77,8 +67,8 @@ def test_more_boxes_than_budget(decoder):
     torch.testing.assert_close(dn.class_embed[0, dn.meta["dn_positive_idx"][0]], expected)
 
 
-def test_attn_mask_blocks_groups(decoder):
-    dn = build_denoising_queries(_targets([25]), decoder)  # 4 groups of 50
+def test_attn_mask_blocks_groups(decoder, random_targets):
+    dn = build_denoising_queries(random_targets([25]), decoder)  # 4 groups of 50
     m, g = dn.attn_mask, 50
     assert dn.meta["dn_num_group"] == 4
     assert not m[:g, :g].any() and m[:g, g:200].all() and not m[:g, 200:].any()

@@ -26,16 +26,6 @@ def model():
     return m
 
 
-def _targets(counts, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in counts:
-        xy = torch.rand(n, 2, generator=g) * 0.6 + 0.2
-        wh = torch.rand(n, 2, generator=g) * 0.3 + 0.05
-        out.append({"labels": torch.randint(0, NUM_CLASSES, (n,), generator=g), "boxes": torch.cat([xy, wh], 1)})
-    return out
-
-
 def _hf_loss(outputs, targets):
     """Feed zoo's outputs to transformers' loss in its own layout (dn queries concatenated in front)."""
     dn = outputs.get("dn_outputs")
@@ -62,8 +52,8 @@ def _compare(ours, ref):
 
 
 @pytest.mark.parametrize("denoising", [False, True])
-def test_matches_transformers(model, denoising):
-    targets = _targets([3, 5])
+def test_matches_transformers(model, denoising, random_targets):
+    targets = random_targets([3, 5])
     torch.manual_seed(1)
     x = torch.rand(2, 3, 128, 128)
     dn = build_denoising_queries(targets, model.decoder) if denoising else None
@@ -74,9 +64,9 @@ def test_matches_transformers(model, denoising):
     _compare(ours, _hf_loss(outputs, targets))
 
 
-def test_edge_cases_finite_and_trainable(model):
+def test_edge_cases_finite_and_trainable(model, random_targets):
     # no boxes in one image, a zero-area box, and more boxes than the denoising budget in another
-    targets = _targets([0, 120], seed=2)
+    targets = random_targets([0, 120], seed=2)
     targets[1]["boxes"][0, 2:] = 0.0
     dn = build_denoising_queries(targets, model.decoder)
     x = torch.rand(2, 3, 128, 128)
@@ -90,8 +80,8 @@ def test_edge_cases_finite_and_trainable(model):
     model.zero_grad()
 
 
-def test_all_empty_targets(model):
-    targets = _targets([0, 0])
+def test_all_empty_targets(model, random_targets):
+    targets = random_targets([0, 0])
     with torch.no_grad():
         outputs = model(torch.rand(2, 3, 128, 128))
     losses = RTDETRCriterion(NUM_CLASSES)(outputs, targets)

@@ -7,15 +7,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert, generalized_box_iou
 
 from zoo.losses.matcher import HungarianMatcher
 from zoo.losses.rtdetr_loss import RTDETRCriterion
-from zoo.losses.targets import check_targets
+from zoo.losses.targets import Indices, box_losses, check_targets, gather_matched
 
 __all__ = ["SetCriterion"]
-
-Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class SetCriterion(nn.Module):
@@ -67,18 +64,13 @@ class SetCriterion(nn.Module):
                num_boxes: float, suffix: str) -> dict[str, torch.Tensor]:
         logits, boxes = out["pred_logits"].float(), out["pred_boxes"].float()
         device = logits.device
-        batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(device)
-        query_idx = torch.cat([q for q, _ in indices]).to(device)
-        tgt_labels = torch.cat([t["labels"][j.to(device)] for t, (_, j) in zip(targets, indices)])
-        tgt_boxes = torch.cat([t["boxes"][j.to(device)] for t, (_, j) in zip(targets, indices)])
+        batch_idx, query_idx, tgt_labels, tgt_boxes = gather_matched(targets, indices, device)
         src_boxes = boxes[batch_idx, query_idx]
 
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
         target_classes[batch_idx, query_idx] = tgt_labels
         loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(device))
-        loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
-        giou = generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy"))
-        loss_giou = (1 - giou.diagonal()).sum() / num_boxes
+        loss_bbox, loss_giou = box_losses(src_boxes, tgt_boxes, num_boxes)
         terms = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         return {k + suffix: v * self.weight_dict[k] for k, v in terms.items()}
 

@@ -8,14 +8,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert, box_iou, generalized_box_iou
+from torchvision.ops import box_convert, box_iou
 
 from zoo.losses.matcher import HungarianMatcher
-from zoo.losses.targets import check_targets
+from zoo.losses.targets import Indices, box_losses, check_targets, gather_matched
 
 __all__ = ["RTDETRCriterion", "varifocal_loss"]
-
-Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def varifocal_loss(logits: torch.Tensor, one_hot: torch.Tensor, target_score: torch.Tensor, alpha: float = 0.75,
@@ -104,12 +102,8 @@ class RTDETRCriterion(nn.Module):
     def _terms(self, out: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]], indices: Indices,
                num_boxes: float, suffix: str) -> dict[str, torch.Tensor]:
         logits, boxes = out["pred_logits"].float(), out["pred_boxes"].float()
-        device = logits.device
-        batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(device)
-        query_idx = torch.cat([q for q, _ in indices]).to(device)
+        batch_idx, query_idx, tgt_labels, tgt_boxes = gather_matched(targets, indices, logits.device)
         src_boxes = boxes[batch_idx, query_idx]
-        tgt_boxes = torch.cat([t["boxes"][j.to(device)] for t, (_, j) in zip(targets, indices)])
-        tgt_labels = torch.cat([t["labels"][j.to(device)] for t, (_, j) in zip(targets, indices)])
 
         one_hot, score = torch.zeros_like(logits), torch.zeros_like(logits)
         one_hot[batch_idx, query_idx, tgt_labels] = 1.0
@@ -117,8 +111,6 @@ class RTDETRCriterion(nn.Module):
         vfl = varifocal_loss(logits, one_hot, score, self.alpha, self.gamma)
         # mean over classes, sum over queries and images, per target box
         loss_vfl = vfl.mean(1).sum() * logits.shape[1] / num_boxes
-        loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
-        giou = generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy"))
-        loss_giou = (1 - giou.diagonal()).sum() / num_boxes
+        loss_bbox, loss_giou = box_losses(src_boxes, tgt_boxes, num_boxes)
         terms = {"loss_vfl": loss_vfl, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         return {k + suffix: v * self.weight_dict[k] for k, v in terms.items()}

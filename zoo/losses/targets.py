@@ -1,9 +1,13 @@
-"""Validation of detection targets shared by the DETR-family criteria."""
+"""What the DETR-family criteria share: target validation, gathering the matched pairs, and the box losses."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torchvision.ops import box_convert, generalized_box_iou
 
-__all__ = ["check_targets"]
+__all__ = ["check_targets", "gather_matched", "box_losses"]
+
+Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def check_targets(targets: list[dict[str, torch.Tensor]], batch_size: int, num_classes: int, label_hint: str) -> None:
@@ -15,3 +19,21 @@ def check_targets(targets: list[dict[str, torch.Tensor]], batch_size: int, num_c
             raise KeyError(f"target {i} needs 'labels' and 'boxes' (normalised cxcywh), got {sorted(t)}")
         if len(t["labels"]) and (t["labels"].min() < 0 or t["labels"].max() >= num_classes):
             raise ValueError(f"target {i} has labels outside [0, {num_classes}); {label_hint}")
+
+
+def gather_matched(targets: list[dict[str, torch.Tensor]], indices: Indices, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(batch_idx, query_idx, labels, boxes)`` of the matched (query, target) pairs, image after image."""
+    batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(device)
+    query_idx = torch.cat([q for q, _ in indices]).to(device)
+    labels = torch.cat([t["labels"][j.to(device)] for t, (_, j) in zip(targets, indices)])
+    boxes = torch.cat([t["boxes"][j.to(device)] for t, (_, j) in zip(targets, indices)])
+    return batch_idx, query_idx, labels, boxes
+
+
+def box_losses(src_boxes: torch.Tensor, tgt_boxes: torch.Tensor, num_boxes: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 and GIoU losses of matched cxcywh boxes, summed and divided by the (all-reduced) box count."""
+    loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
+    giou = generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy"))
+    return loss_bbox, (1 - giou.diagonal()).sum() / num_boxes
