@@ -298,9 +298,9 @@ def _adapt_class_heads(model: nn.Module, state_dict: dict[str, torch.Tensor], ro
             new[len(rows):] = old[source_classes:]
             state_dict[key] = new
             (report.adapted if kept else report.reinitialized).append(key)
-    new = len(rows) - len(kept)
+    added = len(rows) - len(kept)
     report.notes.append(f"class heads: {len(kept)} of {len(rows)} classes keep their pretrained rows, "
-                        f"{new} {'is' if new == 1 else 'are'} new (re-initialised)")
+                        f"{added} {'is' if added == 1 else 'are'} new (re-initialised)")
 
 
 def _fill_counters(state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
