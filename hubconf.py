@@ -32,8 +32,8 @@ def _detectors() -> dict:
 
 
 def _weights_doc(architecture: str) -> str:
-    from zoo.hub.manifest import load_manifest
-    from zoo.hub.pretrained import backbone_weights
+    from zoo.weights.manifest import load_manifest
+    from zoo.weights.sources import backbone_weights
 
     manifest = load_manifest()
     tags = manifest.tags(architecture)

@@ -45,8 +45,8 @@ def child(mode: str, arch: str, size: int) -> dict:
     import torch
 
     import zoo
-    from zoo.hub.download import fetch_weights
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.download import fetch_weights
+    from zoo.weights.manifest import load_manifest
 
     torch.set_num_threads(1)
     entry = load_manifest().resolve(arch)
@@ -89,8 +89,8 @@ def main() -> None:
     from safetensors.torch import save_file
 
     import zoo
-    from zoo.hub.download import fetch_weights, sha256_file
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.download import fetch_weights, sha256_file
+    from zoo.weights.manifest import load_manifest
 
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         tmp = Path(tmp)

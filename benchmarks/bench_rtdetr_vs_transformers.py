@@ -2,7 +2,7 @@
 
 For each model, transformers' RTDetrForObjectDetection is configured from the zoo model's config (PResNet ->
 RTDetrResNetConfig; a timm backbone -> TimmBackboneConfig, transformers' way of hosting timm models), its weights are
-randomised, saved with ``save_pretrained`` and loaded into zoo through ``zoo.convert`` (strict). Outputs are compared
+randomised, saved with ``save_pretrained`` and loaded into zoo through ``zoo.weights.checkpoint`` (strict). Outputs are compared
 (max |diff| of logits and boxes), then the forward pass is timed, interleaving zoo, zoo after ``deploy(channels_last=True)``
 (RepVGG fused, channels-last memory) and transformers in every iteration so that load on the machine hits all three alike.
 
@@ -21,8 +21,8 @@ import torch
 
 import zoo
 from zoo.cli.benchmark import latency_stats, measure_latency
-from zoo.convert import load_checkpoint
-from zoo.engine.predict import resolve_device
+from zoo.weights.checkpoint import load_checkpoint
+from zoo.engine.device import resolve_device
 
 MODELS = ("rtdetr_r18vd", "rtdetr_mobilenetv3_large", "rtdetr_mobilenetv3_small")
 #: PResNet depth -> (blocks per stage, block type, stage widths) in transformers' RTDetrResNetConfig terms

@@ -1,8 +1,16 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the test helper modules (local Hub servers, transformers references, tiny trainer
+setups) made importable by name from every test folder."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+_HERE = Path(__file__).resolve().parent
+for _helpers in ("weights", "models/rtdetr", "models/detr", "engine"):
+    sys.path.insert(0, str(_HERE / _helpers))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.convert import CheckpointError
+from zoo.weights.checkpoint import CheckpointError
 from zoo.factory import parse_model_name
 
 

@@ -51,7 +51,7 @@ def create_model(
     """
     source, location, tag = parse_model_name(model_name)
     if source != "zoo":
-        from zoo.hub.pretrained import create_from_location
+        from zoo.weights.sources import create_from_location
 
         return create_from_location(source, location, tag, num_classes=num_classes, **kwargs)
     architecture = resolve_model_name(location)
@@ -62,7 +62,7 @@ def create_model(
     if sum(map(bool, (pretrained, checkpoint_path is not None, pretrained_backbone))) > 1:
         raise ValueError("pass only one of pretrained=..., checkpoint_path=... and pretrained_backbone=...")
     if pretrained:
-        from zoo.hub.pretrained import create_pretrained
+        from zoo.weights.sources import create_pretrained
 
         return create_pretrained(architecture, None if pretrained is True else str(pretrained),
                                  num_classes=num_classes, **kwargs)
@@ -70,11 +70,11 @@ def create_model(
         kwargs["num_classes"] = num_classes
     model = model_entrypoint(architecture)(**kwargs)
     if checkpoint_path is not None:
-        from zoo.convert import load_checkpoint
+        from zoo.weights.checkpoint import load_checkpoint
 
         model.load_report = load_checkpoint(model, checkpoint_path)
     if pretrained_backbone:
-        from zoo.hub.pretrained import load_pretrained_backbone
+        from zoo.weights.sources import load_pretrained_backbone
 
         model.load_report = load_pretrained_backbone(model, pretrained_backbone)
     return model

@@ -1,8 +1,9 @@
 """One registry for the whole zoo: model entry points and the components they are built from.
 
 Model entry points are registered with :func:`register_model` (timm style) and components
-(backbones, encoders, decoders, blocks) with :func:`register_component`. Detectors are composed
-from components by name, so the registry is the only thing that ties model families together.
+(backbones, encoders, decoders, blocks) with :func:`register_component`, so that a JSON config can name
+them (``{"name": "presnet", "depth": 18}``) and users can swap one in (``backbone="resnet50d"``). The registry
+is a leaf: it imports nothing of zoo. ``import zoo`` imports every family, whose decorators fill it.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Callable, Iterable, TypeVar
 
 __all__ = [
     "register_model", "register_component", "get_component", "list_components",
-    "list_models", "is_model", "model_entrypoint", "resolve_model_name", "model_family",
-    "COMPONENT_KINDS",
+    "list_models", "is_model", "model_entrypoint", "resolve_model_name", "model_aliases",
+    "set_pretrained_tags_provider", "COMPONENT_KINDS",
 ]
 
 F = TypeVar("F", bound=Callable)
@@ -25,7 +26,6 @@ COMPONENT_KINDS = ("backbone", "encoder", "decoder", "block")
 
 _model_entrypoints: dict[str, Callable] = {}
 _model_aliases: dict[str, str] = {}
-_model_family: dict[str, str] = {}
 _components: dict[str, dict[str, Callable]] = defaultdict(dict)
 
 
@@ -45,8 +45,6 @@ def register_model(fn: F | None = None, *, name: str | None = None, aliases: Ite
             if key in _model_entrypoints or key in _model_aliases:
                 raise ValueError(f"model name {key!r} is already registered")
         _model_entrypoints[model_name] = func
-        # family = the defining module's short name, e.g. "rtdetr" for zoo.models.rtdetr
-        _model_family[model_name] = func.__module__.rsplit(".", 1)[-1]
         for alias in aliases:
             _model_aliases[alias] = model_name
         module = sys.modules.get(func.__module__)
@@ -58,7 +56,11 @@ def register_model(fn: F | None = None, *, name: str | None = None, aliases: Ite
 
 
 def register_component(kind: str, name: str | None = None) -> Callable[[F], F]:
-    """Register a component builder (a class or function) of ``kind`` under ``name``."""
+    """Register a component builder (a class or function) of ``kind`` under ``name`` (default: its ``__name__``).
+
+    The name is also stored on the builder as ``component_name``, so that configs can be written from the
+    class itself (``{"name": PResNet.component_name, ...}``) rather than from a string to search for.
+    """
     if kind not in COMPONENT_KINDS:
         raise ValueError(f"unknown component kind {kind!r}; expected one of {COMPONENT_KINDS}")
 
@@ -67,6 +69,7 @@ def register_component(kind: str, name: str | None = None) -> Callable[[F], F]:
         if key in _components[kind]:
             raise ValueError(f"{kind} component {key!r} is already registered")
         _components[kind][key] = obj
+        obj.component_name = key
         return obj
 
     return decorator
@@ -74,7 +77,6 @@ def register_component(kind: str, name: str | None = None) -> Callable[[F], F]:
 
 def get_component(kind: str, name: str) -> Callable:
     """Return the builder registered as ``name`` for ``kind``; unknown names suggest close ones."""
-    _ensure_loaded()
     registry = _components.get(kind, {})
     if name not in registry:
         raise KeyError(
@@ -85,7 +87,6 @@ def get_component(kind: str, name: str) -> Callable:
 
 
 def list_components(kind: str) -> list[str]:
-    _ensure_loaded()
     return sorted(_components.get(kind, {}))
 
 
@@ -100,14 +101,11 @@ def list_models(
     ``pretrained=True`` keeps only models with at least one weight entry in the manifest and then
     returns ``architecture.tag`` names, like timm.
     """
-    _ensure_loaded()
     names: list[str] = sorted(_model_entrypoints)
     if include_aliases:
         names = sorted(names + list(_model_aliases))
     if pretrained:
-        from zoo.hub.manifest import load_manifest
-
-        tags = load_manifest().entries
+        tags = _pretrained_tags_provider() if _pretrained_tags_provider is not None else ()
         names = sorted(k for k in tags if k.split(".", 1)[0] in _model_entrypoints)
     includes = [filter] if isinstance(filter, str) else list(filter)
     excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
@@ -120,7 +118,6 @@ def list_models(
 
 def resolve_model_name(name: str) -> str:
     """Map an alias to its canonical architecture name; unknown names raise with suggestions."""
-    _ensure_loaded()
     name = _model_aliases.get(name, name)
     if name not in _model_entrypoints:
         known = list(_model_entrypoints) + list(_model_aliases)
@@ -129,7 +126,6 @@ def resolve_model_name(name: str) -> str:
 
 
 def is_model(name: str) -> bool:
-    _ensure_loaded()
     return name in _model_entrypoints or name in _model_aliases
 
 
@@ -137,25 +133,14 @@ def model_entrypoint(name: str) -> Callable:
     return _model_entrypoints[resolve_model_name(name)]
 
 
-def model_family(name: str) -> str:
-    return _model_family[resolve_model_name(name)]
-
-
 def model_aliases() -> dict[str, str]:
-    _ensure_loaded()
     return dict(_model_aliases)
 
 
-_loaded = False
+_pretrained_tags_provider: Callable[[], Iterable[str]] | None = None
 
 
-def _ensure_loaded() -> None:
-    """Import the components and model families once, so that their decorators have run."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        import zoo.backbones  # noqa: F401
-        import zoo.decoders  # noqa: F401
-        import zoo.layers  # noqa: F401
-        import zoo.models  # noqa: F401
-        import zoo.necks  # noqa: F401
+def set_pretrained_tags_provider(provider: Callable[[], Iterable[str]]) -> None:
+    """Tell :func:`list_models` where ``architecture.tag`` weight names come from (the weights manifest)."""
+    global _pretrained_tags_provider
+    _pretrained_tags_provider = provider

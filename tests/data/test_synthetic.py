@@ -88,7 +88,7 @@ def demo_model():
 def test_demo_weights_are_small_fp16_and_registered(demo_model):
     from safetensors import safe_open
 
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.manifest import load_manifest
 
     path = DEMO_WEIGHTS / "model.safetensors"
     assert path.stat().st_size <= 12 * 2 ** 20
@@ -112,7 +112,7 @@ def test_demo_weights_are_small_fp16_and_registered(demo_model):
 def test_demo_weights_ap_on_regenerated_held_out_split(demo_model, tmp_path):
     """The box AP recorded in the manifest (measured when the weights were made) holds on the regenerated split."""
     from zoo.engine.evaluate import evaluate
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.manifest import load_manifest
 
     ann = make_synthetic_coco(tmp_path, **HELD_OUT)
     metrics = evaluate(demo_model, ann, tmp_path / "val", num_workers=0, progress=False, verbose=False).metrics

@@ -150,10 +150,39 @@ def test_eval_transforms_and_dataset_item(dataset):
     torch.testing.assert_close(target["boxes"], expected, atol=1e-5, rtol=0)
 
 
-def test_default_scales_and_collate_errors():
+def test_default_scales_and_collate():
     assert default_scales(640)[:11] == list(range(480, 801, 32))
     assert all(s % 32 == 0 for s in default_scales(160))
-    with pytest.raises(ValueError, match="share one size"):
-        collate_detection([(torch.zeros(3, 32, 32), {}), (torch.zeros(3, 64, 32), {})])
+    same, targets = collate_detection([(torch.ones(3, 32, 32), {}), (torch.ones(3, 32, 32), {})])
+    assert same.shape == (2, 3, 32, 32) and all("size" not in t for t in targets)
+    # shortest-edge models: images of different sizes are zero-padded at the bottom/right, sizes recorded
+    padded, targets = collate_detection([(torch.ones(3, 32, 48), {}), (torch.ones(3, 64, 32), {})])
+    assert padded.shape == (2, 3, 64, 48)
+    assert padded[0, :, :32, :48].eq(1).all() and padded[0, :, 32:].eq(0).all()
+    assert padded[1, :, :, :32].eq(1).all() and padded[1, :, :, 32:].eq(0).all()
+    assert [t["size"].tolist() for t in targets] == [[32, 48], [64, 32]]
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_detection([])
     with pytest.raises(FileNotFoundError):
         CocoDetection("/nonexistent", "/nonexistent.json")
+
+
+def test_training_resizes_by_the_models_own_rule():
+    """One resize contract: the training transforms size images as Preprocess (predict, evaluate) does."""
+    from torchvision import tv_tensors
+
+    from zoo.data.images import Preprocess
+    from zoo.data.transforms import ModelResize
+
+    detr = Preprocess("shortest_edge", (80, 133))
+    image = tv_tensors.Image(torch.zeros(3, 60, 200, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[10.0, 10.0, 50.0, 40.0]]), format="XYXY", canvas_size=(60, 200))
+    out_image, out_boxes = eval_transforms(detr)(image, boxes)
+    assert tuple(out_image.shape[-2:]) == detr.output_size(60, 200) == (40, 133)  # the longest edge limits
+    assert out_boxes.canvas_size == (40, 133)
+    stretch = eval_transforms(64)(image)
+    assert tuple(stretch.shape[-2:]) == Preprocess("stretch", (64, 64)).output_size(60, 200) == (64, 64)
+    # training scales: the shortest edge is drawn per image and the longest-edge limit scales with it
+    drawn = {tuple(ModelResize(detr, scales=[40, 80])(tv_tensors.Image(torch.zeros(3, 100, 100))).shape[-2:])
+             for _ in range(20)}
+    assert drawn == {(40, 40), (80, 80)}

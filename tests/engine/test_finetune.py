@@ -13,7 +13,7 @@ import zoo
 from zoo.data.synthetic import make_synthetic_coco
 from zoo.engine.evaluate import evaluate
 from zoo.engine.trainer import TrainConfig, Trainer
-from zoo.hub.manifest import load_manifest
+from zoo.weights.manifest import load_manifest
 
 DEMO = "rtdetr_mobilenetv3_small.shapes_demo"
 CLASS_HEADS = ("decoder.enc_score_head.", "decoder.dec_score_head.", "decoder.denoising_class_embed.")
@@ -86,7 +86,7 @@ def test_known_classes_keep_their_rows_and_still_detect(shapes, demo, tmp_path):
 def test_new_classes_start_from_the_prior_and_the_cli_says_so(shapes, demo, tmp_path, capsys):
     """Names the weights do not know: class heads re-initialised (bias = focal prior), the rest pretrained."""
     from zoo.cli import main
-    from zoo.decoders.rtdetr_decoder import prior_prob_bias
+    from zoo.layers.init import prior_prob_bias
 
     data = tmp_path / "data"
     data.mkdir()

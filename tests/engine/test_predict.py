@@ -3,7 +3,6 @@ processors, and end-to-end detections against transformers' RT-DETR with the sam
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +13,10 @@ from PIL import Image
 
 import zoo
 from zoo.data.coco_names import COCO80_NAMES, COCO91_NAMES, COCO_CATEGORY_IDS
-from zoo.engine.predict import Detections, Preprocess, label_names_for, load_image, resolve_device
+from zoo.data.images import Preprocess, load_image
+from zoo.engine.device import resolve_device
+from zoo.engine.predict import Detections, label_names_for
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
 from hf_rtdetr import hf_rtdetr  # noqa: E402
 
 COCO = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_tiny"

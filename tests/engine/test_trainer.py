@@ -1,14 +1,12 @@
 """Trainer: exact resume, checkpoint files (safetensors + weights_only state), metrics log, optimizer groups,
 export with save_pretrained, and the ``zoo train`` command."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
 from trainer_setup import TINY_ARGS, make_data, tiny_config  # noqa: E402
 
 from zoo.engine.trainer import Trainer  # noqa: E402
@@ -129,8 +127,12 @@ def test_amp_losses_match_fp32(data, tmp_path):
         torch.manual_seed(0)  # the same denoising groups for every run
         losses[amp] = trainer.train_step(images, targets)
         assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.model.parameters())
-    for amp, rel in (("bf16", 0.05), ("fp16", 2e-3)):  # bf16 keeps 8 mantissa bits, fp16 11
+    # bf16 keeps 8 mantissa bits, fp16 11. A bf16 logit near -5 is rounded by up to 2^-9 of itself, and the
+    # varifocal term of the many negative queries grows like sigmoid(x)^3: small vfl terms move by up to ~10%
+    # (8.7% measured on an AVX2 CPU, which emulates bf16; under 5% with native bf16), the total by under 1%.
+    for amp, rel, total in (("bf16", 0.1, 0.01), ("fp16", 2e-3, 2e-3)):
         assert losses[amp].keys() == losses["none"].keys()
+        assert losses[amp]["loss"] == pytest.approx(losses["none"]["loss"], rel=total), amp
         for name, value in losses["none"].items():
             assert losses[amp][name] == pytest.approx(value, rel=rel, abs=1e-3), (amp, name)
     with pytest.raises(ValueError, match="amp must be"):

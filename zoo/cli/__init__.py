@@ -17,7 +17,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="Real-time detection transformers by name.")
-    from zoo import __version__
+    from zoo.version import __version__
 
     parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -79,7 +79,9 @@ def benchmark_model(model, batch_size: int = 1, size: int | None = None, device=
     """Time ``model`` as described in the module docstring; returns latencies, throughput and peak memory."""
     import torch
 
-    from zoo.engine.predict import Preprocess, resolve_device, run_detector
+    from zoo.data.images import Preprocess
+    from zoo.engine.device import resolve_device
+    from zoo.engine.predict import run_detector
 
     device = resolve_device(device, model)
     model = model.to(device).eval()

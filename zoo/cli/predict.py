@@ -29,7 +29,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args: argparse.Namespace):
     """Build the model the shared options describe, on the requested device, in eval mode."""
-    from zoo.engine.predict import resolve_device
+    from zoo.engine.device import resolve_device
     from zoo.factory import create_model
 
     device = resolve_device(args.device)  # fail before building a model on a device that does not exist

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zoo.hub.manifest import WeightsEntry
+from zoo.weights.manifest import WeightsEntry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,7 @@ def _status(entry: WeightsEntry) -> str:
 
 def _local_file(entry: WeightsEntry, cache_dir: str | None = None) -> Path | None:
     """The entry's file on this machine: in the Hub cache, or inside the package (None when absent)."""
-    from zoo.hub.download import cached_file
+    from zoo.weights.download import cached_file
 
     if entry.package is not None:
         path = entry.package.local_path()
@@ -73,7 +73,7 @@ def _summary(entry: WeightsEntry) -> dict[str, Any]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.manifest import load_manifest
 
     rows = [_summary(e) for e in load_manifest().select(args.patterns)]
     if args.json:
@@ -88,7 +88,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _resolve(name: str) -> WeightsEntry:
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.manifest import load_manifest
 
     arch, _, tag = name.partition(".")
     return load_manifest().resolve(arch, tag or None)
@@ -97,7 +97,7 @@ def _resolve(name: str) -> WeightsEntry:
 def _info(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from zoo.hub.download import hub_cache_dir, hub_endpoint, hub_offline
+    from zoo.weights.download import hub_cache_dir, hub_endpoint, hub_offline
 
     entry = _resolve(args.name)
     hub, local = entry.hub, _local_file(entry)
@@ -128,8 +128,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _fetch_all(patterns: list[str], cache_dir: str | None) -> list[tuple[WeightsEntry, Path]]:
-    from zoo.hub.download import fetch_weights
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.download import fetch_weights
+    from zoo.weights.manifest import load_manifest
 
     done = []
     for entry in load_manifest().select(patterns):
@@ -146,8 +146,8 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from zoo.hub.download import sha256_file, verify_file
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.download import sha256_file, verify_file
+    from zoo.weights.manifest import load_manifest
 
     failed = checked = 0
     for entry in load_manifest().select(args.patterns):
@@ -169,7 +169,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Schema, then per entry: registered architecture, known layout, num_classes and parameter count."""
-    from zoo.hub.manifest import ManifestError, load_manifest
+    from zoo.weights.manifest import ManifestError, load_manifest
 
     try:
         manifest = load_manifest(args.manifest)
@@ -194,8 +194,8 @@ def _entry_problems(entry: WeightsEntry) -> list[str]:
     """Build the architecture on the meta device (no memory, no weights) and compare it with the entry."""
     import torch
 
-    from zoo.convert import _formats, _load_family_formats
     from zoo.registry import model_entrypoint
+    from zoo.weights.checkpoint import known_formats
 
     try:
         with torch.device("meta"):
@@ -203,9 +203,8 @@ def _entry_problems(entry: WeightsEntry) -> list[str]:
     except Exception as exc:  # report, do not crash the check
         return [f"cannot build with the entry's num_classes/model_args: {type(exc).__name__}: {exc}"]
     problems = []
-    _load_family_formats()
     family = getattr(model, "family", "")
-    known = {"zoo", "timm"} | {f.name for f in _formats.get(family, [])}
+    known = {"zoo", "timm", *known_formats(family)}
     if entry.format not in known:
         problems.append(f"format {entry.format} has no converter for the {family or 'timm'} family "
                         f"(known: {', '.join(sorted(known))})")
@@ -219,7 +218,7 @@ def _entry_problems(entry: WeightsEntry) -> list[str]:
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from zoo.hub.download import sha256_file
+    from zoo.weights.download import sha256_file
 
     folder = Path(args.directory)
     folder.mkdir(parents=True, exist_ok=True)

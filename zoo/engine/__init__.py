@@ -1,1 +1,1 @@
-"""engine"""
+"""Running models: prediction, COCO evaluation, drawing, training and device choice."""

@@ -5,7 +5,8 @@ import colorsys
 
 from PIL import Image, ImageDraw, ImageFont
 
-from zoo.engine.predict import Detections, ImageInput, load_image
+from zoo.data.images import ImageInput, load_image
+from zoo.engine.predict import Detections
 
 __all__ = ["draw", "class_color"]
 

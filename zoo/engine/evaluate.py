@@ -18,7 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_convert
 
-from zoo.engine.predict import Preprocess, load_image, resolve_device, run_detector
+from zoo.data.images import Preprocess, load_image
+from zoo.engine.device import resolve_device
+from zoo.engine.predict import run_detector
 
 __all__ = ["evaluate", "evaluate_detections", "label_to_category_ids", "EvalResult", "COCO_METRIC_NAMES"]
 

@@ -35,9 +35,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from zoo.data.coco import CocoDetection
 from zoo.data.collate import collate_detection
+from zoo.data.images import Preprocess
 from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
-from zoo.losses.denoising import build_denoising_queries
-from zoo.losses.rtdetr_loss import RTDETRCriterion
 
 __all__ = ["TrainConfig", "Trainer", "train"]
 
@@ -58,13 +57,14 @@ class TrainConfig:
     input_size: int | None = None         # square training/eval size; default: the model's pretrained_cfg
     epochs: int = 72
     batch_size: int = 16                  # global batch (split over processes)
-    lr: float = 1e-4
-    backbone_lr_mult: float = 0.1
-    weight_decay: float = 1e-4
+    # optimiser recipe: None takes the family's default (Detector.train_defaults, else the values in RECIPE)
+    lr: float | None = None
+    backbone_lr_mult: float | None = None
+    weight_decay: float | None = None
     warmup_steps: int = 2000
     schedule: str = "constant"            # after warm-up: "constant" (official RT-DETR) or "cosine"
     lr_drops: tuple[int, ...] = ()        # epochs after which the lr is multiplied by 0.1 (MultiStepLR)
-    clip_max_norm: float = 0.1
+    clip_max_norm: float | None = None
     ema_decay: float = 0.9999             # 0 disables EMA
     amp: str = "auto"                     # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, none
     augment: bool = True
@@ -78,6 +78,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: the official RT-DETR and DETR recipe (both use these), for models that declare no train_defaults
+RECIPE = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1}
+
+
+def _with_recipe(config: TrainConfig, model: nn.Module) -> TrainConfig:
+    """Fill the optimiser fields left at None from the model's ``train_defaults`` (then :data:`RECIPE`)."""
+    defaults = {**RECIPE, **getattr(model, "train_defaults", {})}
+    return dataclasses.replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -140,7 +150,7 @@ class Trainer:
     you built) and run :meth:`fit`. ``resume`` is a ``.../last`` checkpoint folder to continue from."""
 
     def __init__(self, config: TrainConfig, model: nn.Module | None = None, resume: str | os.PathLike | None = None):
-        from zoo.engine.predict import resolve_device
+        from zoo.engine.device import resolve_device
 
         self.cfg = config
         init_distributed(config.device)
@@ -158,17 +168,19 @@ class Trainer:
         if self.model.num_classes != self.train_set.num_classes:
             raise ValueError(f"the model predicts {self.model.num_classes} classes but {config.train_ann} has "
                              f"{self.train_set.num_classes} categories; pass num_classes={self.train_set.num_classes}")
-        cfg = self.model.pretrained_cfg
-        self.input_size = int(config.input_size or cfg["input_size"][-1])
-        mean, std = cfg.get("mean"), cfg.get("std")
-        self.train_set.transforms = (train_transforms(self.input_size, mean, std) if config.augment
-                                     else eval_transforms(self.input_size, mean, std))
+        self.cfg = config = _with_recipe(config, self.model)
+        # the model's own resize rule (stretch for RT-DETR, shortest edge for DETR), at the training size
+        self.preprocess = Preprocess.from_model(self.model, config.input_size)
+        self.input_size = self.preprocess.size[0]
+        scales = default_scales(self.input_size) if config.multiscale else None
+        self.train_set.transforms = (train_transforms(self.preprocess, scales=scales) if config.augment
+                                     else eval_transforms(self.preprocess))
         # what inference needs to use the trained model as trained
-        self.model.pretrained_cfg = {**cfg, "input_size": (3, self.input_size, self.input_size),
+        self.model.pretrained_cfg = {**self.model.pretrained_cfg, **self.preprocess.pretrained_cfg(),
                                      "label_names": list(self.train_set.class_names)}
         self.model.to(self.device)
 
-        self.criterion = RTDETRCriterion(self.model.num_classes)
+        self.criterion = self.model.criterion()
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.lr, config.backbone_lr_mult, config.weight_decay), lr=config.lr)
         self.steps_per_epoch = len(self.train_set) // config.batch_size
@@ -219,7 +231,8 @@ class Trainer:
                           generator=generator, persistent_workers=False)
 
     def _step_size(self) -> int:
-        if not self.cfg.multiscale:
+        """Batch-level multi-scale size for stretch-resize models (shortest-edge models draw it per image)."""
+        if not self.cfg.multiscale or self.preprocess.resize_mode != "stretch":
             return self.input_size
         scales = default_scales(self.input_size)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.global_step)  # same on every rank
@@ -229,13 +242,14 @@ class Trainer:
         """One optimisation step on a (per-process) batch; returns the loss terms averaged over processes."""
         model = self.ddp or self.model
         model.train()
-        images = multiscale_resize(images.to(self.device, non_blocking=True), self._step_size())
-        targets = [{"labels": t["labels"].to(self.device), "boxes": t["boxes"].to(self.device)} for t in targets]
-        decoder = getattr(self.model, "decoder", None)
-        denoising = build_denoising_queries(targets, decoder) if hasattr(decoder, "num_denoising") else None
+        images = images.to(self.device, non_blocking=True)
+        if self.preprocess.resize_mode == "stretch":
+            images = multiscale_resize(images, self._step_size())
+        targets = [{k: t[k].to(self.device) for k in ("labels", "boxes", "size") if k in t} for t in targets]
+        extra = self.model.training_inputs(images, targets)  # e.g. denoising queries, pixel mask
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            outputs = model(images, denoising=denoising)
+            outputs = model(images, **extra)
         losses = self.criterion(outputs, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -324,7 +338,7 @@ class Trainer:
     def export(self, folder: str | os.PathLike, metrics: dict[str, float] | None = None) -> Path:
         """``save_pretrained`` of :attr:`eval_model`; the card lists ``metrics`` (AP, AP50) as measured here, in
         percent like the manifest and COCO results."""
-        from zoo.hub.publish import save_pretrained
+        from zoo.weights.publish import save_pretrained
 
         records = []
         if metrics and self.cfg.val_ann:

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from zoo.registry import register_component
+
 __all__ = ["ConvNormLayer", "RepVggBlock", "CSPRepLayer", "create_act"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -70,6 +72,7 @@ class RepVggBlock(nn.Module):
         del self.conv1, self.conv2
 
 
+@register_component("block", "csp_rep")
 class CSPRepLayer(nn.Module):
     """Cross-stage-partial layer with RepVGG bottlenecks (CCFM fusion block of RT-DETR)."""
 
@@ -84,12 +87,6 @@ class CSPRepLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
-
-
-# Blocks the hybrid encoder can plug in by name (see zoo.necks.hybrid_encoder).
-from zoo.registry import register_component  # noqa: E402
-
-register_component("block", "csp_rep")(CSPRepLayer)
 
 
 @register_component("block", "conv_bn_act")

@@ -1,1 +1,1 @@
-"""Losses and matching for DETR-family detectors."""
+"""Matching and the box losses that the families' criteria share."""

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision.ops import box_convert, generalized_box_iou
 
-__all__ = ["check_targets", "gather_matched", "box_losses"]
+__all__ = ["check_targets", "count_boxes", "gather_matched", "box_losses"]
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -19,6 +20,15 @@ def check_targets(targets: list[dict[str, torch.Tensor]], batch_size: int, num_c
             raise KeyError(f"target {i} needs 'labels' and 'boxes' (normalised cxcywh), got {sorted(t)}")
         if len(t["labels"]) and (t["labels"].min() < 0 or t["labels"].max() >= num_classes):
             raise ValueError(f"target {i} has labels outside [0, {num_classes}); {label_hint}")
+
+
+def count_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device) -> float:
+    """Boxes in the batch, averaged over processes under torch.distributed, at least 1 (the loss normaliser)."""
+    n = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return max(float(n.item()), 1.0)
 
 
 def gather_matched(targets: list[dict[str, torch.Tensor]], indices: Indices, device: torch.device

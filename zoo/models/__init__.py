@@ -1,2 +1,3 @@
-"""Model families. Importing this package registers every model (the registry does it lazily)."""
-from zoo.models import classifiers, detr, rtdetr, rtdetr_akconv  # noqa: F401
+"""Model families. Each folder holds everything its family knows (model, parts, criterion, checkpoint layouts);
+importing this package registers every model."""
+from zoo.models import classifiers, detr, rtdetr  # noqa: F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -12,7 +13,8 @@ from torchvision.ops import box_convert
 
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
-__all__ = ["Detector", "build_detector", "build_component", "check_num_classes", "detections_to_pixels", "PretrainedCfg"]
+__all__ = ["Detector", "ClassHead", "build_detector", "build_component", "check_num_classes", "check_pixel_values",
+           "detections_to_pixels", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict
@@ -27,8 +29,21 @@ def check_num_classes(num_classes: Any) -> int:
     return num_classes
 
 
+@dataclass(frozen=True)
+class ClassHead:
+    """A module whose output rows are the classes: ``module`` is a regex on its name; ``extra_rows`` trailing rows
+    are not classes (DETR's no-object logit, RT-DETR's denoising padding embedding) and are always kept. Loading
+    weights for other classes adapts exactly these modules (zoo.weights.load)."""
+    module: str
+    extra_rows: int = 0
+
+
 class Detector(nn.Module):
-    """Base class of zoo detectors.
+    """Base class of zoo detectors: what the rest of zoo (predict, evaluate, trainer, weights) may ask of a model.
+
+    A family subclasses it and provides ``forward(pixel_values, ...)`` -> ``{"pred_logits", "pred_boxes"}``,
+    :meth:`postprocess`, :meth:`criterion`, :meth:`training_inputs`, its ``class_heads`` and, through its
+    ``convert`` module, the checkpoint layouts it reads (zoo.weights.checkpoint.register_format).
 
     Attributes set by :func:`build_detector`:
       ``config``: ``{"architecture": name, "model_args": {...}}``, JSON-serialisable; passing it to
@@ -36,7 +51,12 @@ class Detector(nn.Module):
       ``pretrained_cfg``: input size, resize mode, mean/std (or None) and interpolation used for inference.
     """
 
+    #: the family's name: the key of its checkpoint layouts and a tag on model cards
     family: str = ""
+    #: modules whose rows are classes (adapted when weights are loaded for other classes)
+    class_heads: tuple[ClassHead, ...] = ()
+    #: training recipe defaults of the family (TrainConfig fields), applied where the user set nothing
+    train_defaults: dict[str, Any] = {}
     config: dict
     pretrained_cfg: dict
 
@@ -44,9 +64,20 @@ class Detector(nn.Module):
     def num_classes(self) -> int:
         return int(self.config["model_args"]["num_classes"])
 
+    def criterion(self) -> nn.Module:
+        """The family's training loss: ``criterion(outputs, targets)`` -> dict of weighted terms to sum."""
+        raise NotImplementedError(f"{type(self).__name__} does not define a training criterion")
+
+    def training_inputs(self, pixel_values: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Extra ``forward`` arguments for a training step (e.g. RT-DETR's denoising queries, DETR's pixel mask).
+
+        targets: per image ``{"labels", "boxes"}`` (normalised cxcywh) and optionally ``"size"`` ``(h, w)``, the
+        valid (unpadded) region of the image in ``pixel_values``."""
+        return {}
+
     def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
-        """Write config.json, model.safetensors and a README.md model card (see zoo.hub.publish.save_pretrained)."""
-        from zoo.hub.publish import save_pretrained
+        """Write config.json, model.safetensors and a README.md model card (see zoo.weights.publish.save_pretrained)."""
+        from zoo.weights.publish import save_pretrained
 
         return save_pretrained(self, save_directory, **kwargs)
 
@@ -168,3 +199,18 @@ def detections_to_pixels(boxes: torch.Tensor, scores: torch.Tensor, labels: torc
         keep = s >= score_threshold
         results.append({"boxes": b[keep], "scores": s[keep], "labels": l[keep]})
     return results
+
+
+def check_pixel_values(x: Any, size_divisor: int) -> None:
+    """Clear errors for inputs the model cannot take (wrong type, rank, channels, dtype or size)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor [B, 3, H, W], got {type(x).__name__}; "
+                        "use model.predict(...) for images, paths or arrays")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"pixel_values must have shape [B, 3, H, W], got {list(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"pixel_values must be a float tensor (scaled as model.pretrained_cfg says), got {x.dtype}")
+    h, w = x.shape[-2:]
+    if h % size_divisor or w % size_divisor:
+        raise ValueError(f"pixel_values height and width must be multiples of {size_divisor}, got {h}x{w}; "
+                         "resize or pad the input (model.predict does this for you)")

@@ -23,30 +23,83 @@ def _timm_classifier(architecture: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-def _register(name: str, doc: str) -> None:
-    def entrypoint(**kwargs: Any) -> nn.Module:
-        return _timm_classifier(name, **kwargs)
+# --------------------------------------------------------------------------------------------------
+# Entry points: every width multiplier timm has for these families
+# --------------------------------------------------------------------------------------------------
 
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__doc__ = doc
-    entrypoint.__module__ = __name__
-    register_model(entrypoint)
+@register_model
+def mobilenetv3_large_100(**kwargs: Any) -> nn.Module:
+    """MobileNetV3-Large 1.0 (timm, ImageNet 75.8 top-1 with ra_in1k weights)."""
+    return _timm_classifier("mobilenetv3_large_100", **kwargs)
 
 
-# name -> what it is; every width multiplier timm has for these families
-for _name, _doc in {
-    "mobilenetv3_large_100": "MobileNetV3-Large 1.0 (timm, ImageNet 75.8 top-1 with ra_in1k weights).",
-    "mobilenetv3_large_075": "MobileNetV3-Large 0.75 (timm).",
-    "mobilenetv3_large_150d": "MobileNetV3-Large 1.5, deeper (timm).",
-    "mobilenetv3_small_100": "MobileNetV3-Small 1.0 (timm, ImageNet 67.6 top-1 with lamb_in1k weights).",
-    "mobilenetv3_small_075": "MobileNetV3-Small 0.75 (timm).",
-    "mobilenetv3_small_050": "MobileNetV3-Small 0.5 (timm).",
-    "mobilenetv2_100": "MobileNetV2 1.0 (timm, ImageNet 72.9 top-1 with ra_in1k weights).",
-    "mobilenetv2_050": "MobileNetV2 0.5 (timm).",
-    "mobilenetv2_035": "MobileNetV2 0.35 (timm).",
-    "mobilenetv2_075": "MobileNetV2 0.75 (timm).",
-    "mobilenetv2_110d": "MobileNetV2 1.1, deeper (timm).",
-    "mobilenetv2_120d": "MobileNetV2 1.2, deeper (timm).",
-    "mobilenetv2_140": "MobileNetV2 1.4 (timm).",
-}.items():
-    _register(_name, _doc)
+@register_model
+def mobilenetv3_large_075(**kwargs: Any) -> nn.Module:
+    """MobileNetV3-Large 0.75 (timm)."""
+    return _timm_classifier("mobilenetv3_large_075", **kwargs)
+
+
+@register_model
+def mobilenetv3_large_150d(**kwargs: Any) -> nn.Module:
+    """MobileNetV3-Large 1.5, deeper (timm)."""
+    return _timm_classifier("mobilenetv3_large_150d", **kwargs)
+
+
+@register_model
+def mobilenetv3_small_100(**kwargs: Any) -> nn.Module:
+    """MobileNetV3-Small 1.0 (timm, ImageNet 67.6 top-1 with lamb_in1k weights)."""
+    return _timm_classifier("mobilenetv3_small_100", **kwargs)
+
+
+@register_model
+def mobilenetv3_small_075(**kwargs: Any) -> nn.Module:
+    """MobileNetV3-Small 0.75 (timm)."""
+    return _timm_classifier("mobilenetv3_small_075", **kwargs)
+
+
+@register_model
+def mobilenetv3_small_050(**kwargs: Any) -> nn.Module:
+    """MobileNetV3-Small 0.5 (timm)."""
+    return _timm_classifier("mobilenetv3_small_050", **kwargs)
+
+
+@register_model
+def mobilenetv2_100(**kwargs: Any) -> nn.Module:
+    """MobileNetV2 1.0 (timm, ImageNet 72.9 top-1 with ra_in1k weights)."""
+    return _timm_classifier("mobilenetv2_100", **kwargs)
+
+
+@register_model
+def mobilenetv2_050(**kwargs: Any) -> nn.Module:
+    """MobileNetV2 0.5 (timm)."""
+    return _timm_classifier("mobilenetv2_050", **kwargs)
+
+
+@register_model
+def mobilenetv2_035(**kwargs: Any) -> nn.Module:
+    """MobileNetV2 0.35 (timm)."""
+    return _timm_classifier("mobilenetv2_035", **kwargs)
+
+
+@register_model
+def mobilenetv2_075(**kwargs: Any) -> nn.Module:
+    """MobileNetV2 0.75 (timm)."""
+    return _timm_classifier("mobilenetv2_075", **kwargs)
+
+
+@register_model
+def mobilenetv2_110d(**kwargs: Any) -> nn.Module:
+    """MobileNetV2 1.1, deeper (timm)."""
+    return _timm_classifier("mobilenetv2_110d", **kwargs)
+
+
+@register_model
+def mobilenetv2_120d(**kwargs: Any) -> nn.Module:
+    """MobileNetV2 1.2, deeper (timm)."""
+    return _timm_classifier("mobilenetv2_120d", **kwargs)
+
+
+@register_model
+def mobilenetv2_140(**kwargs: Any) -> nn.Module:
+    """MobileNetV2 1.4 (timm)."""
+    return _timm_classifier("mobilenetv2_140", **kwargs)

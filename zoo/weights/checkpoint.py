@@ -1,0 +1,170 @@
+"""Checkpoint formats: read a file safely, recognise its layout, convert it to zoo keys.
+
+Each model family registers the layouts it understands with :func:`register_format`; loading detects
+the layout from the keys, so ``create_model(name, checkpoint_path=...)`` takes any of them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+__all__ = ["register_format", "known_formats", "read_checkpoint", "unwrap_checkpoint", "convert_state_dict",
+           "check_fit", "load_checkpoint", "LoadReport", "CheckpointError"]
+
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+@dataclass
+class _Format:
+    name: str
+    detect: Callable[[Mapping[str, torch.Tensor]], bool]
+    convert: Callable[[StateDict], StateDict]
+
+
+_formats: dict[str, list[_Format]] = {}
+
+
+def register_format(family: str, name: str, detect: Callable[[Mapping[str, torch.Tensor]], bool],
+                    convert: Callable[[StateDict], StateDict]) -> None:
+    """Register checkpoint layout ``name`` for model ``family``; ``detect`` looks at the keys only."""
+    _formats.setdefault(family, []).append(_Format(name, detect, convert))
+
+
+def known_formats(family: str) -> list[str]:
+    """Names of the layouts registered for ``family`` (besides zoo's own)."""
+    return [f.name for f in _formats.get(family, [])]
+
+
+def read_checkpoint(path: str | os.PathLike) -> StateDict:
+    """Read a state dict without running code: safetensors (memory-mapped) or ``torch.load(weights_only=True)``.
+
+    A pickle that would run code is refused by ``weights_only=True`` and reported as a CheckpointError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # UnpicklingError for unsafe pickles, RuntimeError for non-zip files
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain tensor checkpoint that torch.load(weights_only=True) "
+            f"accepts ({type(exc).__name__}: {str(exc).splitlines()[0]}). Convert it to safetensors from a "
+            "trusted environment."
+        ) from exc
+    return unwrap_checkpoint(obj, str(path))
+
+
+def unwrap_checkpoint(obj: object, source: str = "checkpoint") -> StateDict:
+    """Find the state dict inside the usual wrappers: ``{'ema': {'module': sd}}``, ``{'model': sd}``, ``{'state_dict': sd}``."""
+    while isinstance(obj, Mapping) and not _is_state_dict(obj):
+        for key in ("ema", "module", "model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        else:
+            raise CheckpointError(f"{source}: no state dict found (top-level keys: {sorted(obj)[:10]})")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    return dict(obj)
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def convert_state_dict(family: str, state_dict: StateDict, model_keys: set[str] | None = None) -> tuple[StateDict, str]:
+    """Convert ``state_dict`` to zoo keys for ``family``; returns ``(converted, format_name)``."""
+    keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    if model_keys is not None and keys <= model_keys:
+        return dict(state_dict), "zoo"
+    for fmt in _formats.get(family, []):
+        if fmt.detect(state_dict):
+            return fmt.convert(dict(state_dict)), fmt.name
+    if model_keys is not None and _matches(state_dict, model_keys):
+        return dict(state_dict), "zoo"  # nearly zoo keys: the strict load names what does not fit
+    known = ", ".join(["zoo"] + [f.name for f in _formats.get(family, [])])
+    sample = ", ".join(sorted(state_dict)[:5])
+    raise CheckpointError(f"unrecognised checkpoint layout for a {family} model (known layouts: {known}); "
+                          f"first keys: {sample}")
+
+
+def _matches(state_dict: Mapping[str, torch.Tensor], model_keys: set[str]) -> bool:
+    keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    return len(keys & model_keys) >= 0.9 * max(len(keys), 1)
+
+
+@dataclass
+class LoadReport:
+    """What a load did: which format, which keys were loaded, adapted, re-initialised, missing or unexpected."""
+    source: str = ""
+    format: str = ""
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"{len(self.loaded)} loaded"] + [f"{len(v)} {k}" for k, v in
+                                                  (("adapted", self.adapted), ("re-initialised", self.reinitialized),
+                                                   ("missing", self.missing), ("unexpected", self.unexpected)) if v]
+        return f"{self.source} [{self.format}]: " + ", ".join(parts)
+
+
+def _fill_counters(state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """BatchNorm ``num_batches_tracked`` counters do not affect outputs: add absent ones, drop unknown ones."""
+    for key in [k for k in state_dict if k.endswith("num_batches_tracked") and k not in expected]:
+        del state_dict[key]
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state_dict:
+            state_dict[key] = torch.zeros((), dtype=torch.long)
+
+
+def check_fit(report: LoadReport, state_dict: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+               what: str, strict: bool = True) -> dict[str, torch.Tensor]:
+    """Fit ``state_dict`` (zoo keys) to a model's ``expected`` state dict: BatchNorm counters are filled or dropped,
+    missing / unexpected / mis-shaped keys are recorded in ``report`` and, when ``strict``, raised naming them.
+    Returns what fits, in the model's dtypes. Keys listed in ``getattr(report, "dropped", ())`` are expected extras."""
+    _fill_counters(state_dict, expected)
+    report.missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected and k not in getattr(report, "dropped", ())]
+    mismatched = [k for k in state_dict if k in expected and state_dict[k].shape != expected[k].shape]
+    report.unexpected = unexpected + mismatched
+    if strict and (report.missing or report.unexpected):
+        lines = [f"{(getattr(report, 'weights', '') or report.source)} ({report.format} layout) does not fit {what}:"]
+        shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}" for k in mismatched]
+        for title, keys in (("missing", report.missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                lines.append(f"  {len(keys)} {title}: " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+        lines.append("  Are these weights for another architecture or model_args? To change the classes pass "
+                     "num_classes or class_names; strict=False loads what fits and keeps the rest initialised.")
+        raise CheckpointError("\n".join(lines))
+    fit = {}
+    for key, value in state_dict.items():
+        if key in expected and value.shape == expected[key].shape:
+            dtype = expected[key].dtype
+            fit[key] = value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    return fit
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Read ``path``, detect and convert its layout, and load it strictly into ``model``."""
+    expected = model.state_dict()
+    converted, fmt = convert_state_dict(getattr(model, "family", ""), read_checkpoint(path), set(expected))
+    report = LoadReport(source=str(path), format=fmt)
+    what = f"{type(model).__name__} {getattr(model, 'config', {}).get('architecture', '')}".strip()
+    model.load_state_dict(check_fit(report, converted, expected, what), strict=False)
+    report.loaded = list(converted)
+    return report

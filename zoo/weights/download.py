@@ -1,0 +1,241 @@
+"""Fetch weight files through huggingface_hub (its cache, revisions, mirrors, offline mode) and verify them.
+
+Every freshly downloaded file is checked against the manifest's sha256 and size; a file that fails is deleted from
+the cache and never used. Cache hits are checked for their size (cheap, catches truncation) and, with
+``verify_cache=True`` or ``ZOO_VERIFY_CACHE=1``, re-hashed. A file lock per file lets several processes download the
+same weights at once: one downloads and verifies, the others wait and then find it cached.
+
+``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME`` and ``HF_HUB_OFFLINE`` are read when a file is fetched (huggingface_hub
+reads them once, at import), so they can be set at any time before loading.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from zoo.weights.checkpoint import CheckpointError
+from zoo.weights.manifest import HubFile, WeightsEntry
+
+__all__ = ["fetch_file", "fetch_weights", "cached_file", "verify_file", "sha256_file", "hub_endpoint",
+           "hub_cache_dir", "hub_offline", "WeightsIntegrityError", "WeightsNotFoundError", "WeightsNotCachedError"]
+
+log = logging.getLogger("zoo.weights")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class WeightsIntegrityError(CheckpointError):
+    """A weight file whose sha256 or size differs from the manifest (it has been removed from the cache)."""
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The repository, revision or file does not exist on the Hub (or the mirror in ``HF_ENDPOINT``)."""
+
+
+class WeightsNotCachedError(WeightsNotFoundError):
+    """Offline (or the Hub is unreachable) and the file is not in the local cache."""
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def hub_endpoint() -> str:
+    """The Hub URL: ``$HF_ENDPOINT`` (a mirror) or huggingface.co."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_cache_dir() -> Path:
+    """The huggingface_hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else huggingface_hub's default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: only the cache is used."""
+    return _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (the file is never held in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(path: str | os.PathLike, sha256: str | None, size: int | None, full: bool = True) -> list[str]:
+    """Problems of ``path`` against the expected size and (when ``full``) sha256; empty when it matches."""
+    problems = []
+    actual_size = os.path.getsize(path)
+    if size is not None and actual_size != size:
+        kind = "truncated" if actual_size < size else "too long"
+        problems.append(f"size {actual_size} bytes, expected {size} ({kind})")
+    elif full and sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            problems.append(f"sha256 {actual}, expected {sha256}")
+    return problems
+
+
+def cached_file(hub: HubFile, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """Where ``hub`` lies in the cache for its revision, or None when it is not cached (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub.repo_id, hub.filename, cache_dir=str(cache_dir or hub_cache_dir()),
+                                   revision=hub.revision)
+    return Path(found) if isinstance(found, str) and os.path.exists(found) else None
+
+
+def _remove(path: Path) -> None:
+    """Delete a cached file: the blob it links to and the snapshot link, so that nothing reuses it."""
+    blob = path.resolve()
+    for p in {blob, path}:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _lock_dir(cache: Path) -> Path:
+    """Locks live in the cache (shared by every process using it); a read-only cache (a bundle) uses the temp dir."""
+    for folder in (cache / ".locks" / "zoo", Path(tempfile.gettempdir()) / "zoo-locks"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise PermissionError(f"no writable folder for download locks (tried {cache / '.locks'} and the temp dir)")
+
+
+def _prefetch_hint(name: str) -> str:
+    return (f"Prefetch on a machine with access: `zoo weights download {name}`, or `zoo weights bundle DIR {name}`, "
+            "copy DIR to this machine and set HF_HUB_CACHE=DIR (with HF_HUB_OFFLINE=1 to stay offline).")
+
+
+def fetch_file(hub: HubFile, *, name: str | None = None, verify_cache: bool | None = None,
+               offline: bool | None = None, cache_dir: str | os.PathLike | None = None,
+               warn_unhashed: bool = True) -> Path:
+    """Download ``hub`` (or take it from the cache) and verify it; returns the local path.
+
+    Args:
+        hub: repo id, revision, filename and the expected sha256/size (None = not recorded: used unverified).
+        name: what to call it in messages and hints (the manifest name, or ``hf-hub:repo``).
+        verify_cache: re-hash a cached file (default: ``ZOO_VERIFY_CACHE``); sizes are always checked.
+        offline: only use the cache (default: ``HF_HUB_OFFLINE``).
+        cache_dir: the huggingface_hub cache (default: :func:`hub_cache_dir`).
+        warn_unhashed: log a warning when ``hub`` records no sha256 (off for small metadata files).
+    """
+    from filelock import FileLock
+
+    name = name or str(hub)
+    cache = Path(cache_dir) if cache_dir else hub_cache_dir()
+    offline = hub_offline() if offline is None else offline
+    verify_cache = _flag("ZOO_VERIFY_CACHE") if verify_cache is None else verify_cache
+    lock_name = hashlib.sha1(f"{cache}\n{hub.repo_id}\n{hub.filename}\n{hub.revision}".encode()).hexdigest()
+    with FileLock(str(_lock_dir(cache) / f"{lock_name}.lock")):
+        before = cached_file(hub, cache)
+        path = _download(hub, name, cache, offline)
+        fresh = before is None or before.resolve() != path.resolve()
+        problems = verify_file(path, hub.sha256, hub.size, full=fresh or verify_cache)
+        if problems:
+            _remove(path)
+            where = "downloaded" if fresh else "cached"
+            raise WeightsIntegrityError(
+                f"{name}: the {where} file {hub} does not match the manifest: {'; '.join(problems)}. "
+                "The file was removed from the cache; loading again downloads it afresh. If it fails again, the "
+                "file on the Hub differs from the manifest (a changed revision or a corrupted upload).")
+    if hub.sha256 is None and warn_unhashed:
+        log.warning("%s: %s has no sha256 in the manifest (a third-party file zoo has not hashed); it is used "
+                    "unverified. `zoo weights verify %s` prints its hash.", name, hub, name)
+    return path
+
+
+def _download(hub: HubFile, name: str, cache: Path, offline: bool) -> Path:
+    """hf_hub_download with zoo's error messages (what is missing, and what to do about it)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from zoo.version import __version__
+
+    endpoint = hub_endpoint()
+    try:
+        return Path(hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision, cache_dir=str(cache),
+                                    endpoint=endpoint, local_files_only=offline, library_name="zoo",
+                                    library_version=__version__))
+    except LocalEntryNotFoundError as exc:
+        reason = "offline mode (HF_HUB_OFFLINE) is on" if offline else f"{endpoint} could not be reached"
+        raise WeightsNotCachedError(f"{name}: {hub} is not in the cache {cache} and {reason}. "
+                                    + _prefetch_hint(name)) from exc
+    except RevisionNotFoundError as exc:
+        raise WeightsNotFoundError(f"{name}: revision {hub.revision!r} does not exist in {hub.repo_id} "
+                                   f"on {endpoint}") from exc
+    except EntryNotFoundError as exc:
+        raise WeightsNotFoundError(_missing_file(hub, endpoint)) from exc
+    except RepositoryNotFoundError as exc:
+        # some servers (mirrors) answer a missing file or revision with "repository not found": tell them apart
+        if _exists(hub.repo_id, hub.revision, endpoint):
+            raise WeightsNotFoundError(_missing_file(hub, endpoint)) from exc
+        if _exists(hub.repo_id, "main", endpoint):
+            raise WeightsNotFoundError(f"{name}: revision {hub.revision!r} does not exist in {hub.repo_id} "
+                                       f"on {endpoint}") from exc
+        raise WeightsNotFoundError(f"{name}: Hub repository {hub.repo_id!r} not found on {endpoint} (check the "
+                                   "name; private or gated repos need HF_TOKEN)") from exc
+
+
+def _exists(repo_id: str, revision: str, endpoint: str) -> bool:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
+        return True
+    except (HfHubHTTPError, OSError):
+        return False
+
+
+def _missing_file(hub: HubFile, endpoint: str) -> str:
+    from huggingface_hub import HfApi
+
+    try:
+        files = HfApi(endpoint=endpoint).list_repo_files(hub.repo_id, revision=hub.revision)
+        listing = f"; it has: {', '.join(files[:20])}"
+    except Exception:  # the listing is only a hint
+        listing = ""
+    return f"{hub.filename!r} does not exist in {hub.repo_id} at revision {hub.revision!r} on {endpoint}{listing}"
+
+
+def fetch_weights(entry: WeightsEntry, **kwargs) -> Path:
+    """Fetch and verify the file of a manifest entry (see :func:`fetch_file` for the keyword arguments).
+
+    A file inside the package needs no download: it is checked against its sha256 and size every time (such files
+    are small) and the keyword arguments, which are about the Hub cache, do not apply.
+    """
+    if entry.package is None:
+        return fetch_file(entry.hub, name=entry.name, **kwargs)
+    path = entry.package.local_path()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{entry.name}: {entry.package} is missing; the installation is incomplete "
+                                   "(reinstall zoo: `pip install --force-reinstall zoo`, or `git checkout` the file)")
+    problems = verify_file(path, entry.package.sha256, entry.package.size)
+    if problems:
+        raise WeightsIntegrityError(f"{entry.name}: {entry.package} does not match the manifest: "
+                                    f"{'; '.join(problems)}. It was changed after installation; restore it "
+                                    "(`git checkout` or reinstall zoo).")
+    return path
