@@ -14,39 +14,28 @@ import copy
 import torch
 from torch import nn
 
-from zoo.layers.conv import create_act
-from zoo.layers.transformer import TransformerEncoderLayer
+from zoo.layers.transformer import PostNormLayer, TransformerEncoderLayer
 from zoo.registry import register_component
 
 __all__ = ["DetrDecoderLayer", "DetrTransformerEncoder", "DetrTransformerDecoder",
            "DetrTransformer"]
 
 
-class DetrDecoderLayer(nn.Module):
+class DetrDecoderLayer(PostNormLayer):
     """Post-norm decoder layer: query self-attention, cross-attention to the encoder memory, FFN."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1,
                  activation: str = "relu"):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
-        self.activation = create_act(activation)
+        super().__init__(d_model, nhead, dim_feedforward, dropout, activation, cross_name="multihead_attn",
+                         cross_attention=lambda: nn.MultiheadAttention(d_model, nhead, dropout=dropout,
+                                                                       batch_first=True))
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor,
                 memory_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        q = k = tgt + query_pos
-        attn, _ = self.self_attn(q, k, value=tgt, need_weights=False)
-        tgt = self.norm1(tgt + self.dropout1(attn))
+        tgt = self.self_attention(tgt, query_pos)
         attn, _ = self.multihead_attn(tgt + query_pos, memory + pos, value=memory,
                                       key_padding_mask=memory_key_padding_mask, need_weights=False)
-        tgt = self.norm2(tgt + self.dropout2(attn))
-        ffn = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout3(ffn))
+        return self.feed_forward(self.add_norm(2, tgt, attn))
 
 
 @register_component("encoder", "detr")

@@ -17,10 +17,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from zoo.layers.conv import create_act
 from zoo.layers.init import prior_prob_bias
 from zoo.layers.mlp import MLP
 from zoo.layers.ms_deform_attn import MSDeformableAttention
+from zoo.layers.transformer import PostNormLayer
 from zoo.registry import register_component
 
 __all__ = ["RTDETRDecoder", "DecoderLayer", "DenoisingQueries", "inverse_sigmoid"]
@@ -58,37 +58,22 @@ def _anchors(shapes: tuple[tuple[int, int], ...], grid_size: float, eps: float, 
     return anchors, valid
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(PostNormLayer):
     """Self-attention -> LN -> deformable cross-attention -> LN -> FFN -> LN (post-norm)."""
 
     def __init__(self, d_model: int = 256, num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
                  activation: str = "relu", num_levels: int = 3, num_points: int | Sequence[int] = 4,
                  cross_attn_method: str = "default", persistent_points_scale: bool = False):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.cross_attn = MSDeformableAttention(d_model, num_heads, num_levels, num_points, method=cross_attn_method,
-                                                persistent_points_scale=persistent_points_scale)
-        self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.activation = create_act(activation)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
+        super().__init__(d_model, num_heads, dim_feedforward, dropout, activation, cross_attention=lambda: (
+            MSDeformableAttention(d_model, num_heads, num_levels, num_points, method=cross_attn_method,
+                                  persistent_points_scale=persistent_points_scale)))
 
     def forward(self, tgt: torch.Tensor, reference_boxes: torch.Tensor, memory: torch.Tensor,
                 spatial_shapes: Sequence[tuple[int, int]], attn_mask: torch.Tensor | None,
                 query_pos: torch.Tensor) -> torch.Tensor:
-        q = k = tgt + query_pos
-        attn, _ = self.self_attn(q, k, value=tgt, attn_mask=attn_mask, need_weights=False)
-        tgt = self.norm1(tgt + self.dropout1(attn))
-        cross = self.cross_attn(tgt + query_pos, reference_boxes, memory, spatial_shapes)
-        tgt = self.norm2(tgt + self.dropout2(cross))
-        ffn = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout4(ffn))
+        tgt = self.self_attention(tgt, query_pos, attn_mask=attn_mask)
+        tgt = self.add_norm(2, tgt, self.cross_attn(tgt + query_pos, reference_boxes, memory, spatial_shapes))
+        return self.feed_forward(tgt)
 
 
 class TransformerDecoder(nn.Module):
