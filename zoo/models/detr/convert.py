@@ -11,14 +11,14 @@ FrozenBatchNorm has no ``num_batches_tracked``; such counters in a checkpoint ar
 """
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
 import torch
 
 from zoo.weights.checkpoint import StateDict, register_format
+from zoo.weights.keymap import KeyMap, KeyRule
 
-__all__ = ["official_to_zoo", "transformers_to_zoo"]
+__all__ = ["KEYS", "official_to_zoo", "transformers_to_zoo", "zoo_to_transformers"]
 
 _OFFICIAL_BACKBONE = "backbone.0.body."
 
@@ -33,56 +33,40 @@ def _is_official(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith(_OFFICIAL_BACKBONE) for k in sd) and any(k.startswith("transformer.") for k in sd)
 
 
-# (transformers pattern, zoo replacement), first match wins; applied to the whole key
-_RENAMES = [(re.compile(p), r) for p, r in [
-    (r"^model\.backbone\.(?:conv_encoder\.)?model\.", "backbone.body."),
-    (r"^model\.input_projection\.", "input_proj."),
-    (r"^model\.query_position_embeddings\.", "query_embed."),
-    (r"^model\.decoder\.layernorm\.", "transformer.decoder.norm."),
-    (r"^class_labels_classifier\.", "class_embed."),
-    (r"^bbox_predictor\.", "bbox_embed."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.", r"transformer.\1.layers.\2.linear\3."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer.\1.layers.\2.norm1."),
-    (r"^model\.encoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer.encoder.layers.\1.norm2."),
-    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.", r"transformer.decoder.layers.\1.norm2."),
-    (r"^model\.decoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer.decoder.layers.\1.norm3."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.self_attn\.(?:o|out)_proj\.",
-     r"transformer.\1.layers.\2.self_attn.out_proj."),
-    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.(?:o|out)_proj\.",
-     r"transformer.decoder.layers.\1.multihead_attn.out_proj."),
-    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.self_attn\.", r"transformer.\1.layers.\2.self_attn."),
-    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.", r"transformer.decoder.layers.\1.multihead_attn."),
-]]
-_QKV = re.compile(r"^(.*_attn)\.([qkv])_proj\.(weight|bias)$")
+_PART = {"part": {"encoder": "encoder", "decoder": "decoder"}}
+_ENC, _DEC, _ANY = "model.encoder.layers.{i}.", "model.decoder.layers.{i}.", "model.{part}.layers.{i}."
 
-
-def _rename(key: str) -> str:
-    for pattern, repl in _RENAMES:
-        new, count = pattern.subn(repl, key, count=1)
-        if count:
-            return new
-    return key
+#: transformers ``DetrForObjectDetection`` (legacy names, as saved; ``read_also``: 5.x names) <-> zoo keys
+KEYS = KeyMap([
+    KeyRule("model.backbone.conv_encoder.model.", "backbone.body.", read_also=("model.backbone.model.",)),
+    KeyRule("model.input_projection.", "input_proj."),
+    KeyRule("model.query_position_embeddings.", "query_embed."),
+    KeyRule("model.decoder.layernorm.", "transformer.decoder.norm."),
+    KeyRule("class_labels_classifier.", "class_embed."),
+    KeyRule("bbox_predictor.", "bbox_embed."),
+    *(KeyRule(_ANY + f"fc{n}.", f"transformer.{{part}}.layers.{{i}}.linear{n}.", _PART,
+              read_also=(_ANY + f"mlp.fc{n}.",)) for n in (1, 2)),
+    KeyRule(_ANY + "self_attn_layer_norm.", "transformer.{part}.layers.{i}.norm1.", _PART),
+    KeyRule(_ENC + "final_layer_norm.", "transformer.encoder.layers.{i}.norm2."),
+    KeyRule(_DEC + "encoder_attn_layer_norm.", "transformer.decoder.layers.{i}.norm2."),
+    KeyRule(_DEC + "final_layer_norm.", "transformer.decoder.layers.{i}.norm3."),
+    KeyRule(_ANY + "self_attn.out_proj.", "transformer.{part}.layers.{i}.self_attn.out_proj.", _PART,
+            read_also=(_ANY + "self_attn.o_proj.",)),
+    KeyRule(_DEC + "encoder_attn.out_proj.", "transformer.decoder.layers.{i}.multihead_attn.out_proj.",
+            read_also=(_DEC + "encoder_attn.o_proj.",)),
+    KeyRule(_ANY + "self_attn.", "transformer.{part}.layers.{i}.self_attn.", _PART),
+    KeyRule(_DEC + "encoder_attn.", "transformer.decoder.layers.{i}.multihead_attn."),
+])
 
 
 def transformers_to_zoo(sd: StateDict) -> StateDict:
     """``DetrForObjectDetection`` keys (legacy or 5.x names) -> zoo keys; q/k/v concatenated in that order."""
-    out: StateDict = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in sd.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        new = _rename(key)
-        m = _QKV.match(new)
-        if m:
-            qkv.setdefault((m[1], m[3]), {})[m[2]] = value
-        else:
-            out[new] = value
-    for (prefix, kind), parts in qkv.items():
-        missing = sorted({"q", "k", "v"} - set(parts))
-        if missing:
-            raise KeyError(f"{prefix}: checkpoint has no {'/'.join(missing)}_proj.{kind} to go with the others")
-        out[f"{prefix}.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
-    return out
+    return KEYS.load({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")})
+
+
+def zoo_to_transformers(sd: StateDict) -> StateDict:
+    """Zoo DETR keys -> the transformers layout (the legacy names ``save_pretrained`` writes)."""
+    return KEYS.save(sd)
 
 
 def _is_transformers(sd: Mapping[str, torch.Tensor]) -> bool:

@@ -12,60 +12,55 @@ model (or the reverse): the strict load reports the buffers as unexpected (or mi
 """
 from __future__ import annotations
 
-import re
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
 from zoo.weights.checkpoint import StateDict, register_format
+from zoo.weights.keymap import KeyMap, KeyRule
 
-__all__ = ["transformers_to_zoo", "official_v2_to_zoo"]
+__all__ = ["KEYS", "transformers_to_zoo", "zoo_to_transformers", "official_v2_to_zoo"]
 
-# (transformers pattern, zoo replacement); applied in order after dropping the "model." prefix
-_RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
-    (r"^backbone\.model\._backbone\.", "backbone.model."),  # transformers hosting a timm backbone
-    (r"^backbone\.model\.embedder\.embedder\.(\d)\.convolution",
-     lambda m: f"backbone.conv1.conv1_{int(m[1]) + 1}.conv"),
-    (r"^backbone\.model\.embedder\.embedder\.(\d)\.normalization",
-     lambda m: f"backbone.conv1.conv1_{int(m[1]) + 1}.norm"),
-    (r"^backbone\.model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d)\.convolution",
-     lambda m: f"backbone.res_layers.{m[1]}.blocks.{m[2]}.branch2{'abc'[int(m[3])]}.conv"),
-    (r"^backbone\.model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d)\.normalization",
-     lambda m: f"backbone.res_layers.{m[1]}.blocks.{m[2]}.branch2{'abc'[int(m[3])]}.norm"),
-    (r"^backbone\.model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.1\.convolution", r"backbone.res_layers.\1.blocks.\2.short.conv.conv"),
-    (r"^backbone\.model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.1\.normalization", r"backbone.res_layers.\1.blocks.\2.short.conv.norm"),
-    (r"^backbone\.model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution", r"backbone.res_layers.\1.blocks.\2.short.conv"),
-    (r"^backbone\.model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization", r"backbone.res_layers.\1.blocks.\2.short.norm"),
-    (r"^encoder_input_proj\.", "encoder.input_proj."),
-    (r"^encoder\.encoder\.(\d+)\.layers\.(\d+)\.fc1", r"encoder.encoder.\1.layers.\2.linear1"),
-    (r"^encoder\.encoder\.(\d+)\.layers\.(\d+)\.fc2", r"encoder.encoder.\1.layers.\2.linear2"),
-    (r"^encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn_layer_norm", r"encoder.encoder.\1.layers.\2.norm1"),
-    (r"^encoder\.encoder\.(\d+)\.layers\.(\d+)\.final_layer_norm", r"encoder.encoder.\1.layers.\2.norm2"),
-    (r"^decoder_input_proj\.(\d+)\.0\.", r"decoder.input_proj.\1.conv."),
-    (r"^decoder_input_proj\.(\d+)\.1\.", r"decoder.input_proj.\1.norm."),
-    (r"^decoder\.layers\.(\d+)\.self_attn_layer_norm", r"decoder.decoder.layers.\1.norm1"),
-    (r"^decoder\.layers\.(\d+)\.encoder_attn_layer_norm", r"decoder.decoder.layers.\1.norm2"),
-    (r"^decoder\.layers\.(\d+)\.final_layer_norm", r"decoder.decoder.layers.\1.norm3"),
-    (r"^decoder\.layers\.(\d+)\.encoder_attn\.n_points_scale$",
-     r"decoder.decoder.layers.\1.cross_attn.num_points_scale"),
-    (r"^decoder\.layers\.(\d+)\.encoder_attn\.", r"decoder.decoder.layers.\1.cross_attn."),
-    (r"^decoder\.layers\.(\d+)\.fc1", r"decoder.decoder.layers.\1.linear1"),
-    (r"^decoder\.layers\.(\d+)\.fc2", r"decoder.decoder.layers.\1.linear2"),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.", r"decoder.decoder.layers.\1.self_attn."),
-    (r"^decoder\.class_embed\.", "decoder.dec_score_head."),
-    (r"^decoder\.bbox_embed\.", "decoder.dec_bbox_head."),
-    (r"^(denoising_class_embed|enc_output|enc_score_head|enc_bbox_head)\.", r"decoder.\1."),
-]
-_RENAMES_RE = [(re.compile(p), r) for p, r in _RENAMES]
-_QKV = re.compile(r"^(.*self_attn)\.([qkv])_proj\.(weight|bias)$")
+_BACKBONE = "model.backbone.model."
+_LAYER = _BACKBONE + "encoder.stages.{s}.layers.{l}."
+_STEM = {"k": {"0": "1", "1": "2", "2": "3"}}
+_BRANCH = {"b": {"0": "a", "1": "b", "2": "c"}}
+_DEC = "model.decoder.layers.{i}."
 
-
-def _rename(key: str, renames: list[tuple[re.Pattern, str | Callable[[re.Match], str]]] = _RENAMES_RE) -> str:
-    for pattern, repl in renames:
-        new, count = pattern.subn(repl, key, count=1)
-        if count:
-            return new
-    return key
+#: transformers ``RTDetr(V2)ForObjectDetection`` <-> zoo (= official) keys, both directions (zoo.weights.keymap)
+KEYS = KeyMap([
+    KeyRule(_BACKBONE + "_backbone.", "backbone.model."),  # transformers hosting a timm backbone
+    KeyRule(_BACKBONE + "embedder.embedder.{k}.convolution.", "backbone.conv1.conv1_{k}.conv.", _STEM),
+    KeyRule(_BACKBONE + "embedder.embedder.{k}.normalization.", "backbone.conv1.conv1_{k}.norm.", _STEM),
+    KeyRule(_LAYER + "layer.{b}.convolution.", "backbone.res_layers.{s}.blocks.{l}.branch2{b}.conv.", _BRANCH),
+    KeyRule(_LAYER + "layer.{b}.normalization.", "backbone.res_layers.{s}.blocks.{l}.branch2{b}.norm.", _BRANCH),
+    # stages 1-3 shortcut: avg-pool then conv (short.conv.{conv,norm}); stage 0: conv only (short.{conv,norm})
+    KeyRule(_LAYER + "shortcut.1.convolution.", "backbone.res_layers.{s}.blocks.{l}.short.conv.conv."),
+    KeyRule(_LAYER + "shortcut.1.normalization.", "backbone.res_layers.{s}.blocks.{l}.short.conv.norm."),
+    KeyRule(_LAYER + "shortcut.convolution.", "backbone.res_layers.{s}.blocks.{l}.short.conv."),
+    KeyRule(_LAYER + "shortcut.normalization.", "backbone.res_layers.{s}.blocks.{l}.short.norm."),
+    KeyRule("model.encoder_input_proj.", "encoder.input_proj."),
+    KeyRule("model.encoder.encoder.{i}.layers.{j}.fc1.", "encoder.encoder.{i}.layers.{j}.linear1."),
+    KeyRule("model.encoder.encoder.{i}.layers.{j}.fc2.", "encoder.encoder.{i}.layers.{j}.linear2."),
+    KeyRule("model.encoder.encoder.{i}.layers.{j}.self_attn_layer_norm.", "encoder.encoder.{i}.layers.{j}.norm1."),
+    KeyRule("model.encoder.encoder.{i}.layers.{j}.final_layer_norm.", "encoder.encoder.{i}.layers.{j}.norm2."),
+    KeyRule("model.encoder.", "encoder."),  # AIFI attention and the CCFM keep their names
+    KeyRule("model.decoder_input_proj.{i}.0.", "decoder.input_proj.{i}.conv."),
+    KeyRule("model.decoder_input_proj.{i}.1.", "decoder.input_proj.{i}.norm."),
+    KeyRule(_DEC + "self_attn_layer_norm.", "decoder.decoder.layers.{i}.norm1."),
+    KeyRule(_DEC + "encoder_attn_layer_norm.", "decoder.decoder.layers.{i}.norm2."),
+    KeyRule(_DEC + "final_layer_norm.", "decoder.decoder.layers.{i}.norm3."),
+    KeyRule(_DEC + "encoder_attn.n_points_scale", "decoder.decoder.layers.{i}.cross_attn.num_points_scale"),
+    KeyRule(_DEC + "encoder_attn.", "decoder.decoder.layers.{i}.cross_attn."),
+    KeyRule(_DEC + "fc1.", "decoder.decoder.layers.{i}.linear1."),
+    KeyRule(_DEC + "fc2.", "decoder.decoder.layers.{i}.linear2."),
+    KeyRule(_DEC + "self_attn.", "decoder.decoder.layers.{i}.self_attn."),
+    KeyRule("model.decoder.class_embed.", "decoder.dec_score_head.", read_also=("class_embed.",)),
+    KeyRule("model.decoder.bbox_embed.", "decoder.dec_bbox_head.", read_also=("bbox_embed.",)),
+    KeyRule("model.decoder.query_pos_head.", "decoder.query_pos_head."),
+    *(KeyRule(f"model.{name}.", f"decoder.{name}.")
+      for name in ("denoising_class_embed", "enc_output", "enc_score_head", "enc_bbox_head")),
+])
 
 
 def _is_transformers(sd: Mapping[str, torch.Tensor]) -> bool:
@@ -79,44 +74,39 @@ def _is_v2(sd: Mapping[str, torch.Tensor]) -> bool:
 
 def transformers_to_zoo(sd: StateDict) -> StateDict:
     """Map ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` keys to zoo (= official) keys;
-    q/k/v projections are concatenated."""
-    body = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
-    # heads duplicated at the top level (tied to model.decoder.*) in older saves
-    for k, v in sd.items():
-        if not k.startswith("model.") and k.split(".")[0] in ("class_embed", "bbox_embed"):
-            body.setdefault(f"decoder.{k}", v)
-    out: StateDict = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in body.items():
-        new = _rename(key)
-        m = _QKV.match(new)
-        if m:
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-        else:
-            out[new] = value
-    for (prefix, kind), parts in qkv.items():
-        out[f"{prefix}.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
-    return out
+    q/k/v projections are concatenated. Heads duplicated at the top level (older saves) are read when the
+    ``model.decoder.*`` copies are absent."""
+    top = {k: v for k, v in sd.items() if k.split(".")[0] in ("class_embed", "bbox_embed")}
+    body = {k: v for k, v in sd.items() if k not in top}
+    for key, value in top.items():
+        if f"model.decoder.{key}" not in body:
+            body[key] = value
+    return KEYS.load(body)
+
+
+def zoo_to_transformers(sd: StateDict) -> StateDict:
+    """Zoo RT-DETR keys -> the transformers layout (what ``RTDetrForObjectDetection.save_pretrained`` writes)."""
+    return KEYS.save(sd)
 
 
 def _is_official(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith("backbone.res_layers.") for k in sd) and any(k.startswith("decoder.decoder.") for k in sd)
 
 
-# official RT-DETRv2 names -> zoo names (the official RT-DETR ones)
-_V2_RENAMES_RE = [(re.compile(p), r) for p, r in [
-    (r"^encoder\.input_proj\.(\d+)\.conv\.", r"encoder.input_proj.\1.0."),
-    (r"^encoder\.input_proj\.(\d+)\.norm\.", r"encoder.input_proj.\1.1."),
-    (r"^decoder\.enc_output\.proj\.", "decoder.enc_output.0."),
-    (r"^decoder\.enc_output\.norm\.", "decoder.enc_output.1."),
-]]
+#: official RT-DETRv2 names <-> zoo names (the official RT-DETR ones)
+_V2_KEYS = KeyMap([
+    KeyRule("encoder.input_proj.{i}.conv.", "encoder.input_proj.{i}.0."),
+    KeyRule("encoder.input_proj.{i}.norm.", "encoder.input_proj.{i}.1."),
+    KeyRule("decoder.enc_output.proj.", "decoder.enc_output.0."),
+    KeyRule("decoder.enc_output.norm.", "decoder.enc_output.1."),
+])
 #: buffers of official v2 models built with a fixed eval_spatial_size; zoo recomputes them for every input size
 _V2_RECOMPUTED = ("decoder.anchors", "decoder.valid_mask")
 
 
 def official_v2_to_zoo(sd: StateDict) -> StateDict:
     """Official ``RTDETRTransformerv2`` checkpoint -> zoo keys: rename the v2 names, drop the anchor buffers."""
-    return {_rename(k, _V2_RENAMES_RE): v for k, v in sd.items() if k not in _V2_RECOMPUTED}
+    return {_V2_KEYS.to_ours(k) or k: v for k, v in sd.items() if k not in _V2_RECOMPUTED}
 
 
 register_format("rtdetr", "transformers-rtdetr", lambda sd: _is_transformers(sd) and not _is_v2(sd),
