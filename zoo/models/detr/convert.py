@@ -17,8 +17,10 @@ import torch
 
 from zoo.weights.checkpoint import StateDict, register_format
 from zoo.weights.keymap import KeyMap, KeyRule
+from zoo.weights.transformers_format import TransformersFamily, register_transformers_family, require
 
-__all__ = ["KEYS", "official_to_zoo", "transformers_to_zoo", "zoo_to_transformers"]
+__all__ = ["KEYS", "official_to_zoo", "transformers_to_zoo", "zoo_to_transformers", "to_transformers",
+           "from_transformers"]
 
 _OFFICIAL_BACKBONE = "backbone.0.body."
 
@@ -76,3 +78,63 @@ def _is_transformers(sd: Mapping[str, torch.Tensor]) -> bool:
 
 register_format("detr", "official-detr", _is_official, official_to_zoo)
 register_format("detr", "transformers-detr", _is_transformers, transformers_to_zoo)
+
+
+# --------------------------------------------------------------------------------------------------
+# transformers configs: DetrConfig <-> zoo model_args (zoo.weights.transformers_format)
+# --------------------------------------------------------------------------------------------------
+
+def to_transformers(model: torch.nn.Module) -> tuple[dict, StateDict]:
+    """A zoo DETR -> (DetrConfig as a dict with a timm backbone, state dict in the transformers layout)."""
+    args = model.config["model_args"]
+    backbone, encoder, decoder = args["backbone"], args["encoder"], args["decoder"]
+    require(backbone["name"] == "detr_resnet", "backbone.name", f"{backbone['name']!r}: DetrConfig hosts timm ResNets")
+    for part, spec in (("encoder", encoder), ("decoder", decoder)):
+        require(spec["name"] == "detr", f"{part}.name", f"{spec['name']!r} is not the DETR transformer")
+    for key in ("activation", "dropout"):
+        require(encoder.get(key) == decoder.get(key), f"decoder.{key}",
+                f"{decoder.get(key)!r} vs the encoder's {encoder.get(key)!r}: DetrConfig has one for both")
+    dilation = bool(backbone.get("dilation", False))
+    dropout = encoder.get("dropout", 0.1)
+    config = {
+        "model_type": "detr", "architectures": ["DetrForObjectDetection"], "use_timm_backbone": True,
+        "backbone_config": {"model_type": "timm_backbone", "backbone": backbone.get("model_name", "resnet50"),
+                            "features_only": True, "num_channels": 3, "out_indices": [1, 2, 3, 4],
+                            "output_stride": 16 if dilation else None, "use_pretrained_backbone": False},
+        "dilation": dilation, "num_queries": args.get("num_queries", 100), "d_model": args.get("hidden_dim", 256),
+        "encoder_layers": encoder.get("num_encoder_layers", 6), "decoder_layers": decoder.get("num_decoder_layers", 6),
+        "encoder_attention_heads": encoder.get("nhead", 8), "decoder_attention_heads": decoder.get("nhead", 8),
+        "encoder_ffn_dim": encoder.get("dim_feedforward", 2048), "decoder_ffn_dim": decoder.get("dim_feedforward", 2048),
+        "activation_function": encoder.get("activation", "relu"), "dropout": dropout, "attention_dropout": dropout,
+        "activation_dropout": dropout, "auxiliary_loss": bool(args.get("aux_loss", True)),
+        "position_embedding_type": "sine",
+    }
+    return config, zoo_to_transformers(model.state_dict())
+
+
+def from_transformers(config: Mapping) -> tuple[str, dict]:
+    """DetrConfig (config.json) -> ``(architecture, model_args)`` of the zoo DETR."""
+    get = config.get
+    require(get("position_embedding_type", "sine") == "sine", "position_embedding_type", "zoo's DETR uses 'sine'")
+    spec = get("backbone_config") or {"model_type": "timm_backbone", "backbone": get("backbone", "resnet50")}
+    require(spec.get("model_type") == "timm_backbone", "backbone_config.model_type",
+            f"{spec.get('model_type')!r}: zoo's DETR backbone is a timm ResNet (use_timm_backbone=True)")
+    name = spec.get("backbone") or "resnet50"
+    require(name.startswith("resnet"), "backbone_config.backbone", f"{name!r} is not a timm ResNet")
+    require(get("activation_function", "relu") in ("relu", "gelu"), "activation_function", "zoo has relu and gelu")
+    dilation = bool(get("dilation", False))
+    transformer = dict(dropout=get("dropout", 0.1), activation=get("activation_function", "relu"))
+    model_args = dict(
+        backbone=dict(name="detr_resnet", model_name=name, dilation=dilation),
+        encoder=dict(name="detr", num_encoder_layers=get("encoder_layers", 6), nhead=get("encoder_attention_heads", 8),
+                     dim_feedforward=get("encoder_ffn_dim", 2048), **transformer),
+        decoder=dict(name="detr", num_decoder_layers=get("decoder_layers", 6), nhead=get("decoder_attention_heads", 8),
+                     dim_feedforward=get("decoder_ffn_dim", 2048), **transformer),
+        num_queries=get("num_queries", 100), hidden_dim=get("d_model", 256), aux_loss=bool(get("auxiliary_loss", False)))
+    base = "resnet101" if name == "resnet101" else "resnet50"
+    return f"detr_{base}{'_dc5' if dilation else ''}", model_args
+
+
+register_transformers_family(TransformersFamily(
+    "detr", ("detr",), "DetrImageProcessor", True, to_transformers, from_transformers,
+    lambda config: "transformers-detr"))
