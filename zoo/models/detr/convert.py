@@ -106,7 +106,7 @@ def to_transformers(model: torch.nn.Module) -> tuple[dict, StateDict]:
         "encoder_attention_heads": encoder.get("nhead", 8), "decoder_attention_heads": decoder.get("nhead", 8),
         "encoder_ffn_dim": encoder.get("dim_feedforward", 2048), "decoder_ffn_dim": decoder.get("dim_feedforward", 2048),
         "activation_function": encoder.get("activation", "relu"), "dropout": dropout, "attention_dropout": dropout,
-        "activation_dropout": dropout, "auxiliary_loss": bool(args.get("aux_loss", True)),
+        "activation_dropout": dropout, "auxiliary_loss": False,  # see from_transformers
         "position_embedding_type": "sine",
     }
     return config, zoo_to_transformers(model.state_dict())
@@ -115,6 +115,9 @@ def to_transformers(model: torch.nn.Module) -> tuple[dict, StateDict]:
 def from_transformers(config: Mapping) -> tuple[str, dict]:
     """DetrConfig (config.json) -> ``(architecture, model_args)`` of the zoo DETR."""
     get = config.get
+    require(not get("auxiliary_loss", False), "auxiliary_loss", "True makes transformers' DETR decoder feed each "
+            "layer the layer-normed output of the previous one (unlike DETR, whose auxiliary heads normalise a copy); "
+            "zoo follows DETR. Save the model with auxiliary_loss=False (zoo trains with auxiliary losses anyway)")
     require(get("position_embedding_type", "sine") == "sine", "position_embedding_type", "zoo's DETR uses 'sine'")
     spec = get("backbone_config") or {"model_type": "timm_backbone", "backbone": get("backbone", "resnet50")}
     require(spec.get("model_type") == "timm_backbone", "backbone_config.model_type",
@@ -130,7 +133,7 @@ def from_transformers(config: Mapping) -> tuple[str, dict]:
                      dim_feedforward=get("encoder_ffn_dim", 2048), **transformer),
         decoder=dict(name="detr", num_decoder_layers=get("decoder_layers", 6), nhead=get("decoder_attention_heads", 8),
                      dim_feedforward=get("decoder_ffn_dim", 2048), **transformer),
-        num_queries=get("num_queries", 100), hidden_dim=get("d_model", 256), aux_loss=bool(get("auxiliary_loss", False)))
+        num_queries=get("num_queries", 100), hidden_dim=get("d_model", 256))
     base = "resnet101" if name == "resnet101" else "resnet50"
     return f"detr_{base}{'_dc5' if dilation else ''}", model_args
 
