@@ -55,8 +55,10 @@ def _random_model(architecture: str, model_args: dict) -> torch.nn.Module:
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def exported(request, tmp_path_factory, single_thread):
-    model = _random_model(*CASES[request.param])
+    model = _random_model(*CASES[request.param]).double()
     folder = tmp_path_factory.mktemp(request.param)
+    # float64 weights: the padded CSP blocks fold an offset of 24 into a BatchNorm mean, which float32 files round
+    # to ~1e-5 (see docs/weights.md); the comparison below is of the architectures, in float64
     model.save_pretrained(folder, format="transformers")
     return request.param, model, folder
 
@@ -77,25 +79,23 @@ def test_transformers_loads_the_export_with_the_same_outputs(exported):
     assert not any(info.values()), info  # no missing, unexpected or mismatched key
     assert hf.config.id2label == {0: "cat", 1: "dog", 2: "bird"}
     x = torch.rand(1, 3, 128, 160, dtype=torch.float64)  # non-square: rows and columns must not be swapped
-    ours, theirs = _outputs(model.double(), x, hf=False), _outputs(hf.double().eval(), x, hf=True)
-    model.float()
+    ours, theirs = _outputs(model, x, hf=False), _outputs(hf.double().eval(), x, hf=True)
     for a, b in zip(ours, theirs):
         assert (a - b).abs().max().item() <= 1e-6, f"{name}: zoo and transformers differ"
 
 
 def test_export_loads_back_into_zoo(exported):
     name, model, folder = exported
-    loaded = zoo.create_model(f"local-dir:{folder}").eval()
+    loaded = zoo.create_model(f"local-dir:{folder}").eval().double()
     assert loaded.load_report.format.startswith("transformers-")
     assert loaded.pretrained_cfg["label_names"] == ["cat", "dog", "bird"]
     for key in ("input_size", "mean", "std", "resize_mode"):
         assert loaded.pretrained_cfg[key] == model.pretrained_cfg[key], key
-    x = torch.rand(1, 3, 128, 160)
+    x = torch.rand(1, 3, 128, 160, dtype=torch.float64)
     if "1block" in name:  # transformers has 3 blocks per CSP layer: the two padding blocks come back as blocks
         assert loaded.config["model_args"]["encoder"]["depth_mult"] == 1.0
-        ours, back = _outputs(model.double(), x.double(), False), _outputs(loaded.double(), x.double(), False)
-        model.float()
-        assert all((a - b).abs().max() <= 1e-6 for a, b in zip(ours, back))
+        # loading casts to float32 (the model's dtype): the offset folded into conv3's BatchNorm is rounded
+        assert all((a - b).abs().max() <= 1e-4 for a, b in zip(_outputs(model, x, False), _outputs(loaded, x, False)))
     else:
         for part, key in (("decoder", "num_queries"), ("decoder", "num_decoder_layers"), ("encoder", "hidden_dim")):
             args = model.config["model_args"]
@@ -104,12 +104,11 @@ def test_export_loads_back_into_zoo(exported):
         torch.testing.assert_close(_outputs(loaded, x, False), _outputs(model, x, False), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("exported", ["rtdetr_r18vd", "rtdetr_mnv3_small_1block", "detr_r18"], indirect=True)
 def test_reads_what_transformers_writes(exported, tmp_path):
     """A folder written by transformers' own save_pretrained (its full config.json) loads into zoo."""
     name, model, folder = exported
-    if name not in ("rtdetr_r18vd", "rtdetr_mnv3_small_1block", "detr_r18"):
-        pytest.skip("one case per backbone kind")
-    hf = transformers.AutoModelForObjectDetection.from_pretrained(folder)
+    hf = transformers.AutoModelForObjectDetection.from_pretrained(folder).float()
     hf.save_pretrained(tmp_path)
     loaded = zoo.create_model(f"local-dir:{tmp_path}").eval()
     x = torch.rand(1, 3, 96, 128)
@@ -159,12 +158,11 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path, architecture,
         model.save_pretrained(tmp_path, format="transformers")
 
 
+@pytest.mark.parametrize("exported", ["rtdetr_r18vd"], indirect=True)
 @pytest.mark.parametrize("field, value", [("eval_size", [640, 640]), ("learn_initial_query", True),
                                           ("decoder_offset_scale", 1.0)])
 def test_import_names_the_field_zoo_cannot_build(exported, tmp_path, field, value):
-    name, _, folder = exported
-    if name != "rtdetr_r18vd":
-        pytest.skip("one RT-DETR folder is enough")
+    _, _, folder = exported
     for item in folder.iterdir():
         shutil.copy(item, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -173,10 +171,9 @@ def test_import_names_the_field_zoo_cannot_build(exported, tmp_path, field, valu
         zoo.create_model(f"local-dir:{tmp_path}")
 
 
+@pytest.mark.parametrize("exported", ["detr_r18"], indirect=True)
 def test_detr_with_transformers_auxiliary_loss_is_refused(exported, tmp_path):
-    name, _, folder = exported
-    if name != "detr_r18":
-        pytest.skip("DETR only")
+    _, _, folder = exported
     for item in folder.iterdir():
         shutil.copy(item, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
