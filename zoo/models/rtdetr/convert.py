@@ -252,8 +252,9 @@ def from_transformers(config: Mapping) -> tuple[str, dict]:
     """RTDetrConfig / RTDetrV2Config (config.json) -> ``(architecture, model_args)`` of the zoo model."""
     v2 = config["model_type"] == "rt_detr_v2"
     get = config.get
+    # anchor_image_size (fixed anchors for one input size) needs no field: zoo computes the same anchors per size
     for name, value in (("normalize_before", False), ("eval_size", None), ("learn_initial_query", False),
-                        ("with_box_refine", True), ("anchor_image_size", None), ("layer_norm_eps", 1e-5),
+                        ("with_box_refine", True), ("layer_norm_eps", 1e-5),
                         ("batch_norm_eps", 1e-5), ("decoder_offset_scale", 0.5)):
         require(get(name, value) == value, name, f"{get(name)!r}; zoo builds RT-DETR with {value!r}")
     dropout = get("dropout", 0.0)
