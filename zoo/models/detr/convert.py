@@ -1,4 +1,4 @@
-"""DETR checkpoint layouts -> zoo keys.
+"""DETR checkpoint layouts -> zoo keys, and zoo -> transformers.
 
 - official (facebookresearch/detr, ``{'model': state_dict}``): zoo keys are the official keys except
   ``backbone.0.body.`` -> ``backbone.body.``.
@@ -8,6 +8,9 @@
   spellings are accepted here. Separate q/k/v projections are concatenated into ``in_proj_{weight,bias}``.
 
 FrozenBatchNorm has no ``num_batches_tracked``; such counters in a checkpoint are dropped.
+
+``KEYS`` is the one transformers <-> zoo key table, read in both directions; ``to_transformers`` /
+``from_transformers`` map ``DetrConfig`` <-> zoo ``model_args`` (zoo.weights.transformers_format).
 """
 from __future__ import annotations
 

@@ -9,6 +9,10 @@
 
 v1 and v2 layouts are told apart by the points-scale buffers, so a v2 checkpoint never loads silently into a v1
 model (or the reverse): the strict load reports the buffers as unexpected (or missing).
+
+``KEYS`` is the one transformers <-> zoo key table, read in both directions; ``to_transformers`` /
+``from_transformers`` map the configs (``RTDetrConfig`` / ``RTDetrV2Config`` <-> zoo ``model_args``) for
+``save_pretrained(format="transformers")`` and for loading transformers folders (zoo.weights.transformers_format).
 """
 from __future__ import annotations
 
