@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -148,10 +149,8 @@ def transformers_spec(config: Mapping[str, Any], name: str) -> tuple[str, dict[s
     family = _family_of_config(config)
     if family is None:
         raise UnrepresentableConfigError(f"{name}: model_type {config.get('model_type')!r} is not one zoo reads")
-    try:
+    with _naming(name, config):
         architecture, model_args = family.from_transformers(config)
-    except UnrepresentableConfigError as exc:
-        raise UnrepresentableConfigError(f"{name}: zoo cannot build this {config['model_type']} model: {exc}") from None
     id2label = config.get("id2label") or {}
     num_classes = int(config.get("num_labels", len(id2label)) if not id2label else len(id2label))
     labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_classes))
@@ -176,9 +175,15 @@ def build_transformers(config: Mapping[str, Any], source: Any, kwargs: Mapping[s
 
 def check_built(model: nn.Module, config: Mapping[str, Any], name: str) -> None:
     """Family checks that need the built model (e.g. a timm backbone's feature indices)."""
-    family = _family_of_config(config)
+    with _naming(name, config):
+        _family_of_config(config).check(model, config)
+
+
+@contextmanager
+def _naming(name: str, config: Mapping[str, Any]) -> Iterator[None]:
+    """Prefix an UnrepresentableConfigError with the folder/repo and its model type."""
     try:
-        family.check(model, config)
+        yield
     except UnrepresentableConfigError as exc:
         raise UnrepresentableConfigError(f"{name}: zoo cannot build this {config['model_type']} model: {exc}") from None
 
@@ -187,6 +192,8 @@ def pretrained_cfg_from_processor(processor: Mapping[str, Any] | None) -> dict[s
     """preprocessor_config.json -> zoo ``pretrained_cfg`` entries (empty when there is none)."""
     if not processor:
         return {}
+    require(processor.get("do_rescale", True) and abs(processor.get("rescale_factor", 1 / 255) - 1 / 255) < 1e-9,
+            "preprocessor_config.do_rescale", "zoo scales pixels by 1/255 before normalising")
     size = processor.get("size") or {}
     cfg: dict[str, Any] = {}
     if "height" in size and "width" in size:
