@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.convert import detr, rtdetr
+from zoo.models.detr import convert as detr
+from zoo.models.rtdetr import convert as rtdetr
 from zoo.weights.keymap import KeyMap, KeyRule
 
 RULES = KeyMap([
