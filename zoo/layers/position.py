@@ -7,31 +7,43 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["sincos_2d_position_embedding", "PositionEmbeddingSine"]
+__all__ = ["sincos_2d_position_embedding", "SINCOS_LAYOUTS", "PositionEmbeddingSine"]
+
+
+#: AIFI position-embedding layouts: "transformers" (rows and columns as in the map) and "official" (lyuwenyu/RT-DETR)
+SINCOS_LAYOUTS = ("transformers", "official")
 
 
 @functools.lru_cache(maxsize=16)
-def _sincos_2d(height: int, width: int, dim: int, temperature: float) -> torch.Tensor:
+def _sincos_2d(height: int, width: int, dim: int, temperature: float, layout: str) -> torch.Tensor:
     if dim % 4 != 0:
         raise ValueError(f"embedding dim must be divisible by 4, got {dim}")
+    if layout not in SINCOS_LAYOUTS:
+        raise ValueError(f"unknown position-embedding layout {layout!r}; expected one of {SINCOS_LAYOUTS}")
     pos_dim = dim // 4
     omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64) / pos_dim)
-    grid_y, grid_x = torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                                    torch.arange(width, dtype=torch.float64), indexing="ij")
-    out_y = grid_y.flatten()[:, None] * omega[None]
-    out_x = grid_x.flatten()[:, None] * omega[None]
-    return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1)[None]
+    index = torch.arange(height * width, dtype=torch.float64)
+    # token k of the row-major map is at row k // width, column k % width; the official code reads it as
+    # (k // height, k % height), which is the same thing only on square maps
+    first, second = (index // width, index % width) if layout == "transformers" else (index // height, index % height)
+    out_first, out_second = first[:, None] * omega[None], second[:, None] * omega[None]
+    return torch.cat([out_first.sin(), out_first.cos(), out_second.sin(), out_second.cos()], dim=1)[None]
 
 
 def sincos_2d_position_embedding(height: int, width: int, dim: int, temperature: float = 10000.0,
-                                 device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """2-D sin-cos embedding ``[1, H*W, dim]`` for a row-major flattened ``H x W`` map.
+                                 device: torch.device | None = None, dtype: torch.dtype = torch.float32,
+                                 layout: str = "transformers") -> torch.Tensor:
+    """2-D sin-cos embedding ``[1, H*W, dim]`` for a row-major flattened ``H x W`` map, computed in float64 and
+    cached per size.
 
-    Layout ``[sin y, cos y, sin x, cos x]``, computed in float64 and cached per size. On square maps
-    this equals the official RT-DETR embedding; on non-square maps the official code mixes up rows
-    and columns, and we follow the corrected layout that transformers uses.
+    ``layout="transformers"`` (default): ``[sin y, cos y, sin x, cos x]`` of each token's row y and column x, as
+    Hugging Face transformers computes it. ``layout="official"``: what lyuwenyu/RT-DETR computes (its
+    ``build_2d_sincos_position_embedding(w, h)`` meshes ``arange(w)`` x ``arange(h)`` and flattens w-major), i.e.
+    token ``k`` gets ``(k // H, k % H)`` instead of ``(k // W, k % W)``. The two agree on square maps; on
+    non-square maps the official one mixes up rows and columns, and models trained with the official code at
+    non-square sizes need it to reproduce the official numbers.
     """
-    return _sincos_2d(int(height), int(width), int(dim), float(temperature)).to(device=device, dtype=dtype)
+    return _sincos_2d(int(height), int(width), int(dim), float(temperature), layout).to(device=device, dtype=dtype)
 
 
 class PositionEmbeddingSine(nn.Module):

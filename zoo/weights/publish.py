@@ -41,10 +41,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, repo_id: str | None = None,
-                    metrics: Sequence[Mapping[str, Any]] | None = None, model_card: bool = True) -> Path:
+                    metrics: Sequence[Mapping[str, Any]] | None = None, model_card: bool = True,
+                    format: str = "zoo") -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card.
 
     Args:
+        format: ``"zoo"``, or ``"transformers"`` for the Hugging Face transformers layout (RT-DETR, RT-DETRv2,
+            DETR; config.json, model.safetensors and preprocessor_config.json, see zoo.weights.transformers_format).
         repo_id: the Hub repo the folder is for (used in the card's usage examples).
         metrics: manifest-style metric records for the card (see :func:`model_card`).
         model_card: write README.md.
@@ -54,6 +57,12 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, repo
     from zoo.version import __version__
 
     config = _config(model)
+    if format == "transformers":
+        from zoo.weights.transformers_format import save_transformers
+
+        return save_transformers(model, save_directory)
+    if format != "zoo":
+        raise ValueError(f"format must be 'zoo' or 'transformers', got {format!r}")
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -80,8 +89,9 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, repo
 
 def push_to_hub(model: nn.Module, repo_id: str, *, revision: str | None = None, private: bool | None = None,
                 token: str | None = None, commit_message: str | None = None, create_pr: bool = False,
-                metrics: Sequence[Mapping[str, Any]] | None = None, endpoint: str | None = None) -> Any:
-    """Create ``repo_id`` if needed and upload ``save_pretrained``'s files in one commit.
+                metrics: Sequence[Mapping[str, Any]] | None = None, endpoint: str | None = None,
+                format: str = "zoo") -> Any:
+    """Create ``repo_id`` if needed and upload ``save_pretrained``'s files in one commit (``format`` as there).
 
     ``revision`` is an existing branch (default main); ``endpoint`` defaults to ``HF_ENDPOINT``. Returns
     huggingface_hub's ``CommitInfo`` (``.oid`` is the commit, ``.commit_url`` its page).
@@ -91,7 +101,7 @@ def push_to_hub(model: nn.Module, repo_id: str, *, revision: str | None = None, 
     api = HfApi(endpoint=endpoint or hub_endpoint(), token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
-        save_pretrained(model, tmp, repo_id=repo_id, metrics=metrics)
+        save_pretrained(model, tmp, repo_id=repo_id, metrics=metrics, format=format)
         return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, create_pr=create_pr,
                                  commit_message=commit_message or f"Upload {_config(model)['architecture']} with zoo")
 

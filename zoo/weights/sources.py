@@ -15,7 +15,7 @@ from torch import nn
 
 from zoo.registry import model_entrypoint, resolve_model_name
 from zoo.weights.checkpoint import CheckpointError, check_fit, read_checkpoint
-from zoo.weights.download import fetch_file, fetch_weights, verify_file
+from zoo.weights.download import WeightsNotFoundError, fetch_file, fetch_weights, verify_file
 from zoo.weights.load import PretrainedReport, WeightsSource, attach_report, build_with_weights
 from zoo.weights.manifest import HubFile, WeightsEntry, load_manifest
 
@@ -76,7 +76,9 @@ def create_from_location(source: str, location: str, tag: str | None, num_classe
         problems = verify_file(weights, recorded.get("sha256"), recorded.get("size"), full=bool(verify_cache))
         if problems:
             raise CheckpointError(f"{weights} does not match its config.json: {'; '.join(problems)}")
-        return _build_from_config(config, WeightsSource(f"local-dir:{folder}", weights, 0), kwargs, options)
+        processor = folder / "preprocessor_config.json"
+        return _build_from_config(config, WeightsSource(f"local-dir:{folder}", weights, 0), kwargs, options,
+                                  processor if processor.is_file() else None)
     if source != "hf-hub":
         raise ValueError(f"unknown weights location {source!r}: use hf-hub:org/repo[@rev] or local-dir:/path")
     entry = load_manifest().find_repo(location)
@@ -95,7 +97,14 @@ def create_from_location(source: str, location: str, tag: str | None, num_classe
     recorded = config.get("files", {}).get(WEIGHTS_NAME, {})
     hub = HubFile(location, revision, WEIGHTS_NAME, recorded.get("sha256"), recorded.get("size"))
     path = fetch_file(hub, name=name, verify_cache=verify_cache)
-    return _build_from_config(config, WeightsSource(name, path, 0, hub_id=location), kwargs, options)
+    processor = None
+    if "architecture" not in config:  # a transformers repo: its preprocessing, when it has one
+        try:
+            processor = fetch_file(HubFile(location, revision, "preprocessor_config.json", None, None), name=name,
+                                   warn_unhashed=False)
+        except WeightsNotFoundError:
+            pass
+    return _build_from_config(config, WeightsSource(name, path, 0, hub_id=location), kwargs, options, processor)
 
 
 def load_pretrained_backbone(model: nn.Module, weights: bool | str = True, verify_cache: bool | None = None
@@ -140,8 +149,13 @@ def load_pretrained_backbone(model: nn.Module, weights: bool | str = True, verif
 # --------------------------------------------------------------------------------------------------
 
 def _build_from_config(config: Mapping[str, Any], source: WeightsSource, kwargs: Mapping[str, Any],
-                       options: Mapping[str, Any]) -> nn.Module:
-    """Build a zoo repo/folder: its config.json gives the architecture, arguments, classes and preprocessing."""
+                       options: Mapping[str, Any], processor: Path | None = None) -> nn.Module:
+    """Build a zoo repo/folder: its config.json gives the architecture, arguments, classes and preprocessing.
+    A transformers repo/folder (RT-DETR, RT-DETRv2, DETR) is built by zoo.weights.transformers_format."""
+    if "architecture" not in config:
+        from zoo.weights.transformers_format import build_transformers
+
+        return build_transformers(config, source, kwargs, options, processor)
     model_args = dict(config.get("model_args", {}))
     source_classes = model_args.pop("num_classes", None)
     if not isinstance(source_classes, int):
@@ -162,11 +176,14 @@ def _read_config(path: Path, name: str) -> dict[str, Any]:
         raise CheckpointError(f"{name}: {CONFIG_NAME} is not valid JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{name}: {CONFIG_NAME} must hold a JSON object")
-    if "architecture" not in config:
+    from zoo.weights.transformers_format import is_transformers_config
+
+    if "architecture" not in config and not is_transformers_config(config):
         kind = f" (a transformers {config['model_type']!r} model)" if "model_type" in config else ""
         raise CheckpointError(
-            f"{name} is not a zoo repo{kind}: its {CONFIG_NAME} names no 'architecture' and the weight manifest does "
-            f"not list it. Load its file with create_model('<architecture>', checkpoint_path=...) instead.")
+            f"{name} is not a zoo repo{kind}: its {CONFIG_NAME} names no 'architecture', is not a transformers "
+            f"RT-DETR, RT-DETRv2 or DETR config, and the weight manifest does not list it. Load its file with "
+            f"create_model('<architecture>', checkpoint_path=...) instead.")
     return config
 
 

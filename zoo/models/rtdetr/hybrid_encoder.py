@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers.conv import ConvNormLayer, CSPRepLayer, conv_bn_act
-from zoo.layers.position import sincos_2d_position_embedding
+from zoo.layers.position import SINCOS_LAYOUTS, sincos_2d_position_embedding
 from zoo.layers.transformer import TransformerEncoder, TransformerEncoderLayer
 from zoo.registry import get_component, register_component
 
@@ -24,6 +24,8 @@ class HybridEncoder(nn.Module):
     ``downsample_block`` (default :func:`conv_bn_act`) as
     ``block(hidden, hidden, stride=2, act=..., **downsample_args)``;
     zoo.layers.akconv registers the AKConv alternatives.
+    ``pe_layout``: the AIFI position embedding's layout on non-square maps, ``"transformers"`` (rows and columns as
+    they are) or ``"official"`` (lyuwenyu/RT-DETR's, which swaps them); see ``sincos_2d_position_embedding``.
     """
 
     def __init__(self, in_channels: Sequence[int], strides: Sequence[int] = (8, 16, 32), hidden_dim: int = 256,
@@ -31,8 +33,12 @@ class HybridEncoder(nn.Module):
                  use_encoder_idx: Sequence[int] = (2,), num_encoder_layers: int = 1, pe_temperature: float = 10000.0,
                  expansion: float = 1.0, depth_mult: float = 1.0, act: str = "silu",
                  fusion_block: str = CSPRepLayer.component_name, fusion_args: dict[str, Any] | None = None,
-                 downsample_block: str = conv_bn_act.component_name, downsample_args: dict[str, Any] | None = None):
+                 downsample_block: str = conv_bn_act.component_name, downsample_args: dict[str, Any] | None = None,
+                 pe_layout: str = "transformers"):
         super().__init__()
+        if pe_layout not in SINCOS_LAYOUTS:
+            raise ValueError(f"pe_layout must be one of {SINCOS_LAYOUTS}, got {pe_layout!r}")
+        self.pe_layout = pe_layout
         self.in_channels = list(in_channels)
         self.strides = list(strides)
         self.hidden_dim = hidden_dim
@@ -63,7 +69,7 @@ class HybridEncoder(nn.Module):
         for encoder, idx in zip(self.encoder, self.use_encoder_idx):
             b, c, h, w = proj[idx].shape
             src = proj[idx].flatten(2).transpose(1, 2)
-            pos = sincos_2d_position_embedding(h, w, c, self.pe_temperature, src.device, src.dtype)
+            pos = sincos_2d_position_embedding(h, w, c, self.pe_temperature, src.device, src.dtype, self.pe_layout)
             proj[idx] = encoder(src, pos).transpose(1, 2).reshape(b, c, h, w).contiguous()
 
         # top-down: inner[0] is the current finest fused map
