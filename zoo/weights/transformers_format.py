@@ -63,16 +63,11 @@ _families: dict[str, TransformersFamily] = {}
 
 
 def register_transformers_family(spec: TransformersFamily) -> None:
+    """Called by each family's convert module (imported with the family, as ``import zoo`` does)."""
     _families[spec.family] = spec
 
 
-def _load_families() -> None:
-    import zoo.models.detr.convert  # noqa: F401  (each registers its transformers mapping)
-    import zoo.models.rtdetr.convert  # noqa: F401
-
-
 def _family_of_model(model: nn.Module) -> TransformersFamily:
-    _load_families()
     family = getattr(model, "family", "")
     if family not in _families:
         raise UnrepresentableConfigError(
@@ -82,7 +77,6 @@ def _family_of_model(model: nn.Module) -> TransformersFamily:
 
 
 def _family_of_config(config: Mapping[str, Any]) -> TransformersFamily | None:
-    _load_families()
     return next((f for f in _families.values() if config.get("model_type") in f.model_types), None)
 
 
