@@ -34,7 +34,7 @@ def hub_file_info(repo_id: str, filename: str, revision: str, endpoint: str) -> 
     """The commit, content hash and size of ``repo_id/filename`` at ``revision`` on ``endpoint``."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    from zoo import __version__
+    from zoo.version import __version__
 
     url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
     try:
