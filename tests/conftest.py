@@ -13,6 +13,15 @@ for _helpers in ("weights", "models/rtdetr", "models/detr", "engine"):
     sys.path.insert(0, str(_HERE / _helpers))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _zoo_cache(tmp_path_factory):
+    """A zoo cache (lock file, remembered hashes) of the test session's own, never the user's ~/.cache/zoo."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ZOO_CACHE", str(tmp_path_factory.mktemp("zoo-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One torch thread for modules of many small CPU workloads: steadier and faster on a shared 2-core machine."""

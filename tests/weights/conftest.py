@@ -31,10 +31,11 @@ def upload_server(local_hub):
 
 @pytest.fixture
 def hub_env(local_hub, tmp_path, monkeypatch):
-    """Point zoo and huggingface_hub at the local Hub with an empty cache; returns the cache folder."""
+    """Point zoo and huggingface_hub at the local Hub with empty Hub and zoo caches; returns the Hub cache."""
     cache = tmp_path / "hf-cache"
     monkeypatch.setenv("HF_ENDPOINT", local_hub.endpoint)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "zoo-cache"))  # a fresh lock file and hash memo per test
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ZOO_VERIFY_CACHE", "ZOO_WEIGHTS_MANIFEST"):

@@ -1,7 +1,12 @@
 """A local Hugging Face Hub for tests and benchmarks (never the internet).
 
 Downloads: olah (a third-party Hub mirror, from PyPI) on 127.0.0.1, serving git repos created here; files can be
-stored as git-LFS objects, as the Hub stores weights (the server's etag is then the LFS sha256).
+stored as git-LFS objects, as the Hub stores weights. olah answers an LFS file with its content and, as etag, a
+sha256 it computes from the object it serves; the Hub instead answers with a redirect to its CDN that carries the
+LFS metadata recorded at upload (``X-Linked-Etag`` = the pointer's sha256, ``X-Linked-Size``, ``X-Repo-Commit``) and,
+as ``ETag``, the git blob id of the pointer. :class:`_HubFront`, in front of olah at :attr:`LocalHub.endpoint`, does
+what the Hub does, so that a server whose object differs from its recorded sha256 can be tested; everything else
+is passed to olah unchanged.
 Uploads: :class:`UploadServer`, a small HTTP server with the routes huggingface_hub calls to create a repo and commit
 files; each commit becomes a git commit in the same mirror folder, so olah serves what was pushed.
 """
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -21,6 +27,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
 #: the architecture of the tiny test weights (with tiny_rtdetr_args(): ~0.4M parameters)
 ARCH = "rtdetr_mobilenetv3_small"
@@ -38,14 +45,21 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run([*_GIT, "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+_POINTER = re.compile(r"version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize ([0-9]+)\n")
+_RESOLVE = re.compile(r"/(?:models/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+
+
 class LocalHub:
-    """olah serving ``<root>/mirrors/models/<org>/<name>`` git repos at :attr:`endpoint`."""
+    """olah serving ``<root>/mirrors/models/<org>/<name>`` git repos, behind a Hub-like front at :attr:`endpoint`
+    (olah itself at :attr:`olah_endpoint`)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.mirrors = self.root / "mirrors"
         self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.olah_endpoint = f"http://127.0.0.1:{self.port}"
+        self.front = _HubFront(self)
+        self.endpoint = self.front.endpoint
         self.process: subprocess.Popen | None = None
 
     # -- server ------------------------------------------------------------------------------------
@@ -68,16 +82,17 @@ class LocalHub:
             if self.process.poll() is not None:
                 raise RuntimeError(f"olah exited: {(self.root / 'olah.out').read_text()[-2000:]}")
             try:
-                urllib.request.urlopen(self.endpoint + "/", timeout=1)
-                return self
+                urllib.request.urlopen(self.olah_endpoint + "/", timeout=1)
+                return self.front.start() and self
             except urllib.error.HTTPError:
-                return self  # it answers
+                return self.front.start() and self  # it answers
             except OSError:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"olah did not start within {timeout}s")
 
     def stop(self) -> None:
+        self.front.stop()
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -146,6 +161,100 @@ class LocalHub:
 
     def lfs_object(self, repo_id: str, oid: str) -> Path:
         return self.repo_dir(repo_id) / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+
+    def lfs_pointer(self, url_path: str) -> dict | None:
+        """For a ``/<org>/<name>/resolve/<revision>/<file>`` URL of an LFS file: the commit, the path, the pointer's
+        sha256 and size and its git blob id; None for anything else (olah answers it)."""
+        m = _RESOLVE.fullmatch(urlsplit(url_path).path)
+        if not m or not self.repo_dir(m.group(1)).is_dir():
+            return None
+        repo_id, revision, path = m.group(1), unquote(m.group(2)), unquote(m.group(3))
+        repo = self.repo_dir(repo_id)
+        try:
+            commit = _git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+            blob = _git(repo, "rev-parse", "--verify", "--quiet", f"{commit}:{path}")
+            if int(_git(repo, "cat-file", "-s", blob)) > 200:  # larger than any pointer: the file itself
+                return None
+            pointer = _git(repo, "cat-file", "-p", blob) + "\n"
+        except (subprocess.CalledProcessError, UnicodeDecodeError):
+            return None
+        found = _POINTER.fullmatch(pointer)
+        if not found:
+            return None
+        return {"repo_id": repo_id, "commit": commit, "path": path, "sha256": found.group(1),
+                "size": found.group(2), "blob": blob}
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    """LFS files as the Hub serves them (a redirect carrying the LFS metadata); all else passed to olah."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_HEAD(self) -> None:
+        self._answer()
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._forward()
+
+    def _answer(self) -> None:
+        hub = self.server.hub
+        lfs = hub.lfs_pointer(self.path) if "/resolve/" in self.path else None
+        if lfs is None:
+            return self._forward()
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(302)
+        location = f"{hub.olah_endpoint}/{lfs['repo_id']}/resolve/{lfs['commit']}/{quote(lfs['path'])}"
+        for key, value in (("Location", location), ("X-Repo-Commit", lfs["commit"]),
+                           ("X-Linked-Etag", f'"{lfs["sha256"]}"'), ("X-Linked-Size", lfs["size"]),
+                           ("ETag", f'"{lfs["blob"]}"'), ("Content-Length", "0")):
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        olah = urlsplit(self.server.hub.olah_endpoint)
+        connection = http.client.HTTPConnection(olah.hostname, olah.port, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            connection.request(self.command, self.path, body=body or None, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("connection", "transfer-encoding", "keep-alive", "content-length", "date",
+                                       "server"):
+                    self.send_header(key, value)
+            length = response.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+            self.send_header("Content-Length", length or "0")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        finally:
+            connection.close()
+
+
+class _HubFront:
+    def __init__(self, hub: LocalHub):
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), _FrontHandler)
+        self.server.daemon_threads = True
+        self.server.hub = hub
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> "_HubFront":
+        if not self.thread.is_alive():
+            self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
 
 
 class _UploadHandler(BaseHTTPRequestHandler):

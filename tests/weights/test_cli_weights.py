@@ -1,4 +1,4 @@
-"""``zoo weights list|info|download|verify|check|bundle``."""
+"""``zoo weights list|info|download|verify|check|bundle`` (``lock`` and ``trust``: test_trust.py)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import pytest
 from local_hub import ARCH, assert_same_state
 
 from zoo.cli import main
+from zoo.weights.lock import weights_lock
 from zoo.weights.manifest import manifest_path
 
 
@@ -71,10 +72,13 @@ def test_download_verify_bundle_then_offline(local_hub, hub_env, use_manifest, t
     assert "nothing cached" in capsys.readouterr().out
     assert main(["weights", "download", f"{ARCH}.*"]) == 0
     out = capsys.readouterr().out
-    assert f"{ARCH}.tiny: " in out and "sha256 verified" in out and "unverified: no sha256" in out
+    assert f"{ARCH}.tiny: " in out and "sha256 verified" in out and "checked against the Hub's LFS sha256" in out
     assert main(["weights", "verify"]) == 0
     out = capsys.readouterr().out
-    assert f"{ARCH}.tiny: ok" in out and f"the cached file has sha256 {a.sha256}, size {a.size}" in out
+    assert f"{ARCH}.tiny: ok" in out and f"{ARCH}.unhashed: ok (against the file first used: zoo lock file)" in out
+    weights_lock().forget(lambda record: True)
+    assert main(["weights", "verify", f"{ARCH}.unhashed"]) == 0
+    assert f"not used by zoo yet; the cached file has sha256 {a.sha256}, size {a.size}" in capsys.readouterr().out
 
     bundle = tmp_path / "bundle"
     assert main(["weights", "bundle", str(bundle), f"{ARCH}.tiny"]) == 0

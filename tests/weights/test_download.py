@@ -20,6 +20,7 @@ from zoo.weights.download import (
     fetch_weights,
     sha256_file,
 )
+from zoo.weights.lock import weights_lock
 from zoo.weights.manifest import load_manifest
 
 
@@ -92,14 +93,43 @@ def test_truncated_download_and_truncated_cache(local_hub, hub_env, use_manifest
         fetch_weights(entry)
     assert_same_state(zoo.create_model(f"{ARCH}.good"), a.model)  # removed, so downloaded afresh
 
-    with open(fetch_weights(entry).resolve(), "r+b") as f:  # same size, one byte flipped: only a re-hash sees it
+    with open(fetch_weights(entry).resolve(), "r+b") as f:  # same size, one byte flipped: only a hash sees it
         f.seek(a.size - 1)
         last = f.read(1)
         f.seek(a.size - 1)
         f.write(bytes([last[0] ^ 0xFF]))
-    assert fetch_weights(entry)  # default: cache hits are size-checked only
+    monkeypatch.setenv("ZOO_VERIFY_CACHE", "0")
+    assert fetch_weights(entry)  # opted out of hashing: sizes only
+    monkeypatch.delenv("ZOO_VERIFY_CACHE")
+    with pytest.raises(WeightsIntegrityError, match="cached file .* sha256"):  # default: written since it was hashed
+        fetch_weights(entry)
+
+
+def test_cache_hits_are_hashed_once_until_written(local_hub, hub_env, use_manifest, tiny_weights, repo_id,
+                                                   monkeypatch):
+    """A cache hit is hashed when zoo has not hashed the file since it was last written; ZOO_VERIFY_CACHE=1 always."""
+    import zoo.weights.hashing as hashing
+
+    a = tiny_weights[0]
+    _, entry = _publish(local_hub, repo_id, a)
+    use_manifest({f"{ARCH}.good": entry})
+    entry = load_manifest().entries[f"{ARCH}.good"]
+    hashed = []
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda path, *args: hashed.append(path) or real(path, *args))
+    path = fetch_weights(entry).resolve()
+    assert hashed == [path]  # the download
+    fetch_weights(entry)
+    assert hashed == [path]  # an unchanged cache hit: the remembered hash
     monkeypatch.setenv("ZOO_VERIFY_CACHE", "1")
-    with pytest.raises(WeightsIntegrityError, match="cached file .* sha256"):
+    fetch_weights(entry)
+    assert hashed == [path, path]
+    monkeypatch.delenv("ZOO_VERIFY_CACHE")
+    os.utime(path)  # written (here: touched) since: hashed again
+    fetch_weights(entry)
+    assert hashed == [path, path, path]
+    monkeypatch.setenv("ZOO_VERIFY_CACHE", "sometimes")
+    with pytest.raises(ValueError, match="ZOO_VERIFY_CACHE='sometimes': use 1 .* or 0"):
         fetch_weights(entry)
 
 
@@ -197,9 +227,11 @@ def test_unhashed_third_party_transformers_weights(hub_env, monkeypatch, caplog)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with caplog.at_level(logging.WARNING, logger="zoo.weights"):
         model = zoo.create_model("rtdetr_r18vd", pretrained=True)
-    assert "no sha256 in the manifest" in caplog.text and "used unverified" in caplog.text
+    assert "not checked against the Hub's sha256 (and has none in the manifest)" in caplog.text
     assert model.load_report.format == "transformers-rtdetr"
-    assert any("loaded unverified" in n for n in model.load_report.notes)
+    assert any("no sha256 in the manifest" in n for n in model.load_report.notes)
+    record = weights_lock().get("PekingU/rtdetr_r18vd", "model.safetensors", "main")  # trust on first use
+    assert (record.commit, record.sha256, record.checked) == ("1" * 40, sha256_file(weights), "cache")
     assert model.pretrained_cfg["label_names"][:2] == ["person", "bicycle"]
     # every tensor identical to the checkpoint_path load, so the outputs are too (no forward needed)
     assert_same_state(model, zoo.create_model("rtdetr_r18vd", checkpoint_path=weights))

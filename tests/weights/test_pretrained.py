@@ -100,7 +100,7 @@ def test_strict_by_default_names_the_keys(tmp_path, tiny_weights):
     with torch.no_grad():  # what the file lacks was initialised by the model, not left on the meta device
         assert torch.isfinite(model(torch.rand(1, 3, 128, 128))["pred_logits"]).all()
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 10)  # does not match config.json's record
-    with pytest.raises(CheckpointError, match="does not match its config.json"):
+    with pytest.raises(CheckpointError, match="does not match the sha256 and size recorded in its config.json"):
         zoo.create_model(f"local-dir:{tmp_path}")
 
 

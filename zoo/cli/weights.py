@@ -1,4 +1,4 @@
-"""``zoo weights list|info|download|verify|check|bundle``: the pretrained weights in the manifest."""
+"""``zoo weights list|info|download|verify|check|bundle|lock|trust``: the pretrained weights in the manifest."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from zoo.weights.manifest import WeightsEntry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("weights", help="pretrained weights: list, info, download, verify, check, bundle",
+    p = sub.add_parser("weights", help="pretrained weights: list, info, download, verify, check, bundle, lock, trust",
                        description="Pretrained weights from the manifest (weights_manifest.json).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -46,6 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("directory", help="output folder")
     a.add_argument("patterns", nargs="+", help="entries to bundle (fnmatch patterns)")
     a.set_defaults(func=_bundle)
+
+    a = actions.add_parser("lock", help="pin manifest entries: revision -> commit, sha256 and size from the Hub",
+                           description="For each Hub entry: resolve its revision to a commit on the Hub (HF_ENDPOINT), "
+                                       "download the file and check it against the Hub's LFS sha256, then write the "
+                                       "commit, sha256 and size into the manifest. Entries that record a sha256 "
+                                       "keep it (a different Hub file is an error).")
+    a.add_argument("patterns", nargs="*", default=["*"], help="entries to pin (default: all)")
+    a.add_argument("--manifest", default=None, help="manifest file (default: the one zoo loads)")
+    a.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    a.set_defaults(func=_lock)
+
+    a = actions.add_parser("trust", help="accept a changed upstream file (forget the one first used)",
+                           description="Forget the trust-on-first-use records of the zoo lock file for these entries, "
+                                       "so that the next load accepts (and records) the file then on the Hub.")
+    a.add_argument("names", nargs="+", help="manifest entries (fnmatch patterns) or hf-hub:org/repo[@revision]")
+    a.set_defaults(func=_trust)
 
 
 def _status(entry: WeightsEntry) -> str:
@@ -134,7 +150,7 @@ def _fetch_all(patterns: list[str], cache_dir: str | None) -> list[tuple[Weights
     done = []
     for entry in load_manifest().select(patterns):
         path = fetch_weights(entry, cache_dir=cache_dir, verify_cache=True)
-        check = "sha256 verified" if entry.sha256 else "unverified: no sha256 in the manifest"
+        check = "sha256 verified" if entry.sha256 else "checked against the Hub's LFS sha256 and the zoo lock file"
         print(f"{entry.name}: {path} ({check})")
         done.append((entry, path))
     return done
@@ -148,6 +164,7 @@ def _download(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from zoo.weights.download import sha256_file, verify_file
     from zoo.weights.manifest import load_manifest
+    from zoo.weights.lock import weights_lock
 
     failed = checked = 0
     for entry in load_manifest().select(args.patterns):
@@ -155,13 +172,17 @@ def _verify(args: argparse.Namespace) -> int:
         if path is None:
             continue
         checked += 1
-        if entry.sha256 is None:
-            print(f"{entry.name}: no sha256 in the manifest; the cached file has sha256 {sha256_file(path)}, "
-                  f"size {os.path.getsize(path)}")
-            continue
-        problems = verify_file(path, entry.sha256, entry.location.size)
+        sha256, size, against = entry.sha256, entry.location.size, ""
+        if sha256 is None:
+            record = weights_lock().get(entry.hub.repo_id, entry.hub.filename, entry.hub.revision)
+            if record is None:
+                print(f"{entry.name}: no sha256 in the manifest and not used by zoo yet; the cached file has sha256 "
+                      f"{sha256_file(path)}, size {os.path.getsize(path)}")
+                continue
+            sha256, size, against = record.sha256, record.size, " (against the file first used: zoo lock file)"
+        problems = verify_file(path, sha256, size)
         failed += bool(problems)
-        print(f"{entry.name}: " + (f"MISMATCH ({'; '.join(problems)}): {path}" if problems else "ok"))
+        print(f"{entry.name}: " + (f"MISMATCH ({'; '.join(problems)}): {path}" if problems else "ok") + against)
     if not checked:
         print("nothing cached matches; `zoo weights download PATTERN` fetches and verifies weights")
     return 1 if failed else 0
@@ -229,4 +250,40 @@ def _bundle(args: argparse.Namespace) -> int:
     (folder / "zoo-bundle.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"bundled {len(done)} weight files in {folder}. On the offline machine copy the folder and set "
           f"HF_HUB_CACHE={folder} HF_HUB_OFFLINE=1 (or copy its models--* folders into your Hugging Face cache).")
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from zoo.weights.pin import lock_manifest
+
+    results = lock_manifest(args.patterns, args.manifest, args.cache_dir)
+    for result in results:
+        print(result)
+    pinned = sum(r.status == "pinned" for r in results)
+    errors = sum(r.status == "error" for r in results)
+    print(f"{pinned} entries pinned, {errors} errors")
+    return 1 if errors else 0
+
+
+def _trust(args: argparse.Namespace) -> int:
+    from zoo.weights.manifest import load_manifest
+    from zoo.weights.lock import lock_key, weights_lock
+
+    keys, repos = set(), []
+    for name in args.names:
+        if name.startswith("hf-hub:"):
+            repo, _, revision = name[len("hf-hub:"):].partition("@")
+            repos.append((repo, revision or None))
+        else:
+            keys |= {lock_key(e.hub.repo_id, e.hub.filename, e.hub.revision)
+                     for e in load_manifest().select(name) if e.hub is not None}
+    lock = weights_lock()
+    gone = lock.forget(lambda r: r.key in keys or any(r.repo_id == repo and revision in (None, r.revision)
+                                                      for repo, revision in repos))
+    for record in gone:
+        print(f"{record.name or record.key}: forgot {record.describe()}; the next load accepts and records the file "
+              "then on the Hub")
+    if not gone:
+        print(f"nothing to forget: no record in {lock.path} matches {' '.join(args.names)}")
+        return 1
     return 0

@@ -6,6 +6,9 @@
 - :mod:`zoo.weights.sources`: ``create_model(..., pretrained=...)``, ``hf-hub:`` / ``local-dir:`` and backbones.
 - :mod:`zoo.weights.load`: meta-device building, class-head adaptation and load reports.
 - :mod:`zoo.weights.publish`: ``save_pretrained``, ``push_to_hub`` and model cards.
+- Trust (docs/weights.md, "The trust model"): :mod:`zoo.weights.hashing` (sha256, remembered for unchanged files),
+  :mod:`zoo.weights.hub_metadata` (the Hub's LFS sha256), :mod:`zoo.weights.lock` (trust on first use),
+  :mod:`zoo.weights.pin` (``zoo weights lock``), :mod:`zoo.weights.cache` (the zoo cache folder).
 """
 from zoo.weights.checkpoint import CheckpointError, LoadReport
 from zoo.weights.download import (

@@ -5,6 +5,7 @@ Each source is resolved to a local file (zoo.weights.download) and loaded by zoo
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -15,9 +16,12 @@ from torch import nn
 
 from zoo.registry import model_entrypoint, resolve_model_name
 from zoo.weights.checkpoint import CheckpointError, check_fit, read_checkpoint
-from zoo.weights.download import WeightsNotFoundError, fetch_file, fetch_weights, verify_file
+from zoo.weights.download import (WeightsIntegrityError, WeightsNotFoundError, fetch_file, fetch_weights, hash_policy,
+                                  verify_file)
 from zoo.weights.load import PretrainedReport, WeightsSource, attach_report, build_with_weights
 from zoo.weights.manifest import HubFile, WeightsEntry, load_manifest
+
+log = logging.getLogger("zoo.weights")
 
 __all__ = ["create_pretrained", "create_from_location", "load_pretrained_backbone", "backbone_weights",
            "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -36,7 +40,8 @@ def create_pretrained(architecture: str, tag: str | None = None, num_classes: in
     """``architecture`` with the manifest weights ``tag`` (None = its default tag).
 
     ``num_classes`` / ``class_names`` adapt the class heads; ``kwargs`` are architecture arguments (on top of the
-    entry's ``model_args``); ``verify_cache`` re-hashes a cached file (default ``ZOO_VERIFY_CACHE``).
+    entry's ``model_args``); ``verify_cache``: how a cached file is hashed (None: when written since zoo last
+    hashed it; True: always; False: sizes only; the default follows ``ZOO_VERIFY_CACHE``).
     """
     if pretrained_backbone:
         raise ValueError("pretrained weights already include the backbone; pass either pretrained=... "
@@ -72,13 +77,10 @@ def create_from_location(source: str, location: str, tag: str | None, num_classe
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"local-dir:{location} has no {WEIGHTS_NAME} (save_pretrained writes one)")
-        recorded = config.get("files", {}).get(WEIGHTS_NAME, {})
-        problems = verify_file(weights, recorded.get("sha256"), recorded.get("size"), full=bool(verify_cache))
-        if problems:
-            raise CheckpointError(f"{weights} does not match its config.json: {'; '.join(problems)}")
+        notes = _verify_folder(folder, config, verify_cache)
         processor = folder / "preprocessor_config.json"
-        return _build_from_config(config, WeightsSource(f"local-dir:{folder}", weights, 0), kwargs, options,
-                                  processor if processor.is_file() else None)
+        return _build_from_config(config, WeightsSource(f"local-dir:{folder}", weights, 0, notes=notes), kwargs,
+                                  options, processor if processor.is_file() else None)
     if source != "hf-hub":
         raise ValueError(f"unknown weights location {source!r}: use hf-hub:org/repo[@rev] or local-dir:/path")
     entry = load_manifest().find_repo(location)
@@ -87,8 +89,10 @@ def create_from_location(source: str, location: str, tag: str | None, num_classe
         if tag in (None, entry.hub.revision):
             return create_pretrained(entry.architecture, entry.tag, verify_cache=verify_cache, **options, **kwargs)
         hub = replace(entry.hub, revision=tag, sha256=None, size=None)  # the manifest hashes its revision only
+        note = (f"{name}: another revision than the manifest's {entry.hub.revision!r}: checked against the Hub's "
+                "LFS sha256 and the file zoo first used")
         source_ = replace(_entry_source(entry, fetch_file(hub, name=name, verify_cache=verify_cache)), name=name,
-                          notes=(f"{name}: another revision than the manifest's {entry.hub.revision!r}, not hashed",))
+                          notes=(note,))
         return build_with_weights(entry.architecture, {**entry.model_args, **kwargs}, source_, **options)
     config_path = fetch_file(HubFile(location, tag or "main", CONFIG_NAME, None, None), name=name, warn_unhashed=False)
     # a branch may move: take the weights from the very commit that config.json came from
@@ -187,6 +191,29 @@ def _read_config(path: Path, name: str) -> dict[str, Any]:
     return config
 
 
+def _verify_folder(folder: Path, config: Mapping[str, Any], verify_cache: bool | None) -> tuple[str, ...]:
+    """Check every file config.json records (sha256 and size, written by save_pretrained); returns report notes."""
+    files = config.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(r, dict) for r in files.values()):
+        raise CheckpointError(f"local-dir:{folder}: config.json 'files' must map file names to {{sha256, size}}, "
+                              f"got {files!r}")
+    if not files.get(WEIGHTS_NAME, {}).get("sha256"):
+        note = f"{folder / WEIGHTS_NAME}: its config.json records no sha256, so it is loaded unverified"
+        log.warning("local-dir:%s: %s (save it again with save_pretrained to record one)", folder, note)
+        return (note,)
+    full, reuse = hash_policy(verify_cache)
+    for filename, record in files.items():
+        path = folder / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"local-dir:{folder}: {filename} is recorded in its config.json but missing")
+        problems = verify_file(path, record.get("sha256"), record.get("size"), full=full, reuse=reuse)
+        if problems:
+            raise WeightsIntegrityError(f"local-dir:{folder}: {path} does not match the sha256 and size recorded in "
+                                        f"its config.json: {'; '.join(problems)}. The file was changed after "
+                                        "save_pretrained wrote it; save it again or restore it.")
+    return ()
+
+
 def _entry_source(entry: WeightsEntry, path: Path) -> WeightsSource:
     return WeightsSource(entry.name, path, entry.num_classes, entry.label_names, entry.format,
                          entry.pretrained_cfg(), entry.hub_id, tuple(_hash_notes(entry)))
@@ -194,7 +221,8 @@ def _entry_source(entry: WeightsEntry, path: Path) -> WeightsSource:
 
 def _hash_notes(entry: WeightsEntry) -> list[str]:
     if entry.sha256 is None:
-        return [f"{entry.location} is a third-party file without a sha256 in the manifest: loaded unverified"]
+        return [f"{entry.location} has no sha256 in the manifest: checked against the Hub's LFS sha256 and the file "
+                "zoo first used (the zoo lock file)"]
     return []
 
 
