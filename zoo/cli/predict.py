@@ -29,10 +29,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args: argparse.Namespace):
     """Build the model the shared options describe, on the requested device, in eval mode."""
-    from zoo.engine.device import resolve_device
+    from zoo.engine.distributed import rank_device
     from zoo.factory import create_model
 
-    device = resolve_device(args.device)  # fail before building a model on a device that does not exist
+    device = rank_device(args.device)  # checked before building a model; this rank's GPU under torchrun
     pretrained = True if args.weights == "default" else (args.weights or False)
     model = create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
     return model.to(device).eval(), device

@@ -1,0 +1,78 @@
+"""Sharded evaluation and batch inference: ``torchrun --nproc_per_node 2`` (gloo, CPU) against one process, on the
+synthetic shapes with image counts that do not divide evenly, through the ``zoo`` command line with the bundled
+demo weights. Results must be identical: shards are whole single-process batches, so no bit may differ."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo.cli import main
+from zoo.engine.distributed import shard_range
+
+MODEL = "rtdetr_mobilenetv3_small.shapes_demo"
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 5])
+@pytest.mark.parametrize("batch_size", [1, 3, 4])
+def test_shards_cover_every_item_once_in_whole_batches(num_shards, batch_size):
+    for num_items in range(0, 23):
+        shards = [shard_range(num_items, batch_size, s, num_shards) for s in range(num_shards)]
+        assert [i for r in shards for i in r] == list(range(num_items))  # in order, none dropped or repeated
+        assert all(r.start % batch_size == 0 for r in shards)  # single-process batch boundaries
+        batches = [-(-len(r) // batch_size) for r in shards]
+        assert max(batches) - min(batches) <= 1
+
+
+def test_shard_of_a_bad_request_raises():
+    with pytest.raises(ValueError, match="invalid shard 2 of 2"):
+        shard_range(10, 1, 2, 2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_zoo(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node N -m zoo ARGS`` with gloo on CPU; fails the test on a non-zero exit."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(_free_port()), "-m", "zoo", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """11 synthetic images: 3 batches of 4 (4 + 4 + 3) over 2 ranks is uneven in batches and in images."""
+    from zoo.data.synthetic import make_synthetic_coco
+
+    root = tmp_path_factory.mktemp("shapes")
+    make_synthetic_coco(root, "val", 11, seed=5, image_size=96)
+    return root
+
+
+def test_eval_two_processes_equals_one(shapes, tmp_path, capsys):
+    common = ["eval", MODEL, "--ann", str(shapes / "val.json"), "--images", str(shapes / "val"), "--batch-size", "4",
+              "--workers", "0", "--device", "cpu"]
+    torchrun_zoo(*common, "--out", str(tmp_path / "two"))
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert (one.pop("world_size"), two.pop("world_size")) == (1, 2)
+    assert two == one
+    assert 0.2 < one["metrics"]["AP"] < 1  # the demo model finds the shapes: a real comparison
+    detections = json.loads((tmp_path / "two" / "detections.json").read_text())
+    assert detections == json.loads((tmp_path / "one" / "detections.json").read_text())
+    assert sorted({d["image_id"] for d in detections}) == sorted(
+        im["id"] for im in json.loads((shapes / "val.json").read_text())["images"])
