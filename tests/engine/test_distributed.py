@@ -76,3 +76,71 @@ def test_eval_two_processes_equals_one(shapes, tmp_path, capsys):
     assert detections == json.loads((tmp_path / "one" / "detections.json").read_text())
     assert sorted({d["image_id"] for d in detections}) == sorted(
         im["id"] for im in json.loads((shapes / "val.json").read_text())["images"])
+
+
+def _result(out: Path) -> dict:
+    """detections.json with annotated paths made relative to ``out`` (so that two folders compare equal)."""
+    data = json.loads((out / "detections.json").read_text())
+    for record in data["images"]:
+        assert Path(record["annotated"]).parent == out
+        record["annotated"] = Path(record["annotated"]).name
+    return data
+
+
+@pytest.fixture(scope="module")
+def single_run(shapes, tmp_path_factory) -> Path:
+    """One process, 7 images in batches of 2 (4 batches: 2 ranks get 4 and 3 images)."""
+    out = tmp_path_factory.mktemp("one")
+    assert main(["predict", MODEL, *_seven(shapes), "--out", str(out), "--batch-size", "2", "--device", "cpu",
+                 "--threshold", "0.3"]) == 0
+    return out
+
+
+def _seven(shapes: Path) -> list[str]:
+    return sorted(str(p) for p in (shapes / "val").iterdir())[:7]
+
+
+def test_predict_two_processes_equals_one(shapes, single_run, tmp_path):
+    out = tmp_path / "two"
+    proc = torchrun_zoo("predict", MODEL, *_seven(shapes), "--out", str(out), "--batch-size", "2", "--device", "cpu",
+                        "--threshold", "0.3")
+    assert _result(out) == _result(single_run)
+    assert sum(len(r["boxes"]) for r in _result(out)["images"]) >= 7  # the demo model finds shapes
+    for record in _result(out)["images"]:
+        assert (out / record["annotated"]).read_bytes() == (single_run / record["annotated"]).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single_run.iterdir())  # parts removed
+    assert proc.stdout.count(" detections") == 7  # one line per image, from the rank that did it
+
+
+def test_predict_resumes_under_torchrun(shapes, single_run, tmp_path, capsys):
+    out, seven = tmp_path / "resumed", _seven(shapes)
+    args = ["--out", str(out), "--batch-size", "2", "--device", "cpu", "--threshold", "0.3"]
+    assert main(["predict", MODEL, *seven[:4], *args]) == 0  # a first, smaller job
+    proc = torchrun_zoo("predict", MODEL, *seven, *args)
+    assert "4 of 7 images already done, skipping them" in proc.stdout
+    assert proc.stdout.count(" detections") == 3
+    assert _result(out) == _result(single_run)
+
+
+def test_predict_resumes_an_interrupted_run(shapes, single_run, tmp_path, capsys):
+    """A corrupt file stops the job after its first batches; once it is removed, the rerun does only the rest."""
+    folder, out = tmp_path / "images", tmp_path / "out"
+    folder.mkdir()
+    for path in _seven(shapes):
+        (folder / Path(path).name).write_bytes(Path(path).read_bytes())
+    (folder / Path(_seven(shapes)[5]).name).write_bytes(b"not a png")
+    args = ["predict", MODEL, str(folder), "--out", str(out), "--batch-size", "2", "--device", "cpu",
+            "--threshold", "0.3"]
+    assert main(args) == 1
+    assert "cannot read image" in capsys.readouterr().err
+    assert len((out / ".zoo-parts" / "rank0.jsonl").read_text().splitlines()) == 4  # batches 1 and 2 are kept
+    (folder / Path(_seven(shapes)[5]).name).write_bytes(Path(_seven(shapes)[5]).read_bytes())
+    assert main(args) == 0
+    assert "4 of 7 images already done" in capsys.readouterr().out
+    resumed, single = _result(out), _result(single_run)
+    for record in resumed["images"] + single["images"]:
+        record["source"] = Path(record["source"]).name
+    assert resumed == single
+
+    assert main([*args[:-1], "0.5"]) == 1  # other settings: refused, not mixed
+    assert "holds results of another run (threshold 0.3 there, 0.5 now)" in capsys.readouterr().err
