@@ -144,3 +144,49 @@ def test_predict_resumes_an_interrupted_run(shapes, single_run, tmp_path, capsys
 
     assert main([*args[:-1], "0.5"]) == 1  # other settings: refused, not mixed
     assert "holds results of another run (threshold 0.3 there, 0.5 now)" in capsys.readouterr().err
+
+
+def _train_worker(data: str, out: str) -> None:
+    """Runs under torchrun: fine-tune the demo for 2 steps with validation, recording which images each rank read."""
+    from zoo.engine import evaluate as evaluation
+    from zoo.engine.distributed import gather_to_rank0, rank
+    from zoo.engine.trainer import train
+
+    reads, read = [], evaluation._CocoImages.__getitem__
+    evaluation._CocoImages.__getitem__ = lambda self, i: (reads.append(self.ids[i]), read(self, i))[1]
+    train(model="rtdetr_mobilenetv3_small", weights="shapes_demo", train_ann=f"{data}/train.json",
+          train_images=f"{data}/train", val_ann=f"{data}/val.json", val_images=f"{data}/val", output_dir=out,
+          epochs=1, batch_size=4, lr=1e-4, warmup_steps=1, num_workers=0, augment=False, multiscale=False,
+          device="cpu", progress=False)
+    parts = gather_to_rank0(reads)
+    if rank() == 0:
+        (Path(out) / "reads.json").write_text(json.dumps(parts))
+
+
+def test_training_validation_is_sharded_and_equals_zoo_eval(shapes, tmp_path):
+    """2 ranks fine-tune the demo for 2 steps (their BatchNorm statistics differ) and validate on 11 images in
+    batches of 8: rank 0 reads 8, rank 1 reads 3, and the logged metrics equal one process's ``zoo.evaluate`` of
+    the exported model."""
+    import zoo
+    from zoo.data.synthetic import make_synthetic_coco
+
+    make_synthetic_coco(shapes, "train", 8, seed=0, image_size=96)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), __file__, str(shapes), str(run)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ids = sorted(im["id"] for im in json.loads((shapes / "val.json").read_text())["images"])
+    assert json.loads((run / "reads.json").read_text()) == [ids[:8], ids[8:]]
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    val = {k[len("val_"):]: v for k, v in logged.items() if k.startswith("val_")}
+    model = zoo.create_model(f"local-dir:{run / 'final'}")
+    result = zoo.evaluate(model, shapes / "val.json", shapes / "val", batch_size=8, num_workers=0, device="cpu",
+                          progress=False, verbose=False)
+    assert val == result.metrics
+    assert val["AP"] > 0.2
+
+
+if __name__ == "__main__":
+    _train_worker(sys.argv[1], sys.argv[2])
