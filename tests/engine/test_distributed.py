@@ -42,11 +42,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_zoo(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node N -m zoo ARGS`` with gloo on CPU; fails the test on a non-zero exit."""
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node N ARGS`` (a script or ``-m module``, and its arguments) with gloo on CPU;
+    fails the test on a non-zero exit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), "-m", "zoo", *args]
+           "127.0.0.1", "--master_port", str(_free_port()), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -65,7 +66,7 @@ def shapes(tmp_path_factory) -> Path:
 def test_eval_two_processes_equals_one(shapes, tmp_path, capsys):
     common = ["eval", MODEL, "--ann", str(shapes / "val.json"), "--images", str(shapes / "val"), "--batch-size", "4",
               "--workers", "0", "--device", "cpu"]
-    torchrun_zoo(*common, "--out", str(tmp_path / "two"))
+    torchrun("-m", "zoo", *common, "--out", str(tmp_path / "two"))
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -102,8 +103,8 @@ def _seven(shapes: Path) -> list[str]:
 
 def test_predict_two_processes_equals_one(shapes, single_run, tmp_path):
     out = tmp_path / "two"
-    proc = torchrun_zoo("predict", MODEL, *_seven(shapes), "--out", str(out), "--batch-size", "2", "--device", "cpu",
-                        "--threshold", "0.3")
+    proc = torchrun("-m", "zoo", "predict", MODEL, *_seven(shapes), "--out", str(out), "--batch-size", "2",
+                    "--device", "cpu", "--threshold", "0.3")
     assert _result(out) == _result(single_run)
     assert sum(len(r["boxes"]) for r in _result(out)["images"]) >= 7  # the demo model finds shapes
     for record in _result(out)["images"]:
@@ -116,7 +117,7 @@ def test_predict_resumes_under_torchrun(shapes, single_run, tmp_path, capsys):
     out, seven = tmp_path / "resumed", _seven(shapes)
     args = ["--out", str(out), "--batch-size", "2", "--device", "cpu", "--threshold", "0.3"]
     assert main(["predict", MODEL, *seven[:4], *args]) == 0  # a first, smaller job
-    proc = torchrun_zoo("predict", MODEL, *seven, *args)
+    proc = torchrun("-m", "zoo", "predict", MODEL, *seven, *args)
     assert "4 of 7 images already done, skipping them" in proc.stdout
     assert proc.stdout.count(" detections") == 3
     assert _result(out) == _result(single_run)
@@ -172,11 +173,7 @@ def test_training_validation_is_sharded_and_equals_zoo_eval(shapes, tmp_path):
 
     make_synthetic_coco(shapes, "train", 8, seed=0, image_size=96)
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), __file__, str(shapes), str(run)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(__file__, str(shapes), str(run))
     ids = sorted(im["id"] for im in json.loads((shapes / "val.json").read_text())["images"])
     assert json.loads((run / "reads.json").read_text()) == [ids[:8], ids[8:]]
     logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
