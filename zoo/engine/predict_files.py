@@ -142,8 +142,9 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.Pa
     """
     from tqdm.auto import tqdm
 
+    from zoo.data.images import Preprocess
     from zoo.engine.draw import draw as draw_boxes
-    from zoo.engine.predict import Preprocess, predict
+    from zoo.engine.predict import predict
 
     lead = distributed.rank() == 0
     out = Path(out)
