@@ -1,4 +1,7 @@
-"""``zoo eval``: COCO box AP of a model on an annotation file and its images (pycocotools, official protocol)."""
+"""``zoo eval``: COCO box AP of a model on an annotation file and its images (pycocotools, official protocol).
+
+Under ``torchrun`` the ranks share the images and rank 0 prints and writes the results (``world_size`` in
+metrics.json says how many processes shared the work)."""
 from __future__ import annotations
 
 import argparse
@@ -22,18 +25,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from zoo.engine.distributed import process_group, rank
     from zoo.engine.evaluate import evaluate
 
-    model, device = model_from_args(args)
-    result = evaluate(model, args.ann, args.images, batch_size=args.batch_size, num_workers=args.workers,
-                      device=device, input_size=args.size)
+    with process_group(args.device):
+        model, device = model_from_args(args)
+        result = evaluate(model, args.ann, args.images, batch_size=args.batch_size, num_workers=args.workers,
+                          device=device, input_size=args.size)
+        if rank() != 0:
+            return 0
     print(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "metrics.json", "w") as f:
             json.dump({"model": args.name, "weights": args.weights or args.checkpoint, "ann": args.ann,
-                       "input_size": args.size, "metrics": result.metrics}, f, indent=1)
+                       "input_size": args.size, "world_size": result.world_size,
+                       "metrics": result.metrics}, f, indent=1)
         with open(out / "detections.json", "w") as f:
             json.dump(result.detections, f)
         print(f"wrote {out / 'metrics.json'} and {out / 'detections.json'}")

@@ -1,4 +1,5 @@
-"""``zoo predict``: detect objects in images, write annotated copies and a JSON of the detections.
+"""``zoo predict``: detect objects in images, write annotated copies and a JSON of the detections (sharded under
+``torchrun``, resumable: see :mod:`zoo.engine.predict_files`).
 
 Also holds the model options every inference command shares (``NAME``, ``--weights``, ``--checkpoint``,
 ``--device``, ``--size``), so that predict, eval and benchmark read them the same way.
@@ -6,7 +7,6 @@ Also holds the model options every inference command shares (``NAME``, ``--weigh
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -29,10 +29,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args: argparse.Namespace):
     """Build the model the shared options describe, on the requested device, in eval mode."""
-    from zoo.engine.device import resolve_device
+    from zoo.engine.distributed import rank_device
     from zoo.factory import create_model
 
-    device = resolve_device(args.device)  # fail before building a model on a device that does not exist
+    device = rank_device(args.device)  # checked before building a model; this rank's GPU under torchrun
     pretrained = True if args.weights == "default" else (args.weights or False)
     model = create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
     return model.to(device).eval(), device
@@ -93,41 +93,14 @@ def _expand(paths: list[str]) -> list[str]:
     return found
 
 
-def _output_names(paths: list[str]) -> list[str]:
-    """Unique annotated-image file names: the input's stem, numbered when two inputs share it."""
-    names, seen = [], {}
-    for path in paths:
-        stem = Path(path).stem
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        names.append(f"{stem}.jpg" if count == 0 else f"{stem}_{count}.jpg")
-    return names
-
-
 def _predict(args: argparse.Namespace) -> int:
-    from zoo.engine.draw import draw
-    from zoo.engine.predict import predict
+    from zoo.engine.distributed import process_group
+    from zoo.engine.predict_files import predict_files
 
-    paths = _expand(args.images)
-    model, device = model_from_args(args)
-    results = predict(model, paths, score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                      device=device, input_size=args.size, progress=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path, name, det in zip(paths, _output_names(paths), results):
-        record = det.to_dict()
-        if not args.no_draw:
-            draw(path, det).save(out / name, quality=95)
-            record["annotated"] = str(out / name)
-        records.append(record)
-        counts: dict[str, int] = {}
-        for label in det.label_names:
-            counts[label] = counts.get(label, 0) + 1
-        summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        print(f"{path}: {len(det)} detections" + (f" ({summary})" if summary else ""))
-    with open(out / "detections.json", "w") as f:
-        json.dump({"model": args.name, "weights": args.weights or args.checkpoint, "threshold": args.threshold,
-                   "images": records}, f)
-    print(f"wrote {out / 'detections.json'}" + ("" if args.no_draw else f" and {len(records)} annotated images"))
+    with process_group(args.device):  # under torchrun the ranks share the images; rank 0 writes detections.json
+        paths = _expand(args.images)
+        model, device = model_from_args(args)
+        predict_files(model, paths, args.out, model_name=args.name, weights=args.weights or args.checkpoint,
+                      score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size, device=device,
+                      input_size=args.size, draw=not args.no_draw)
     return 0

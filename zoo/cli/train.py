@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from zoo.engine.distributed import process_group
     from zoo.engine.trainer import TrainConfig, train
 
     try:
@@ -76,7 +77,8 @@ def _train(args: argparse.Namespace) -> int:
         clip_max_norm=args.clip_max_norm, ema_decay=args.ema_decay, amp=args.amp, augment=not args.no_augment,
         multiscale=not args.no_multiscale, eval_every=args.eval_every, num_workers=args.workers, seed=args.seed,
         device=args.device, progress=not args.no_progress)
-    trainer = train(config, resume=args.resume)
+    with process_group(args.device):  # torchrun's group, destroyed at the end
+        trainer = train(config, resume=args.resume)
     if trainer.rank == 0:
         print(f"done: {trainer.epoch} epochs, best AP {trainer.best_ap:.4f}; weights in {config.output_dir}/best.safetensors")
     return 0

@@ -3,6 +3,10 @@
 Per image the model's top 300 detections over the flattened (query x class) scores are kept with no score
 threshold; contiguous labels are mapped back to the dataset's category ids; ``COCOeval`` (maxDets 1/10/100)
 computes the 12 standard numbers.
+
+In a process group (``torchrun``) every rank runs its shard of the images (whole batches, see
+:func:`zoo.engine.distributed.shard_range`), rank 0 gathers the detections in image order and runs ``COCOeval``
+once, and every rank gets the metrics: the numbers equal a single process's exactly.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_convert
 
 from zoo.data.images import Preprocess, load_image
+from zoo.engine import distributed
 from zoo.engine.device import resolve_device
 from zoo.engine.predict import run_detector
 
@@ -35,10 +40,12 @@ TOP_K = 300
 @dataclass
 class EvalResult:
     """``metrics``: the 12 COCO numbers by name (-1 where the dataset has no ground truth of that kind);
-    ``detections``: the COCO results list (``image_id``, ``category_id``, ``bbox`` xywh, ``score``)."""
+    ``detections``: the COCO results list (``image_id``, ``category_id``, ``bbox`` xywh, ``score``), all of them on
+    rank 0 and only the rank's own shard on the others; ``world_size``: how many processes shared the work."""
 
     metrics: dict[str, float]
     detections: list[dict[str, Any]] = field(repr=False)
+    world_size: int = 1
 
 
 def _quiet(quiet: bool = True) -> contextlib.AbstractContextManager:
@@ -125,9 +132,8 @@ def label_to_category_ids(num_classes: int, category_ids: Sequence[int],
 class _CocoImages(Dataset):
     """Reads and resizes the images of a COCO annotation file (in DataLoader workers)."""
 
-    def __init__(self, coco: Any, image_dir: Path, preprocess: Preprocess):
-        self.coco, self.image_dir, self.preprocess = coco, image_dir, preprocess
-        self.ids = sorted(coco.getImgIds())
+    def __init__(self, coco: Any, image_dir: Path, preprocess: Preprocess, ids: Sequence[int]):
+        self.coco, self.image_dir, self.preprocess, self.ids = coco, image_dir, preprocess, list(ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -154,6 +160,7 @@ def evaluate(model: torch.nn.Module, ann_file: str | os.PathLike, image_dir: str
 
     Preprocessing comes from ``model.pretrained_cfg`` (``input_size`` overrides the size). Returns an
     :class:`EvalResult` with the 12 numbers (also printed when ``verbose``) and the detections list.
+    In a process group each rank evaluates its shard and all ranks return the same metrics (see module docstring).
     """
     from tqdm.auto import tqdm
 
@@ -164,12 +171,16 @@ def evaluate(model: torch.nn.Module, ann_file: str | os.PathLike, image_dir: str
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image directory not found: {image_dir}")
+    lead = distributed.rank() == 0
+    verbose, progress = verbose and lead, progress and lead
     coco = _load_coco(ann_file, verbose)
     to_category = label_to_category_ids(int(model.num_classes), coco.getCatIds(), label_map)
     device = resolve_device(device, model)
     preprocess = Preprocess.from_model(model, input_size)
-    loader = DataLoader(_CocoImages(coco, image_dir, preprocess),
-                        batch_size=batch_size if preprocess.batchable else 1, num_workers=num_workers,
+    step = batch_size if preprocess.batchable else 1
+    ids = sorted(coco.getImgIds())
+    shard = [ids[i] for i in distributed.shard_range(len(ids), step)]
+    loader = DataLoader(_CocoImages(coco, image_dir, preprocess, shard), batch_size=step, num_workers=num_workers,
                         collate_fn=list)
     lookup = torch.tensor(to_category) if to_category is not None else None
     detections: list[dict[str, Any]] = []
@@ -189,4 +200,8 @@ def evaluate(model: torch.nn.Module, ann_file: str | os.PathLike, image_dir: str
                 )
     finally:
         model.train(was_training)
-    return EvalResult(evaluate_detections(coco, detections, verbose), detections)
+    parts = distributed.gather_to_rank0(detections)
+    if parts is not None:  # rank 0: every shard, in rank (= image) order
+        detections = [d for part in parts for d in part]
+    metrics = evaluate_detections(coco, detections, verbose) if lead else None
+    return EvalResult(distributed.broadcast_object(metrics), detections, distributed.world_size())

@@ -12,7 +12,8 @@ a ``metrics.jsonl`` log and checkpoints that resume exactly:
                                         model.safetensors, README.md model card with the measured metrics)
 
 Under ``torchrun`` every rank builds the same model and data; ranks read disjoint shards of one shuffled order
-(``DistributedSampler``), so a global batch equals a single-process batch of the same images.
+(``DistributedSampler``), so a global batch equals a single-process batch of the same images. Validation is
+sharded too (:mod:`zoo.engine.distributed`, as ``zoo eval`` under torchrun).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from zoo.data.coco import CocoDetection
 from zoo.data.collate import collate_detection
 from zoo.data.images import Preprocess
 from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
+from zoo.engine import distributed
 
 __all__ = ["TrainConfig", "Trainer", "train"]
 
@@ -90,23 +92,6 @@ def _with_recipe(config: TrainConfig, model: nn.Module) -> TrainConfig:
     return dataclasses.replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
 
 
-def _dist_info() -> tuple[int, int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
-
-
-def init_distributed(device: str | None = None) -> bool:
-    """Join the process group that ``torchrun`` describes (env WORLD_SIZE > 1); NCCL on CUDA, gloo on CPU."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return dist.is_available() and dist.is_initialized()
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return True
-
-
 def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay: float) -> list[dict]:
     """Backbone at ``lr * backbone_mult``; no weight decay on 1-d parameters (norms, biases, embeddings' none)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -150,15 +135,12 @@ class Trainer:
     you built) and run :meth:`fit`. ``resume`` is a ``.../last`` checkpoint folder to continue from."""
 
     def __init__(self, config: TrainConfig, model: nn.Module | None = None, resume: str | os.PathLike | None = None):
-        from zoo.engine.device import resolve_device
-
         self.cfg = config
-        init_distributed(config.device)
-        self.rank, self.world, local_rank = _dist_info()
+        distributed.init_distributed(config.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = resolve_device(f"cuda:{local_rank}" if device == "cuda" and self.world > 1 else device)
+        self.device = distributed.rank_device(config.device)
         torch.manual_seed(config.seed + self.rank)  # ranks draw different denoising noise and augmentations
         random.seed(config.seed + self.rank)
 
@@ -319,21 +301,17 @@ class Trainer:
         return module
 
     def evaluate(self) -> dict[str, float]:
-        """COCO metrics of :attr:`eval_model` on the validation set (rank 0 runs it, the others wait)."""
-        metrics: dict[str, float] = {}
-        if self.rank == 0:
-            from zoo.engine.evaluate import evaluate
+        """COCO metrics of :attr:`eval_model` on the validation set, every rank evaluating its shard with rank 0's
+        weights (per-rank BatchNorm statistics differ), as ``zoo eval`` of the exported model would."""
+        from zoo.engine.evaluate import evaluate
 
-            result = evaluate(self.eval_model, self.cfg.val_ann, self.cfg.val_images, batch_size=8, num_workers=0,
-                              device=self.device, input_size=self.input_size,
-                              label_map=[self.train_set.label_to_category[i] for i in range(self.model.num_classes)],
-                              progress=False, verbose=False)
-            metrics = result.metrics
-        if self.world > 1:
-            box = [metrics]
-            dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
-        return metrics
+        model = self.eval_model
+        distributed.broadcast_module(model)
+        result = evaluate(model, self.cfg.val_ann, self.cfg.val_images, batch_size=8, num_workers=0,
+                          device=self.device, input_size=self.input_size,
+                          label_map=[self.train_set.label_to_category[i] for i in range(self.model.num_classes)],
+                          progress=False, verbose=False)
+        return result.metrics
 
     def export(self, folder: str | os.PathLike, metrics: dict[str, float] | None = None) -> Path:
         """``save_pretrained`` of :attr:`eval_model`; the card lists ``metrics`` (AP, AP50) as measured here, in
@@ -392,8 +370,7 @@ class Trainer:
                           metadata={"architecture": self.model.config["architecture"], "epoch": str(self.epoch),
                                     "config": json.dumps(self.model.config),
                                     "pretrained_cfg": json.dumps(self.model.pretrained_cfg)})
-        if self.world > 1:
-            dist.barrier()
+        distributed.barrier()
 
     def load_checkpoint(self, folder: str | os.PathLike) -> None:
         """Restore weights and the full training state from a ``last/`` folder, to continue exactly."""
