@@ -1,4 +1,5 @@
-"""``zoo predict``: detect objects in images, write annotated copies and a JSON of the detections.
+"""``zoo predict``: detect objects in images and videos, write annotated copies and the detections as JSON
+(videos, webcams and stream URLs: an annotated .mp4 and per-frame JSON lines, see zoo.data.video).
 
 Also holds the model options every inference command shares (``NAME``, ``--weights``, ``--checkpoint``,
 ``--device``, ``--size``), so that predict, eval and benchmark read them the same way.
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -65,10 +67,13 @@ def _threshold(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="detect objects in images",
-                       description="Detect objects in images; write annotated images and detections.json to --out.")
+    p = sub.add_parser("predict", help="detect objects in images and videos",
+                       description="Detect objects in images; write annotated images and detections.json to --out. "
+                                   "Videos, webcam indices (0) and stream URLs (rtsp://, http://) give OUT/NAME.mp4 "
+                                   "and OUT/NAME.jsonl (one record per frame; needs zoo[video]).")
     add_model_arguments(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("images", nargs="+", metavar="SOURCE",
+                   help="image files, folders of images, video files, webcam indices or stream URLs")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: ./predictions)")
     p.add_argument("--threshold", type=_threshold, default=0.5, metavar="T", help="minimum score (default 0.5)")
     p.add_argument("--top-k", type=_positive_int, default=100, metavar="K", help="detections kept per image")
@@ -104,12 +109,23 @@ def _output_names(paths: list[str]) -> list[str]:
     return names
 
 
+def _count_summary(counts: dict[str, int]) -> str:
+    """``"2 circle, 1 square"``: detections per label, most frequent first."""
+    return ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _predict(args: argparse.Namespace) -> int:
+    from zoo.data.video import is_video_source
     from zoo.engine.draw import draw
     from zoo.engine.predict import predict
 
-    paths = _expand(args.images)
+    videos = [source for source in args.images if is_video_source(source)]
+    paths = _expand([source for source in args.images if source not in videos])
     model, device = model_from_args(args)
+    for source in videos:
+        _predict_video(args, model, device, source)
+    if not paths:
+        return 0
     results = predict(model, paths, score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
                       device=device, input_size=args.size, progress=True)
     out = Path(args.out)
@@ -121,13 +137,22 @@ def _predict(args: argparse.Namespace) -> int:
             draw(path, det).save(out / name, quality=95)
             record["annotated"] = str(out / name)
         records.append(record)
-        counts: dict[str, int] = {}
-        for label in det.label_names:
-            counts[label] = counts.get(label, 0) + 1
-        summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        summary = _count_summary(Counter(det.label_names))
         print(f"{path}: {len(det)} detections" + (f" ({summary})" if summary else ""))
     with open(out / "detections.json", "w") as f:
         json.dump({"model": args.name, "weights": args.weights or args.checkpoint, "threshold": args.threshold,
                    "images": records}, f)
     print(f"wrote {out / 'detections.json'}" + ("" if args.no_draw else f" and {len(records)} annotated images"))
     return 0
+
+
+def _predict_video(args: argparse.Namespace, model, device, source: str) -> None:
+    from zoo.data.video import annotate_video
+
+    summary = annotate_video(model, source, args.out, draw_boxes=not args.no_draw, progress=True,
+                             score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
+                             device=device, input_size=args.size)
+    found = _count_summary(summary["detections"])
+    print(f"{summary['source']}: {summary['frames']} frames at {summary['fps']:.2f} fps"
+          + (" (interrupted)" if summary["interrupted"] else "") + (f", detections: {found}" if found else ""))
+    print(f"wrote {summary['jsonl']}" + (f" and {summary['video']}" if summary["video"] else ""))

@@ -96,13 +96,14 @@ class Detector(nn.Module):
         return self.to(memory_format=torch.channels_last) if channels_last else self
 
     def predict(self, images: Any, score_threshold: float = 0.5, top_k: int = 100, batch_size: int = 8,
-                device: Any = None, input_size: int | tuple[int, int] | None = None) -> Any:
+                device: Any = None, input_size: int | tuple[int, int] | None = None, stream: bool = False) -> Any:
         """Detect objects in images (paths, PIL images, HWC uint8 arrays, CHW tensors; one or a list), using the
-        preprocessing of ``pretrained_cfg``. Returns ``Detections`` (a list for a list); see zoo.engine.predict."""
+        preprocessing of ``pretrained_cfg``. Returns ``Detections`` (a list for a list); see zoo.engine.predict.
+        A video file, webcam index or stream URL gives per-frame detections (a generator with ``stream=True``)."""
         from zoo.engine.predict import predict
 
         return predict(self, images, score_threshold=score_threshold, top_k=top_k, batch_size=batch_size,
-                       device=device, input_size=input_size)
+                       device=device, input_size=input_size, stream=stream)
 
 
 def build_component(kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.Module:
