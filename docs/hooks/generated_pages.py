@@ -64,7 +64,7 @@ def cli_page() -> str:
              "Generated from the argparse parsers (`zoo.cli`). `python -m zoo` works the same; exit codes are 0 (ok),",
              "1 (error) and 2 (usage).", ""]
     columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "110"  # argparse wraps help text to the terminal width
+    os.environ["COLUMNS"] = "88"  # argparse wraps help text to the terminal width: the code block's width
     try:
         for parser in _parsers(build_parser()):
             level = "#" * min(2 + parser.prog.count(" "), 4)
@@ -106,16 +106,32 @@ def _complexity(c: dict[str, Any]) -> str:
     return f"{c['params_m']:.1f} M / {c['gflops']:.1f} at {size} ({c.get('provenance', '')})"
 
 
-def model_zoo_page() -> str:
+def architecture_row(name: str, manifest: Any, aliases: list[str], measure: bool) -> str:
+    """One row of the architectures table; ``measure`` builds the model to count parameters and FLOPs."""
     from zoo.cli.models import model_summary
+    from zoo.registry import model_entrypoint
+
+    doc = (model_entrypoint(name).__doc__ or "").strip().splitlines()[0]
+    tags = ", ".join(f"`{t}`" for t in manifest.tags(name)) if name in manifest.architectures() else ""
+    params = gflops = size = "–"
+    if measure:
+        info = model_summary(name)
+        params, gflops = f"{info['params_m']:.1f}", f"{info['gflops']:.1f}"
+        size = "x".join(str(v) for v in info["input_size"][1:])
+    alias = ", ".join(f"`{a}`" for a in aliases)
+    return f"| `{name}` | {alias} | {params} | {gflops} | {size} | {tags} | {doc} |"
+
+
+def model_zoo_page() -> str:
     from zoo.hub.manifest import load_manifest
-    from zoo.registry import list_models, model_aliases, model_entrypoint
+    from zoo.registry import list_models, model_aliases
 
     manifest = load_manifest()
     aliases: dict[str, list[str]] = {}
     for alias, target in model_aliases().items():
         aliases.setdefault(target, []).append(alias)
-    lines = ["# Model zoo", "",
+    lines = ["---", "hide: [navigation, toc]", "---", "",  # the tables need the page's full width
+             "# Model zoo", "",
              "Generated when this site is built, from the registry (`zoo.list_models()`) and the weights manifest",
              "(`zoo/weights_manifest.json`). Parameters and GFLOPs are measured as `zoo info` does: torch's FLOP",
              "counter on one image at the model's input size, 1 multiply-add = 2 FLOPs.", ""]
@@ -123,17 +139,7 @@ def model_zoo_page() -> str:
         lines += ["!!! note", "    This build skipped the measurements (`ZOO_DOCS_MEASURE=0`).", ""]
     lines += ["## Architectures", "", "| model | aliases | params (M) | GFLOPs | input | weights | description |",
               "|---|---|---|---|---|---|---|"]
-    for name in list_models():
-        doc = (model_entrypoint(name).__doc__ or "").strip().splitlines()[0]
-        tags = ", ".join(f"`{t}`" for t in manifest.tags(name)) if name in manifest.architectures() else ""
-        if _measure():
-            info = model_summary(name)
-            params, gflops = f"{info['params_m']:.1f}", f"{info['gflops']:.1f}"
-            size = "x".join(str(v) for v in info["input_size"][1:])
-        else:
-            params = gflops = size = "–"
-        alias = ", ".join(f"`{a}`" for a in sorted(aliases.get(name, [])))
-        lines.append(f"| `{name}` | {alias} | {params} | {gflops} | {size} | {tags} | {doc} |")
+    lines += [architecture_row(name, manifest, sorted(aliases.get(name, [])), _measure()) for name in list_models()]
     lines += ["", "## Pretrained weights", "",
               "Every entry of the manifest: `create_model(\"architecture\", pretrained=\"tag\")` or "
               "`create_model(\"architecture.tag\", pretrained=True)`. Metrics say where they come from: "
