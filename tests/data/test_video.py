@@ -155,6 +155,8 @@ def test_errors(model, clip, tmp_path, monkeypatch):
             model.predict(9, stream=True)
     with pytest.raises(ValueError, match="stream=True is for a video"):
         model.predict(np.zeros((8, 8, 3), np.uint8), stream=True)
+    with pytest.raises(ValueError, match="one at a time"):
+        model.predict([str(clip), str(clip)])
     from zoo.cli import main
 
     assert main(["predict", DEMO, str(clip), "--out", str(clip.parent)]) == 1  # would overwrite its input

@@ -133,6 +133,8 @@ def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], s
         return frames if stream else list(frames)
     if stream:
         raise ValueError("stream=True is for a video file, a webcam index or a stream URL; pass images without it")
+    if isinstance(images, (list, tuple)) and any(is_video_source(image) for image in images):
+        raise ValueError("videos are predicted one at a time (model.predict('clip.mp4')), not in a list of images")
     items, single = _as_items(images)
     device = resolve_device(device, model)
     preprocess = Preprocess.from_model(model, input_size)
