@@ -108,9 +108,14 @@ class VideoReader:
         self.num_frames = int(self.stream.frames or 0)
 
     def __iter__(self) -> Iterator[tuple[int, float | None, torch.Tensor]]:
-        for index, frame in enumerate(self.container.decode(self.stream)):
-            pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-            yield index, (float(frame.time) if frame.time is not None else None), pixels
+        index = 0
+        try:
+            for index, frame in enumerate(self.container.decode(self.stream)):
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                yield index, (float(frame.time) if frame.time is not None else None), pixels
+        except _av().FFmpegError as exc:
+            raise ValueError(f"{self.name}: decoding failed after frame {index} ({exc}); the file is damaged or "
+                             "the stream broke off") from exc
 
     def close(self) -> None:
         self.container.close()
