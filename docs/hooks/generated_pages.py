@@ -123,7 +123,7 @@ def architecture_row(name: str, manifest: Any, aliases: list[str], measure: bool
 
 
 def model_zoo_page() -> str:
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.manifest import load_manifest
     from zoo.registry import list_models, model_aliases
 
     manifest = load_manifest()

@@ -32,7 +32,7 @@ def _hook():
 
 def test_model_zoo_page(site):
     import zoo
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.manifest import load_manifest
 
     html = (site / "model-zoo" / "index.html").read_text()
     for name in zoo.list_models(include_aliases=True):
@@ -49,7 +49,7 @@ def test_model_zoo_page(site):
 def test_measured_row():
     """The architectures table measures like ``zoo info`` (skipped in the build above to keep it fast)."""
     import zoo
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.manifest import load_manifest
 
     row = _hook().architecture_row("mobilenetv3_small_050", load_manifest(), [], measure=True).split(" | ")
     params = sum(p.numel() for p in zoo.create_model("mobilenetv3_small_050").parameters()) / 1e6
