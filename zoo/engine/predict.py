@@ -7,7 +7,7 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -112,11 +112,9 @@ def _check_args(score_threshold: Any, top_k: Any, batch_size: Any) -> None:
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5,
             top_k: int = 100, batch_size: int = 8, device: str | torch.device | None = None,
-            input_size: int | tuple[int, int] | None = None, progress: bool = False, stream: bool = False
-            ) -> Detections | list[Detections] | Iterator[Detections]:
-    """Detect objects in one image or a list of images (see :func:`load_image` for what an image can be), or in
-    every frame of a video file, webcam index or stream URL (zoo.data.video, the ``video`` extra): a list of
-    per-frame detections, or with ``stream=True`` a generator that decodes ``batch_size`` frames at a time.
+            input_size: int | tuple[int, int] | None = None, progress: bool = False
+            ) -> Detections | list[Detections]:
+    """Detect objects in one image or a list of images (see :func:`load_image` for what an image can be).
 
     Returns one :class:`Detections` for a single image, else a list in input order. Boxes are in pixels of
     each original image; at most ``top_k`` detections with score >= ``score_threshold`` are kept.
@@ -126,15 +124,6 @@ def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], s
     from tqdm.auto import tqdm
 
     _check_args(score_threshold, top_k, batch_size)
-    from zoo.data.video import is_video_source, predict_stream
-
-    if is_video_source(images):
-        frames = predict_stream(model, images, score_threshold, top_k, batch_size, device, input_size, progress)
-        return frames if stream else list(frames)
-    if stream:
-        raise ValueError("stream=True is for a video file, a webcam index or a stream URL; pass images without it")
-    if isinstance(images, (list, tuple)) and any(is_video_source(image) for image in images):
-        raise ValueError("videos are predicted one at a time (model.predict('clip.mp4')), not in a list of images")
     items, single = _as_items(images)
     device = resolve_device(device, model)
     preprocess = Preprocess.from_model(model, input_size)
