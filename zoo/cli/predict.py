@@ -1,5 +1,7 @@
-"""``zoo predict``: detect objects in images, write annotated copies and a JSON of the detections (sharded under
-``torchrun``, resumable: see :mod:`zoo.engine.predict_files`).
+"""``zoo predict``: detect objects in images and videos, write annotated copies and the detections as JSON.
+
+Images are sharded under ``torchrun`` and resumable (:mod:`zoo.engine.predict_files`); videos, webcams and stream
+URLs give an annotated .mp4 and per-frame JSON lines (:mod:`zoo.data.video`).
 
 Also holds the model options every inference command shares (``NAME``, ``--weights``, ``--checkpoint``,
 ``--device``, ``--size``), so that predict, eval and benchmark read them the same way.
@@ -65,10 +67,13 @@ def _threshold(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="detect objects in images",
-                       description="Detect objects in images; write annotated images and detections.json to --out.")
+    p = sub.add_parser("predict", help="detect objects in images and videos",
+                       description="Detect objects in images; write annotated images and detections.json to --out. "
+                                   "Videos, webcam indices (0) and stream URLs (rtsp://, http://) give OUT/NAME.mp4 "
+                                   "and OUT/NAME.jsonl (one record per frame; needs zoo[video]).")
     add_model_arguments(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("images", nargs="+", metavar="SOURCE",
+                   help="image files, folders of images, video files, webcam indices or stream URLs")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: ./predictions)")
     p.add_argument("--threshold", type=_threshold, default=0.5, metavar="T", help="minimum score (default 0.5)")
     p.add_argument("--top-k", type=_positive_int, default=100, metavar="K", help="detections kept per image")
@@ -94,13 +99,34 @@ def _expand(paths: list[str]) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from zoo.engine.distributed import process_group
+    from zoo.data.video import is_video_source
+    from zoo.engine.distributed import process_group, world_size
     from zoo.engine.predict_files import predict_files
 
+    videos = [source for source in args.images if is_video_source(source)]
     with process_group(args.device):  # under torchrun the ranks share the images; rank 0 writes detections.json
-        paths = _expand(args.images)
+        if videos and world_size() > 1:
+            raise ValueError(f"videos are not sharded under torchrun ({', '.join(videos)}): run zoo predict on "
+                             "videos in one process")
+        paths = _expand([source for source in args.images if source not in videos])
         model, device = model_from_args(args)
-        predict_files(model, paths, args.out, model_name=args.name, weights=args.weights or args.checkpoint,
-                      score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size, device=device,
-                      input_size=args.size, draw=not args.no_draw)
+        for source in videos:
+            _predict_video(args, model, device, source)
+        if paths:
+            predict_files(model, paths, args.out, model_name=args.name, weights=args.weights or args.checkpoint,
+                          score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
+                          device=device, input_size=args.size, draw=not args.no_draw)
     return 0
+
+
+def _predict_video(args: argparse.Namespace, model, device, source: str) -> None:
+    from zoo.data.video import annotate_video
+    from zoo.engine.predict_files import count_summary
+
+    summary = annotate_video(model, source, args.out, draw_boxes=not args.no_draw, progress=True,
+                             score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
+                             device=device, input_size=args.size)
+    found = count_summary(summary["detections"])
+    print(f"{summary['source']}: {summary['frames']} frames at {summary['fps']:.2f} fps"
+          + (" (interrupted)" if summary["interrupted"] else "") + (f", detections: {found}" if found else ""))
+    print(f"wrote {summary['jsonl']}" + (f" and {summary['video']}" if summary["video"] else ""))

@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-args", default="{}", metavar="JSON",
                    help='architecture overrides, e.g. \'{"num_queries": 100}\'')
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-to", choices=("none", "tensorboard"), default="none",
+                   help="experiment logging: tensorboard writes OUTPUT/tensorboard (needs zoo[logging])")
     p.set_defaults(func=_train)
 
 
@@ -76,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
         lr_drops=tuple(args.lr_drops),
         clip_max_norm=args.clip_max_norm, ema_decay=args.ema_decay, amp=args.amp, augment=not args.no_augment,
         multiscale=not args.no_multiscale, eval_every=args.eval_every, num_workers=args.workers, seed=args.seed,
-        device=args.device, progress=not args.no_progress)
+        device=args.device, progress=not args.no_progress, report_to=args.report_to)
     with process_group(args.device):  # torchrun's group, destroyed at the end
         trainer = train(config, resume=args.resume)
     if trainer.rank == 0:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -107,11 +108,13 @@ def _merge(out: Path, keys: list[Key], settings: dict[str, Any]) -> list[dict[st
     return records
 
 
+def count_summary(counts: Mapping[str, int]) -> str:
+    """``"2 circle, 1 square"``: detections per label, most frequent first."""
+    return ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _summary(path: str, det: Any) -> str:
-    counts: dict[str, int] = {}
-    for label in det.label_names:
-        counts[label] = counts.get(label, 0) + 1
-    summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    summary = count_summary(Counter(det.label_names))
     return f"{path}: {len(det)} detections" + (f" ({summary})" if summary else "")
 
 

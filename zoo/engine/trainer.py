@@ -39,6 +39,7 @@ from zoo.data.collate import collate_detection
 from zoo.data.images import Preprocess
 from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
 from zoo.engine import distributed
+from zoo.engine.reporting import make_reporter
 
 __all__ = ["TrainConfig", "Trainer", "train"]
 
@@ -77,6 +78,7 @@ class TrainConfig:
     device: str | None = None
     log_every: int = 10
     progress: bool = True
+    report_to: str = "none"               # experiment logging: "none" or "tensorboard" (zoo.engine.reporting)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,7 +100,8 @@ def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_deca
     for name, p in model.named_parameters():
         if p.requires_grad:
             groups.setdefault((name.startswith("backbone."), p.ndim <= 1), []).append(p)
-    return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0), "weight_decay": 0.0 if flat else weight_decay}
+    return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0), "weight_decay": 0.0 if flat else weight_decay,
+             "name": ("backbone" if bb else "rest") + ("_no_decay" if flat else "")}
             for (bb, flat), ps in sorted(groups.items())]
 
 
@@ -184,6 +187,7 @@ class Trainer:
                     if self.world > 1 else None)
         self.epoch, self.global_step, self.best_ap = 0, 0, -1.0
         self.out = Path(config.output_dir)
+        self.reporter = make_reporter(config, self.rank)
         if resume is not None:
             self.load_checkpoint(resume)
 
@@ -276,6 +280,7 @@ class Trainer:
                 if cfg.log_every and self.global_step % cfg.log_every == 0:
                     self._log({"epoch": self.epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[-1],
                                "loss": logs["loss"]})
+                    self.reporter.log_step(self.global_step, logs, self.optimizer)
             self.epoch += 1
             epoch_log = {"epoch": self.epoch, "step": self.global_step, "time_s": round(time.time() - start, 2),
                          **{f"train_{k}": v / max(1, len(loader)) for k, v in sums.items()
@@ -285,9 +290,11 @@ class Trainer:
                 metrics = self.evaluate()
                 epoch_log.update({f"val_{k}": v for k, v in metrics.items()})
             self._log(epoch_log)
+            self.reporter.log_epoch(self.global_step, epoch_log, self.eval_model)
             self.save_checkpoint(metrics.get("AP") if metrics else None)
         if self.rank == 0:
             self.export(self.out / "final", metrics)
+        self.reporter.close()
         return metrics
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints

@@ -96,13 +96,24 @@ class Detector(nn.Module):
         return self.to(memory_format=torch.channels_last) if channels_last else self
 
     def predict(self, images: Any, score_threshold: float = 0.5, top_k: int = 100, batch_size: int = 8,
-                device: Any = None, input_size: int | tuple[int, int] | None = None) -> Any:
+                device: Any = None, input_size: int | tuple[int, int] | None = None, stream: bool = False) -> Any:
         """Detect objects in images (paths, PIL images, HWC uint8 arrays, CHW tensors; one or a list), using the
-        preprocessing of ``pretrained_cfg``. Returns ``Detections`` (a list for a list); see zoo.engine.predict."""
+        preprocessing of ``pretrained_cfg``. Returns ``Detections`` (a list for a list); see zoo.engine.predict.
+        A video file, webcam index or stream URL (zoo.data.video, the ``video`` extra) gives a list of per-frame
+        detections, or with ``stream=True`` a generator that decodes ``batch_size`` frames at a time."""
+        from zoo.data.video import is_video_source, predict_stream
         from zoo.engine.predict import predict
 
-        return predict(self, images, score_threshold=score_threshold, top_k=top_k, batch_size=batch_size,
-                       device=device, input_size=input_size)
+        options = dict(score_threshold=score_threshold, top_k=top_k, batch_size=batch_size, device=device,
+                       input_size=input_size)
+        if is_video_source(images):
+            frames = predict_stream(self, images, **options)
+            return frames if stream else list(frames)
+        if stream:
+            raise ValueError("stream=True is for a video file, a webcam index or a stream URL; pass images without it")
+        if isinstance(images, (list, tuple)) and any(is_video_source(image) for image in images):
+            raise ValueError("videos are predicted one at a time (model.predict('clip.mp4')), not in a list of images")
+        return predict(self, images, **options)
 
 
 def build_component(kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.Module:
