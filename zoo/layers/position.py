@@ -7,20 +7,26 @@ import math
 import torch
 from torch import nn
 
+from zoo.layers.tracing import is_tracing
+
 __all__ = ["sincos_2d_position_embedding", "PositionEmbeddingSine"]
 
 
-@functools.lru_cache(maxsize=16)
-def _sincos_2d(height: int, width: int, dim: int, temperature: float) -> torch.Tensor:
+def _sincos_2d(height: int | torch.Tensor, width: int | torch.Tensor, dim: int, temperature: float,
+               device: torch.device | None = None) -> torch.Tensor:
+    """The embedding in float64; ``height`` and ``width`` may be traced sizes (computed in the exported graph)."""
     if dim % 4 != 0:
         raise ValueError(f"embedding dim must be divisible by 4, got {dim}")
     pos_dim = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64) / pos_dim)
-    grid_y, grid_x = torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                                    torch.arange(width, dtype=torch.float64), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64, device=device) / pos_dim)
+    grid_y, grid_x = torch.meshgrid(torch.arange(height, dtype=torch.float64, device=device),
+                                    torch.arange(width, dtype=torch.float64, device=device), indexing="ij")
     out_y = grid_y.flatten()[:, None] * omega[None]
     out_x = grid_x.flatten()[:, None] * omega[None]
     return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1)[None]
+
+
+_sincos_2d_cached = functools.lru_cache(maxsize=16)(_sincos_2d)
 
 
 def sincos_2d_position_embedding(height: int, width: int, dim: int, temperature: float = 10000.0,
@@ -29,9 +35,12 @@ def sincos_2d_position_embedding(height: int, width: int, dim: int, temperature:
 
     Layout ``[sin y, cos y, sin x, cos x]``, computed in float64 and cached per size. On square maps
     this equals the official RT-DETR embedding; on non-square maps the official code mixes up rows
-    and columns, and we follow the corrected layout that transformers uses.
+    and columns, and we follow the corrected layout that transformers uses. While tracing or exporting it is
+    computed from the (traced) size instead, so exported graphs take any height and width.
     """
-    return _sincos_2d(int(height), int(width), int(dim), float(temperature)).to(device=device, dtype=dtype)
+    if is_tracing():
+        return _sincos_2d(height, width, int(dim), float(temperature), device).to(dtype=dtype)
+    return _sincos_2d_cached(int(height), int(width), int(dim), float(temperature)).to(device=device, dtype=dtype)
 
 
 class PositionEmbeddingSine(nn.Module):
