@@ -46,8 +46,9 @@ def _anchors(shapes: tuple[tuple[int, int], ...], grid_size: float, eps: float, 
     """Anchors (inverse-sigmoid cxcywh, ``[1, sum(HW), 4]``) and their valid mask; sizes may be traced."""
     anchors = []
     for level, (h, w) in enumerate(shapes):
-        gy, gx = torch.meshgrid(torch.arange(h, dtype=dtype, device=device),
-                                torch.arange(w, dtype=dtype, device=device), indexing="ij")
+        # integer aranges, then cast: exact, and the float16 aranges do not export
+        gy, gx = torch.meshgrid(torch.arange(h, device=device).to(dtype),
+                                torch.arange(w, device=device).to(dtype), indexing="ij")
         size = torch.stack([w, h]) if isinstance(w, torch.Tensor) else torch.tensor([w, h])  # traced or int
         size = size.to(dtype=dtype, device=device)
         xy = (torch.stack([gx, gy], -1) + 0.5) / size
