@@ -200,6 +200,7 @@ def _torch_export(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path
         # shape checks in forward() trace as constants (expected); the legacy-exporter notice is deliberate
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")  # its own internals
         try:
             torch.onnx.export(graph, inputs, os.fspath(path), dynamo=False, opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
@@ -296,7 +297,11 @@ def verify_export(model: nn.Module, path: str | os.PathLike, postprocess: bool, 
                 expected = graph(*inputs)
             feed = {arg.name: (t.half() if half and t.is_floating_point() else t).numpy()
                     for arg, t in zip(session.get_inputs(), inputs)}
-            got = [torch.from_numpy(a) for a in session.run(None, feed)]
+            try:
+                got = [torch.from_numpy(a) for a in session.run(None, feed)]
+            except Exception as exc:  # onnxruntime's own error types; e.g. a size baked into the graph
+                raise ExportError(f"onnxruntime cannot run the export at input {list(inputs[0].shape)}: "
+                                  f"{str(exc).strip().splitlines()[0]}") from exc
             names = (POSTPROCESS_NAMES if postprocess else RAW_NAMES)[1]
             reference, candidate = dict(zip(names, expected)), dict(zip(names, got))
             if postprocess:  # compare boxes relative to the image size, like the raw outputs
