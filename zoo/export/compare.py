@@ -43,21 +43,27 @@ class Agreement:
 
 def compare_queries(reference: Mapping[str, torch.Tensor], candidate: Mapping[str, torch.Tensor],
                     tolerance: float, names: Sequence[str] | None = None) -> Agreement:
-    """Compare outputs shaped ``[B, Q, ...]`` (or ``[B, Q]``) name by name; a query's error is its largest
-    absolute difference over all compared outputs. Integer outputs (labels) count any difference as infinite."""
-    per_query, max_error = None, 0.0
+    """Compare outputs shaped ``[B, Q, ...]`` (or ``[B, Q]``) name by name.
+
+    A reference query's error is its largest absolute difference over all compared outputs from the closest
+    candidate query of the same image, so two near-tied queries that trade places (top-k order) still agree while
+    a query that is not in the candidate at all disagrees. Integer outputs (labels) must be equal. ``max_error``
+    compares position by position.
+    """
+    pairwise, max_error = None, 0.0
     for name in names or list(reference):
-        ref, got = reference[name], torch.as_tensor(candidate[name])
+        ref, got = reference[name].double(), torch.as_tensor(candidate[name]).double().to(reference[name].device)
         if tuple(ref.shape) != tuple(got.shape):
             raise ValueError(f"output {name!r}: shape {list(got.shape)}, expected {list(ref.shape)}")
-        if ref.is_floating_point():
-            diff = (ref.double() - got.double().to(ref.device)).abs()
+        ref, got = ref.flatten(2) if ref.ndim > 2 else ref[..., None], got.flatten(2) if got.ndim > 2 else got[..., None]
+        if reference[name].is_floating_point():
+            same_place = (ref - got).abs().nan_to_num(nan=float("inf"))
+            finite = same_place[torch.isfinite(same_place)]
+            max_error = max(max_error, float(finite.max()) if finite.numel() else 0.0)
+            # [B, Q_ref, Q_got]: NaN (where the reference is finite) counts as infinitely wrong
+            errors = (ref[:, :, None] - got[:, None]).abs().nan_to_num(nan=float("inf")).amax(-1)
         else:
-            diff = torch.where(ref == got.to(ref.device), 0.0, float("inf")).double()
-        diff = diff.nan_to_num(nan=float("inf"))  # NaN where the reference is finite is a disagreement
-        finite = diff[torch.isfinite(diff)]
-        max_error = max(max_error, float(finite.max()) if finite.numel() else 0.0)
-        query_diff = diff.flatten(2).amax(-1) if diff.ndim > 2 else diff
-        per_query = query_diff if per_query is None else torch.maximum(per_query, query_diff)
-    errors = per_query.flatten()
-    return Agreement(max_error, float(errors.median()), float((errors > tolerance).double().mean()), tolerance)
+            errors = torch.where((ref[:, :, None] == got[:, None]).all(-1), 0.0, float("inf")).double()
+        pairwise = errors if pairwise is None else torch.maximum(pairwise, errors)
+    per_query = pairwise.amin(-1).flatten()
+    return Agreement(max_error, float(per_query.median()), float((per_query > tolerance).double().mean()), tolerance)

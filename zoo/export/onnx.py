@@ -12,6 +12,7 @@ a second size.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
@@ -185,8 +186,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return {key[4:]: json.loads(value) for key, value in props.items() if key.startswith("zoo_")}
 
 
-def _torch_export(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, postprocess: bool,
-                  dynamic_batch: bool, dynamic_size: bool, opset: int, architecture: str) -> None:
+def _torch_export(graph: nn.Module, inputs: tuple[torch.Tensor, ...], postprocess: bool, dynamic_batch: bool,
+                  dynamic_size: bool, opset: int, architecture: str) -> bytes:
+    """The serialised ONNX model (in memory: zoo's largest detectors are far below protobuf's 2 GB limit)."""
     input_names, output_names = POSTPROCESS_NAMES if postprocess else RAW_NAMES
     axes: dict[int, str] = {}
     if dynamic_batch:
@@ -201,19 +203,22 @@ def _torch_export(graph: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")  # its own internals
+        buffer = io.BytesIO()
         try:
-            torch.onnx.export(graph, inputs, os.fspath(path), dynamo=False, opset_version=opset,
+            torch.onnx.export(graph, inputs, buffer, dynamo=False, opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                               do_constant_folding=True)
         except Exception as exc:  # the exporters raise many types; one clear error for the caller
             raise ExportError(f"cannot export {architecture} to ONNX (opset {opset}): {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+    return buffer.getvalue()
 
 
-def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+def _write(serialised: bytes, path: Path, metadata: dict[str, str]) -> None:
+    """Add zoo's metadata, check the model and write it."""
     import onnx
 
-    proto = onnx.load(os.fspath(path))
+    proto = onnx.load_from_string(serialised)
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
     onnx.save(proto, os.fspath(path))
@@ -249,9 +254,8 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     traced_inputs = tuple(t.half() if t.is_floating_point() and half else t for t in inputs)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        _torch_export(graph, traced_inputs, tmp, postprocess, dynamic_batch,
-                      dynamic_size, opset, architecture)
-        _write_metadata(tmp, _metadata(model, postprocess, half, size))
+        serialised = _torch_export(graph, traced_inputs, postprocess, dynamic_batch, dynamic_size, opset, architecture)
+        _write(serialised, tmp, _metadata(model, postprocess, half, size))
         if verify:
             for agreement, shape in verify_export(model, tmp, postprocess, half, size, dynamic_batch, dynamic_size):
                 print(f"onnxruntime vs eager {architecture} at {'x'.join(map(str, shape))}: {agreement}")

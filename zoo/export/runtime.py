@@ -141,6 +141,11 @@ class OnnxRuntimeDetector(nn.Module):
     def num_classes(self) -> int:
         return int(self.config["model_args"]["num_classes"])
 
+    from zoo.models.base import Detector as _Detector
+
+    predict = _Detector.predict  # model.predict(images, ...) as for the eager model
+    del _Detector
+
     def deploy(self, channels_last: bool = False) -> "OnnxRuntimeDetector":
         """Nothing to do: exports are made from the fused model. Returns self in eval mode."""
         return self.eval()
