@@ -89,7 +89,8 @@ def _check_format(format: str) -> None:
         raise ValueError(f"unknown export format {format!r}; supported: {', '.join(EXPORT_FORMATS)}")
 
 
-def _as_detector(model: Any) -> nn.Module:
+def resolve_detector(model: Any) -> nn.Module:
+    """``model`` itself when it is a zoo detector, ``create_model(model)`` for a name; TypeError otherwise."""
     from zoo.models.base import Detector
 
     if isinstance(model, (str, os.PathLike)):
@@ -241,7 +242,7 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     temporary name and moved into place only when everything succeeded.
     """
     _check_format(format)
-    model = _as_detector(model)
+    model = resolve_detector(model)
     path = _output_path(path)
     size = _input_size(model, input_size)
     opset = _check_opset(opset)

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from zoo.models.base import Detector, detections_to_pixels
+
 __all__ = ["onnxruntime_session", "OnnxRuntimeDetector", "cached_export", "onnx_path", "export_cache_dir",
            "model_fingerprint"]
 
@@ -42,9 +44,9 @@ def cached_export(model: Any, cache_dir: str | os.PathLike | None = None, dynami
                   opset: int | None = None) -> Path:
     """Export ``model`` (a detector or a model name) once and return the file, keyed by
     :func:`model_fingerprint`; later calls with the same weights and options reuse it. Exports are verified."""
-    from zoo.export.onnx import _as_detector, export
+    from zoo.export.onnx import export, resolve_detector
 
-    model = _as_detector(model)
+    model = resolve_detector(model)
     options = dict(dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, postprocess=postprocess, half=half,
                    opset=opset)
     folder = Path(cache_dir) if cache_dir is not None else export_cache_dir()
@@ -141,10 +143,7 @@ class OnnxRuntimeDetector(nn.Module):
     def num_classes(self) -> int:
         return int(self.config["model_args"]["num_classes"])
 
-    from zoo.models.base import Detector as _Detector
-
-    predict = _Detector.predict  # model.predict(images, ...) as for the eager model
-    del _Detector
+    predict = Detector.predict  # model.predict(images, ...) as for the eager model
 
     def deploy(self, channels_last: bool = False) -> "OnnxRuntimeDetector":
         """Nothing to do: exports are made from the fused model. Returns self in eval mode."""
@@ -166,8 +165,6 @@ class OnnxRuntimeDetector(nn.Module):
     def postprocess(self, outputs: dict[str, torch.Tensor], target_sizes: torch.Tensor, score_threshold: float = 0.0,
                     top_k: int | None = 300) -> list[dict[str, torch.Tensor]]:
         """The family's postprocessing (see ``RTDETR.postprocess`` / ``DETR.postprocess``)."""
-        from zoo.models.base import detections_to_pixels
-
         selected = self.family_class.select_detections({k: v.float() for k, v in outputs.items()}, top_k)
         return detections_to_pixels(*selected, target_sizes, score_threshold)
 
@@ -176,8 +173,7 @@ class OnnxRuntimeDetector(nn.Module):
 
 
 def _family_class(family: str) -> type:
-    import zoo  # noqa: F401  (registers every family)
-    from zoo.models.base import Detector
+    import zoo  # noqa: F401  (imports every family)
 
     classes = {cls.family: cls for cls in Detector.__subclasses__()}
     if family not in classes:
