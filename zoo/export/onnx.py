@@ -236,7 +236,7 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     ``input_size``: (height, width) or one int, a multiple of the model's stride (default: its pretrained_cfg).
     ``dynamic_batch`` / ``dynamic_size``: the batch size / height and width become free dimensions.
     ``half``: float16 weights, inputs and outputs. ``opset``: the ONNX opset (default 17).
-    The model is exported from a fused copy (``deploy()``); the caller's model is not changed.
+    The model is exported on the CPU from a fused float32 copy (``deploy()``); the caller's model is not changed.
     ``verify``: run the file with onnxruntime (at a second size and batch when those are dynamic), print the
     agreement with the eager model, and raise :class:`ExportError` on a mismatch. The file is written to a
     temporary name and moved into place only when everything succeeded.
@@ -248,7 +248,9 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     opset = _check_opset(opset)
     _import_onnx()
     architecture = model.config["architecture"]
-    graph = _graph_module(copy.deepcopy(model).deploy(), postprocess)
+    # a float32 CPU copy in eval mode is the reference; the graph is traced from a fused copy of it
+    reference = copy.deepcopy(model).float().cpu().eval()
+    graph = _graph_module(copy.deepcopy(reference).deploy(), postprocess)
     if half:
         graph = graph.half()
     inputs = _example_inputs(model, postprocess, 1, size, seed=0)
@@ -258,7 +260,8 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
         serialised = _torch_export(graph, traced_inputs, postprocess, dynamic_batch, dynamic_size, opset, architecture)
         _write(serialised, tmp, _metadata(model, postprocess, half, size))
         if verify:
-            for agreement, shape in verify_export(model, tmp, postprocess, half, size, dynamic_batch, dynamic_size):
+            for agreement, shape in verify_export(reference, tmp, postprocess, half, size, dynamic_batch,
+                                                  dynamic_size):
                 print(f"onnxruntime vs eager {architecture} at {'x'.join(map(str, shape))}: {agreement}")
                 if not agreement.ok:
                     raise ExportError(f"onnxruntime disagrees with the eager model at input {list(shape)}: "
@@ -287,7 +290,8 @@ def _verify_shapes(size: tuple[int, int], step: int, dynamic_batch: bool, dynami
 def verify_export(model: nn.Module, path: str | os.PathLike, postprocess: bool, half: bool, size: tuple[int, int],
                   dynamic_batch: bool = False, dynamic_size: bool = False
                   ) -> list[tuple[Agreement, tuple[int, ...]]]:
-    """Run ``path`` with onnxruntime and compare with the eager float32 ``model``, per query (see compare.py)."""
+    """Run ``path`` with onnxruntime and compare with the eager ``model`` (float32, on the CPU), per query (see
+    compare.py); returns an :class:`Agreement` and the input shape for each shape tried."""
     from zoo.export.runtime import onnxruntime_session
 
     session = onnxruntime_session(path)
