@@ -93,6 +93,8 @@ def test_fixed_size_exports(tmp_path):
     fixed = OnnxRuntimeDetector(zoo.export(model, tmp_path / "fixed.onnx", input_size=(64, 96), verify=False))
     assert fixed.pretrained_cfg["input_size"] == (3, 64, 96)  # predict resizes to the size the file takes
     assert len(fixed.predict([DEMO_IMAGE] * 3, score_threshold=0)) == 3  # batch 1 file: one image at a time
+    with pytest.raises(ValueError, match="takes 64x96 inputs only, got 64x64; export it with dynamic_size=True"):
+        fixed.predict(DEMO_IMAGE, input_size=64)
     detr = zoo.export(tiny_model("detr_resnet50"), tmp_path / "detr.onnx", input_size=64, verify=False)
     with pytest.raises(ValueError, match="keeps each image's aspect ratio; export it with dynamic_size=True"):
         OnnxRuntimeDetector(detr)

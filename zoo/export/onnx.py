@@ -182,8 +182,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     import onnx
 
     props = {p.key: p.value for p in onnx.load(os.fspath(path), load_external_data=False).metadata_props}
+    return decode_metadata(props, path)
+
+
+def decode_metadata(props: dict[str, str], source: Any) -> dict[str, Any]:
+    """``zoo_*`` metadata properties (as onnx or ``session.get_modelmeta()`` give them) -> decoded values."""
     if "zoo_config" not in props:
-        raise ValueError(f"{path} was not exported by zoo (no zoo metadata); export it with zoo.export")
+        raise ValueError(f"{source} was not exported by zoo (no zoo metadata); export it with zoo.export")
     return {key[4:]: json.loads(value) for key, value in props.items() if key.startswith("zoo_")}
 
 

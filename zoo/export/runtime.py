@@ -113,11 +113,11 @@ class OnnxRuntimeDetector(nn.Module):
 
     def __init__(self, source: Any, device: torch.device | str | None = None, threads: int | None = None):
         super().__init__()
-        from zoo.export.onnx import read_metadata
+        from zoo.export.onnx import decode_metadata
 
         self.path = onnx_path(source)
         self.session = onnxruntime_session(self.path, device=device, threads=threads)
-        meta = read_metadata(self.path)
+        meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         if meta["postprocess"]:
             raise ValueError(f"{self.path} was exported with postprocess=True (outputs labels/boxes/scores); the "
                              "onnxruntime backend needs the raw graph (pred_logits, pred_boxes): export without it")
@@ -128,7 +128,8 @@ class OnnxRuntimeDetector(nn.Module):
         self.input_dtype = torch.float16 if pixel_values.type == "tensor(float16)" else torch.float32
         self.fixed_batch = pixel_values.shape[0] if isinstance(pixel_values.shape[0], int) else None
         height, width = pixel_values.shape[2:]
-        if isinstance(height, int) and isinstance(width, int):
+        self.fixed_size = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+        if self.fixed_size:
             self._fix_size(height, width)
 
     def _fix_size(self, height: int, width: int) -> None:
@@ -150,6 +151,9 @@ class OnnxRuntimeDetector(nn.Module):
         return self.eval()
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.fixed_size and tuple(pixel_values.shape[2:]) != self.fixed_size:
+            raise ValueError(f"{self.path} takes {self.fixed_size[0]}x{self.fixed_size[1]} inputs only, got "
+                             f"{pixel_values.shape[2]}x{pixel_values.shape[3]}; export it with dynamic_size=True")
         if self.fixed_batch is not None and pixel_values.shape[0] != self.fixed_batch:
             if self.fixed_batch != 1:
                 raise ValueError(f"{self.path} takes batches of exactly {self.fixed_batch}, got "
