@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import zoo
-from zoo.engine.predict import Preprocess, load_image
+from zoo.data.images import Preprocess, load_image
 from zoo.export import ExportError, read_metadata
 from zoo.export.onnx import POSTPROCESS_TOP_K, verify_export
 from zoo.models.rtdetr import RTDETR
@@ -59,7 +59,7 @@ def test_every_family_exports_with_dynamic_batch_and_size(family, tmp_path, caps
 def test_wrong_graph_is_caught(tmp_path, monkeypatch):
     """Anchors and position embeddings computed once (as constants) instead of in the graph: a dynamic-size export
     then fails verification, and nothing is left behind."""
-    import zoo.decoders.rtdetr_decoder as decoder
+    import zoo.models.rtdetr.decoder as decoder
     import zoo.layers.position as position
 
     monkeypatch.setattr(decoder, "is_tracing", lambda: False)
