@@ -63,6 +63,9 @@ class WithPostprocess(nn.Module):
 
     def __init__(self, model: nn.Module, top_k: int = POSTPROCESS_TOP_K):
         super().__init__()
+        if not callable(getattr(model, "select_detections", None)):
+            raise TypeError(f"postprocess=True needs {type(model).__name__}.select_detections(outputs, top_k), the "
+                            "batched part of its postprocess; export without postprocess")
         self.model, self.top_k = model, top_k
         cfg = getattr(model, "pretrained_cfg", None) or {}
         mean, std = cfg.get("mean"), cfg.get("std")
@@ -168,9 +171,9 @@ def _graph_module(model: nn.Module, postprocess: bool) -> nn.Module:
 
 
 def _metadata(model: nn.Module, postprocess: bool, half: bool, size: tuple[int, int]) -> dict[str, str]:
-    import zoo
+    from zoo.version import __version__
 
-    values = {"version": zoo.__version__, "family": model.family, "config": model.config,
+    values = {"version": __version__, "family": model.family, "config": model.config,
               "pretrained_cfg": model.pretrained_cfg, "size_divisor": int(getattr(model, "size_divisor", 1) or 1),
               "postprocess": postprocess, "postprocess_top_k": POSTPROCESS_TOP_K,
               "dtype": "float16" if half else "float32", "export_size": list(size)}
@@ -297,9 +300,9 @@ def verify_export(model: nn.Module, path: str | os.PathLike, postprocess: bool, 
                   ) -> list[tuple[Agreement, tuple[int, ...]]]:
     """Run ``path`` with onnxruntime and compare with the eager ``model`` (float32, on the CPU), per query (see
     compare.py); returns an :class:`Agreement` and the input shape for each shape tried."""
-    from zoo.export.runtime import onnxruntime_session
+    from zoo.export.session import open_session
 
-    session = onnxruntime_session(path)
+    session = open_session(path)
     graph = _graph_module(model, postprocess)
     step = max(int(getattr(model, "size_divisor", 1) or 1), 32)
     results = []

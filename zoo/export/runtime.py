@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from zoo.export.onnx import decode_metadata, export, resolve_detector
+from zoo.export.session import open_session
 from zoo.models.base import Detector, detections_to_pixels
 
 __all__ = ["onnxruntime_session", "OnnxRuntimeDetector", "cached_export", "onnx_path", "export_cache_dir",
@@ -28,10 +30,10 @@ def export_cache_dir() -> Path:
 def model_fingerprint(model: nn.Module, options: dict[str, Any]) -> str:
     """sha256 of the config, preprocessing, every tensor of the state dict, the export options and the versions
     of zoo and torch: one cache entry per (model, weights, options)."""
-    import zoo
+    from zoo.version import __version__
 
     digest = hashlib.sha256(json.dumps({"config": model.config, "pretrained_cfg": model.pretrained_cfg,
-                                        "options": options, "zoo": zoo.__version__, "torch": torch.__version__},
+                                        "options": options, "zoo": __version__, "torch": torch.__version__},
                                        sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
@@ -44,8 +46,6 @@ def cached_export(model: Any, cache_dir: str | os.PathLike | None = None, dynami
                   opset: int | None = None) -> Path:
     """Export ``model`` (a detector or a model name) once and return the file, keyed by
     :func:`model_fingerprint`; later calls with the same weights and options reuse it. Exports are verified."""
-    from zoo.export.onnx import export, resolve_detector
-
     model = resolve_detector(model)
     options = dict(dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, postprocess=postprocess, half=half,
                    opset=opset)
@@ -55,20 +55,6 @@ def cached_export(model: Any, cache_dir: str | os.PathLike | None = None, dynami
         folder.mkdir(parents=True, exist_ok=True)
         export(model, path, **options, verify=True)  # written under a temporary name, then moved in place
     return path
-
-
-def _providers(device: torch.device | str | None) -> list[str]:
-    import onnxruntime as ort
-
-    if device is None or torch.device(device).type == "cpu":
-        return ["CPUExecutionProvider"]
-    if torch.device(device).type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError(f"device {device} asked for, but this onnxruntime has no CUDA provider "
-                             f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
-                             "or use --device cpu")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise ValueError(f"the onnxruntime backend runs on cpu or cuda, not {device}")
 
 
 def onnx_path(source: Any, **export_options: Any) -> Path:
@@ -91,15 +77,7 @@ def onnxruntime_session(model: Any, providers: Sequence[Any] | None = None, thre
     ``providers`` default to the CPU, or CUDA for ``device="cuda"``; ``threads`` (intra-op) defaults to
     ``torch.get_num_threads()``, so torch and onnxruntime are timed on the same number of cores.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ImportError("the onnxruntime backend needs onnxruntime: pip install 'zoo[export]'") from exc
-    path = onnx_path(model, **export_options)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.log_severity_level = 3  # errors only: float16 graphs log a warning per node it cannot constant-fold
-    return ort.InferenceSession(os.fspath(path), options, providers=list(providers or _providers(device)))
+    return open_session(onnx_path(model, **export_options), providers, threads, device)
 
 
 class OnnxRuntimeDetector(nn.Module):
@@ -113,8 +91,6 @@ class OnnxRuntimeDetector(nn.Module):
 
     def __init__(self, source: Any, device: torch.device | str | None = None, threads: int | None = None):
         super().__init__()
-        from zoo.export.onnx import decode_metadata
-
         self.path = onnx_path(source)
         self.session = onnxruntime_session(self.path, device=device, threads=threads)
         meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
@@ -177,7 +153,7 @@ class OnnxRuntimeDetector(nn.Module):
 
 
 def _family_class(family: str) -> type:
-    import zoo  # noqa: F401  (imports every family)
+    import zoo.models  # noqa: F401  (imports every family)
 
     classes = {cls.family: cls for cls in Detector.__subclasses__()}
     if family not in classes:
