@@ -4,10 +4,9 @@ onnxruntime.
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. The ``torch.export``-based exporter
 (``dynamo=True``) was tried on the same models: it took 150 to 220 s for a tiny RT-DETR on a shared 2-core CPU
 (vs 3 to 10 s) and specialised the batch dimension to the example's 1. The TorchScript exporter traces
-``aten::size``, so the anchors, valid masks and
-sin-cos position embeddings, which the models compute from their input's shape while tracing
-(:func:`zoo.layers.tracing.is_tracing`), stay functions of the input size in the graph; ``verify`` checks this at
-a second size.
+``aten::size``, so the anchors, valid masks and sin-cos position embeddings, which the models compute from their
+input's shape while tracing (:func:`zoo.layers.tracing.is_tracing`), stay functions of the input size in the
+graph; ``verify`` checks this at a second size.
 """
 from __future__ import annotations
 
