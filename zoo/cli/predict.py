@@ -16,28 +16,48 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """NAME, --weights, --checkpoint, --device and --size, identical for every inference command."""
-    parser.add_argument("name", metavar="NAME", help="model name, e.g. rtdetr_r18vd (see `zoo list`)")
+    """NAME, --weights, --checkpoint, --backend, --device and --size, identical for every inference command."""
+    parser.add_argument("name", metavar="NAME", help="model name, e.g. rtdetr_r18vd (see `zoo list`); with "
+                                                     "--backend onnxruntime also an .onnx file from `zoo export`")
+    add_weights_arguments(parser)
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="run the model in PyTorch (default) or onnxruntime (NAME exported once to a cache)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
+                        help="input size override (default: the model's pretrained_cfg)")
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """--weights TAG | --checkpoint PATH."""
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--weights", metavar="TAG", default=None,
                          help="pretrained weights tag (create_model(NAME, pretrained=TAG)); 'default' for the "
                               "default weights")
     weights.add_argument("--checkpoint", metavar="PATH", default=None,
                          help="local checkpoint file (zoo, official or transformers layout)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
-                        help="input size override (default: the model's pretrained_cfg)")
+
+
+def create_model_from_args(args: argparse.Namespace):
+    """``create_model(NAME)`` with the weights that --weights / --checkpoint name."""
+    from zoo.factory import create_model
+
+    pretrained = True if args.weights == "default" else (args.weights or False)
+    return create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
 
 
 def model_from_args(args: argparse.Namespace):
     """Build the model the shared options describe, on the requested device, in eval mode."""
     from zoo.engine.distributed import rank_device
-    from zoo.factory import create_model
 
     device = rank_device(args.device)  # checked before building a model; this rank's GPU under torchrun
-    pretrained = True if args.weights == "default" else (args.weights or False)
-    model = create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
-    return model.to(device).eval(), device
+    if getattr(args, "backend", "torch") == "onnxruntime":
+        from zoo.export.runtime import OnnxRuntimeDetector
+
+        is_file = args.name.lower().endswith(".onnx")
+        if is_file and (args.weights or args.checkpoint):
+            raise ValueError(f"{args.name} is an exported file: it holds its weights, drop --weights/--checkpoint")
+        return OnnxRuntimeDetector(args.name if is_file else create_model_from_args(args), device=device), device
+    return create_model_from_args(args).to(device).eval(), device
 
 
 def int_at_least(minimum: int):

@@ -50,11 +50,13 @@ def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: Sequence[tuple[int,
     _check_method(method)
     bs, _, heads, channels = value.shape
     num_queries = sampling_locations.shape[1]
-    value_list = value.split([h * w for h, w in spatial_shapes], dim=1)
     locations = sampling_locations.transpose(1, 2).flatten(0, 1).split(list(num_points), dim=2)
     sampled = []
+    start = 0
     for level, (h, w) in enumerate(spatial_shapes):
-        value_l = value_list[level].flatten(2).transpose(1, 2).reshape(bs * heads, channels, h, w)
+        # slices rather than split(sizes): with traced sizes the exported graph stays size-independent
+        value_l = value[:, start:start + h * w].flatten(2).transpose(1, 2).reshape(bs * heads, channels, h, w)
+        start = start + h * w
         if method == "discrete":
             sampled.append(_discrete_sample(value_l, locations[level]))
         else:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from zoo.layers.tracing import is_tracing
+
 __all__ = ["sincos_2d_position_embedding", "SINCOS_LAYOUTS", "PositionEmbeddingSine"]
 
 
@@ -14,15 +16,16 @@ __all__ = ["sincos_2d_position_embedding", "SINCOS_LAYOUTS", "PositionEmbeddingS
 SINCOS_LAYOUTS = ("transformers", "official")
 
 
-@functools.lru_cache(maxsize=16)
-def _sincos_2d(height: int, width: int, dim: int, temperature: float, layout: str) -> torch.Tensor:
+def _sincos_2d(height: int | torch.Tensor, width: int | torch.Tensor, dim: int, temperature: float, layout: str,
+               device: torch.device | None = None) -> torch.Tensor:
+    """The embedding in float64; ``height`` and ``width`` may be traced sizes (computed in the exported graph)."""
     if dim % 4 != 0:
         raise ValueError(f"embedding dim must be divisible by 4, got {dim}")
     if layout not in SINCOS_LAYOUTS:
         raise ValueError(f"unknown position-embedding layout {layout!r}; expected one of {SINCOS_LAYOUTS}")
     pos_dim = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64) / pos_dim)
-    index = torch.arange(height * width, dtype=torch.float64)
+    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64, device=device) / pos_dim)
+    index = torch.arange(height * width, dtype=torch.float64, device=device)
     # token k of the row-major map is at row k // width, column k % width; the official code reads it as
     # (k // height, k % height), which is the same thing only on square maps
     first, second = (index // width, index % width) if layout == "transformers" else (index // height, index % height)
@@ -30,11 +33,14 @@ def _sincos_2d(height: int, width: int, dim: int, temperature: float, layout: st
     return torch.cat([out_first.sin(), out_first.cos(), out_second.sin(), out_second.cos()], dim=1)[None]
 
 
+_sincos_2d_cached = functools.lru_cache(maxsize=16)(_sincos_2d)
+
+
 def sincos_2d_position_embedding(height: int, width: int, dim: int, temperature: float = 10000.0,
                                  device: torch.device | None = None, dtype: torch.dtype = torch.float32,
                                  layout: str = "transformers") -> torch.Tensor:
     """2-D sin-cos embedding ``[1, H*W, dim]`` for a row-major flattened ``H x W`` map, computed in float64 and
-    cached per size.
+    cached per size (while tracing or exporting, computed from the traced size: exported graphs take any size).
 
     ``layout="transformers"`` (default): ``[sin y, cos y, sin x, cos x]`` of each token's row y and column x, as
     Hugging Face transformers computes it. ``layout="official"``: what lyuwenyu/RT-DETR computes (its
@@ -43,7 +49,10 @@ def sincos_2d_position_embedding(height: int, width: int, dim: int, temperature:
     non-square maps the official one mixes up rows and columns, and models trained with the official code at
     non-square sizes need it to reproduce the official numbers.
     """
-    return _sincos_2d(int(height), int(width), int(dim), float(temperature), layout).to(device=device, dtype=dtype)
+    if is_tracing():
+        return _sincos_2d(height, width, int(dim), float(temperature), layout, device).to(dtype=dtype)
+    return _sincos_2d_cached(int(height), int(width), int(dim), float(temperature), layout).to(device=device,
+                                                                                               dtype=dtype)
 
 
 class PositionEmbeddingSine(nn.Module):

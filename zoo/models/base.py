@@ -14,7 +14,7 @@ from torchvision.ops import box_convert
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
 __all__ = ["Detector", "ClassHead", "build_detector", "build_component", "check_num_classes", "check_pixel_values",
-           "detections_to_pixels", "PretrainedCfg"]
+           "boxes_to_pixels", "detections_to_pixels", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict
@@ -199,14 +199,20 @@ def build_detector(
     return model
 
 
+def boxes_to_pixels(boxes: torch.Tensor, target_sizes: torch.Tensor) -> torch.Tensor:
+    """Normalised cxcywh ``[B, N, 4]`` -> xyxy in pixels of images of ``target_sizes`` ``[B, 2]`` (height, width)."""
+    if not isinstance(target_sizes, torch.Tensor):  # (as_tensor of a tensor would be a constant when tracing)
+        target_sizes = torch.as_tensor(target_sizes)
+    sizes = target_sizes.to(device=boxes.device, dtype=boxes.dtype)
+    scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None]
+    return box_convert(boxes, "cxcywh", "xyxy") * scale
+
+
 def detections_to_pixels(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, target_sizes: torch.Tensor,
                score_threshold: float) -> list[dict[str, torch.Tensor]]:
     """Normalised cxcywh -> xyxy in pixels of each original image, dropping scores below the threshold."""
-    sizes = torch.as_tensor(target_sizes, dtype=boxes.dtype, device=boxes.device)
-    scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None]
-    boxes = box_convert(boxes, "cxcywh", "xyxy") * scale
     results = []
-    for b, s, l in zip(boxes, scores, labels):
+    for b, s, l in zip(boxes_to_pixels(boxes, target_sizes), scores, labels):
         keep = s >= score_threshold
         results.append({"boxes": b[keep], "scores": s[keep], "labels": l[keep]})
     return results

@@ -138,13 +138,21 @@ class DETR(Detector):
         pixels), ``scores`` and ``labels`` (the class index: the COCO category id for COCO models), one per query
         in query order; ``top_k`` keeps the k best queries sorted by score.
         """
+        return detections_to_pixels(*self.select_detections(outputs, top_k), target_sizes, score_threshold)
+
+    @staticmethod
+    def select_detections(outputs: dict[str, torch.Tensor], top_k: int | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batched part of :meth:`postprocess` (also what an exported ``postprocess=True`` graph runs):
+        ``(boxes [B, K, 4] normalised cxcywh, scores [B, K], labels [B, K])``, every query in query order, or the
+        ``top_k`` best sorted by score."""
         scores, labels = outputs["pred_logits"].softmax(-1)[..., :-1].max(-1)
         boxes = outputs["pred_boxes"]
         if top_k is not None:
             scores, index = scores.topk(min(top_k, scores.shape[1]), dim=1)
             labels = labels.gather(1, index)
             boxes = boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
-        return detections_to_pixels(boxes, scores, labels, target_sizes, score_threshold)
+        return boxes, scores, labels
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from torch import nn
 from zoo.layers.init import prior_prob_bias
 from zoo.layers.mlp import MLP
 from zoo.layers.ms_deform_attn import MSDeformableAttention
+from zoo.layers.tracing import is_tracing
 from zoo.layers.transformer import PostNormLayer
 from zoo.registry import register_component
 
@@ -40,14 +41,17 @@ class DenoisingQueries:
     meta: dict[str, Any]       # dn_num_split, dn_num_group, dn_positive_idx
 
 
-@functools.lru_cache(maxsize=32)
 def _anchors(shapes: tuple[tuple[int, int], ...], grid_size: float, eps: float, device: torch.device,
              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchors (inverse-sigmoid cxcywh, ``[1, sum(HW), 4]``) and their valid mask; sizes may be traced."""
     anchors = []
     for level, (h, w) in enumerate(shapes):
-        gy, gx = torch.meshgrid(torch.arange(h, dtype=dtype, device=device),
-                                torch.arange(w, dtype=dtype, device=device), indexing="ij")
-        xy = (torch.stack([gx, gy], -1) + 0.5) / torch.tensor([w, h], dtype=dtype, device=device)
+        # integer aranges, then cast: exact, and the float16 aranges do not export
+        gy, gx = torch.meshgrid(torch.arange(h, device=device).to(dtype),
+                                torch.arange(w, device=device).to(dtype), indexing="ij")
+        size = torch.stack([w, h]) if isinstance(w, torch.Tensor) else torch.tensor([w, h])  # traced or int
+        size = size.to(dtype=dtype, device=device)
+        xy = (torch.stack([gx, gy], -1) + 0.5) / size
         wh = torch.full_like(xy, grid_size * 2.0 ** level)
         anchors.append(torch.cat([xy, wh], -1).reshape(1, h * w, 4))
     anchors = torch.cat(anchors, 1)
@@ -56,6 +60,9 @@ def _anchors(shapes: tuple[tuple[int, int], ...], grid_size: float, eps: float, 
     # finfo.max rather than inf: same result after sigmoid, and exporters/NPUs accept it
     anchors = torch.where(valid, anchors, torch.finfo(dtype).max)
     return anchors, valid
+
+
+_anchors_cached = functools.lru_cache(maxsize=32)(_anchors)
 
 
 class DecoderLayer(PostNormLayer):
@@ -150,12 +157,13 @@ class RTDETRDecoder(nn.Module):
         proj = [p(f) for p, f in zip(self.input_proj, feats)]
         for p in self.input_proj[len(feats):]:
             proj.append(p(proj[-1]))
-        shapes = [(int(f.shape[2]), int(f.shape[3])) for f in proj]
+        shapes = [(f.shape[2], f.shape[3]) for f in proj]  # ints; traced sizes while exporting
         return torch.cat([f.flatten(2).transpose(1, 2) for f in proj], 1), shapes
 
     def forward(self, feats: Sequence[torch.Tensor], denoising: DenoisingQueries | None = None) -> dict[str, Any]:
         memory, shapes = self._flatten_levels(feats)
-        anchors, valid = _anchors(tuple(shapes), 0.05, self.anchor_eps, memory.device, memory.dtype)
+        make_anchors = _anchors if is_tracing() else _anchors_cached  # computed in the graph when exporting
+        anchors, valid = make_anchors(tuple(shapes), 0.05, self.anchor_eps, memory.device, memory.dtype)
         output_memory = self.enc_output(valid.to(memory.dtype) * memory)
         enc_logits = self.enc_score_head(output_memory)
         topk = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=1).indices

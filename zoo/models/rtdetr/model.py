@@ -70,6 +70,14 @@ class RTDETR(Detector):
         target_sizes: ``[B, 2]`` (height, width) of the original images. Returns per image ``boxes``
         (xyxy, pixels), ``scores`` and ``labels`` (contiguous class indices), sorted by score.
         """
+        return detections_to_pixels(*self.select_detections(outputs, top_k), target_sizes, score_threshold)
+
+    @staticmethod
+    def select_detections(outputs: dict[str, torch.Tensor], top_k: int = 300
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batched part of :meth:`postprocess` (also what an exported ``postprocess=True`` graph runs):
+        ``(boxes [B, K, 4] normalised cxcywh, scores [B, K], labels [B, K])``, the top ``K = min(top_k, Q * C)``
+        (query, class) pairs by sigmoid score, sorted."""
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         num_classes = logits.shape[-1]
         scores = logits.sigmoid().flatten(1)
@@ -77,7 +85,7 @@ class RTDETR(Detector):
         scores, index = scores.topk(top_k, dim=1)
         labels = index % num_classes
         boxes = boxes.gather(1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
-        return detections_to_pixels(boxes, scores, labels, target_sizes, score_threshold)
+        return boxes, scores, labels
 
 
 # --------------------------------------------------------------------------------------------------
