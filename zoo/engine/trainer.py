@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -37,6 +37,7 @@ from zoo.data.coco import CocoDetection
 from zoo.data.collate import collate_detection
 from zoo.data.images import Preprocess
 from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
+from zoo.weights.checkpoint import load_torch_file, read_checkpoint
 
 __all__ = ["TrainConfig", "Trainer", "train"]
 
@@ -400,8 +401,8 @@ class Trainer:
         folder = Path(folder)
         if not (folder / "model.safetensors").is_file() or not (folder / "state.pt").is_file():
             raise FileNotFoundError(f"{folder} is not a checkpoint folder (model.safetensors + state.pt)")
-        self.model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        self.model.load_state_dict(read_checkpoint(folder / "model.safetensors"))
+        state = load_torch_file(folder / "state.pt")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
