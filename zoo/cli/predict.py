@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -22,20 +23,49 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                               "default weights")
     weights.add_argument("--checkpoint", metavar="PATH", default=None,
                          help="local checkpoint file (zoo, official or transformers layout)")
+    weights.add_argument("--random-weights", action="store_true",
+                         help="run with random (untrained) weights; without this, a model with default weights uses "
+                              "them and one without weights is refused")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
                         help="input size override (default: the model's pretrained_cfg)")
 
 
-def model_from_args(args: argparse.Namespace):
-    """Build the model the shared options describe, on the requested device, in eval mode."""
+def model_from_args(args: argparse.Namespace, random_ok: bool = False):
+    """Build the model the shared options describe, on the requested device, in eval mode.
+
+    Without --weights, --checkpoint or --random-weights, a model uses its default weights (as ``pretrained=True``);
+    one without default weights is refused, unless ``random_ok`` (timing does not depend on the weights).
+    """
     from zoo.engine.device import resolve_device
     from zoo.factory import create_model
 
     device = resolve_device(args.device)  # fail before building a model on a device that does not exist
-    pretrained = True if args.weights == "default" else (args.weights or False)
-    model = create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
+    model = create_model(args.name, pretrained=_pretrained(args, random_ok), checkpoint_path=args.checkpoint)
     return model.to(device).eval(), device
+
+
+def _pretrained(args: argparse.Namespace, random_ok: bool) -> bool | str:
+    """``create_model``'s ``pretrained`` for the options: never random weights that nobody asked for."""
+    from zoo.factory import parse_model_name
+
+    if args.weights:
+        return True if args.weights == "default" else args.weights
+    source, location, tag = parse_model_name(args.name)
+    if args.checkpoint or args.random_weights or random_ok or source != "zoo" or tag:
+        return False  # the weights are named (a checkpoint, a tag, a repo or folder) or random on purpose
+    from zoo.hub.manifest import load_manifest
+    from zoo.registry import resolve_model_name
+
+    architecture = resolve_model_name(location)
+    tag = load_manifest().default_tag(architecture)
+    if tag is None:
+        raise ValueError(f"{args.name} has no default pretrained weights: pass --weights TAG (`zoo list "
+                         f"--pretrained '{architecture}.*'` lists them), --checkpoint PATH, or --random-weights to run "
+                         "it untrained (its detections are meaningless)")
+    print(f"{args.name}: default weights {architecture}.{tag} (--weights, --checkpoint or --random-weights to "
+          "change)", file=sys.stderr)
+    return True
 
 
 def int_at_least(minimum: int):
@@ -55,13 +85,13 @@ _positive_int = int_at_least(1)
 
 
 def _threshold(text: str) -> float:
+    """argparse type: the score threshold, checked by the same function as ``predict(score_threshold=...)``."""
+    from zoo.engine.validate import score_threshold
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+        return score_threshold(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from exc
 
 
 def register(sub: argparse._SubParsersAction) -> None:
