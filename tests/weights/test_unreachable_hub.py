@@ -48,3 +48,19 @@ def test_unreachable_hub_fails_fast_with_the_offline_hint(dropping_server, tmp_p
     message = str(info.value)
     assert "could not be reached" in message and "HF_HUB_OFFLINE=1" in message and "zoo weights download" in message
     assert connections[0] <= 2, connections  # huggingface_hub alone retries with back-off, then raises its own error
+
+
+def test_bundled_weights_touch_neither_network_nor_cache(dropping_server, tmp_path, monkeypatch):
+    import zoo
+
+    endpoint, connections = dropping_server
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where a lock would go if the cache were read-only
+    monkeypatch.setattr("tempfile.tempdir", None)
+    model = zoo.create_model("rtdetr_mobilenetv3_small.shapes_demo")
+    assert model.pretrained_cfg["weights"] == "rtdetr_mobilenetv3_small.shapes_demo"
+    assert connections[0] == 0 and list(tmp_path.iterdir()) == [tmp_path / "tmp"]
+    assert list((tmp_path / "tmp").iterdir()) == []
