@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from zoo.hub.download import WeightsNotCachedError, fetch_file
-from zoo.hub.manifest import HubFile
+from zoo.weights.download import WeightsNotCachedError, fetch_file
+from zoo.weights.manifest import HubFile
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torchvision.ops import box_convert
 
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
@@ -191,6 +190,8 @@ def build_detector(
 def detections_to_pixels(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, target_sizes: torch.Tensor,
                score_threshold: float) -> list[dict[str, torch.Tensor]]:
     """Normalised cxcywh -> xyxy in pixels of each original image, dropping scores below the threshold."""
+    from torchvision.ops import box_convert  # here: importing torchvision costs as much as torch itself
+
     sizes = torch.as_tensor(target_sizes, dtype=boxes.dtype, device=boxes.device)
     scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None]
     boxes = box_convert(boxes, "cxcywh", "xyxy") * scale

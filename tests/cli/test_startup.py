@@ -1,0 +1,36 @@
+"""The command line starts without its heavy dependencies: ``zoo --help`` imports no torch at all, ``zoo list`` and
+``zoo info`` none of torchvision, transformers, pycocotools, huggingface_hub, scipy or onnx (each costs seconds)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "torchvision", "timm", "transformers", "pycocotools", "huggingface_hub", "scipy", "onnx",
+         "onnxruntime")
+RUN = """
+import contextlib, io, json, sys
+from zoo.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exit:
+        code = exit.code
+print(json.dumps([code, sorted({m.split(".")[0] for m in sys.modules})]))
+"""
+
+
+@pytest.mark.parametrize("argv, allowed", [
+    (["--help"], ()),
+    (["predict", "--help"], ()),
+    (["weights", "--help"], ()),
+    (["list"], ("torch",)),
+    (["info", "rtdetr_r18vd"], ("torch",)),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_cli_start_imports(argv, allowed):
+    done = subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True, timeout=300)
+    code, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0, done.stderr[-2000:]
+    assert sorted(set(HEAVY) - set(allowed) & set(modules)) == []
