@@ -96,25 +96,36 @@ def _threshold(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect objects in images",
-                       description="Detect objects in images; write annotated images and detections.json to --out.")
+                       description="Detect objects in images; write annotated images and detections.json to --out. "
+                                   "An image that cannot be read does not stop the others: every good image is "
+                                   "processed and written, the bad ones are listed at the end with the reason, and "
+                                   "the exit code is then 1.")
     add_model_arguments(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: ./predictions)")
     p.add_argument("--threshold", type=_threshold, default=0.5, metavar="T", help="minimum score (default 0.5)")
     p.add_argument("--top-k", type=_positive_int, default=100, metavar="K", help="detections kept per image")
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch")
+    p.add_argument("--recursive", action="store_true", help="also read the images in sub-folders of a folder")
     p.add_argument("--no-draw", action="store_true", help="write detections.json only")
     p.set_defaults(func=_predict)
 
 
-def _expand(paths: list[str]) -> list[str]:
-    """Folders become their image files (sorted); files are kept as given, even with unusual suffixes."""
+def _expand(paths: list[str], recursive: bool = False) -> list[str]:
+    """Folders become their image files (sorted; sub-folders with ``recursive``, else they are reported as skipped);
+    files are kept as given, even with unusual suffixes."""
     found: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            images = sorted(str(p) for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(Path(path).rglob("*") if recursive else Path(path).iterdir())
+            images = [str(p) for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
             if not images:
-                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}"
+                                        + ("" if recursive else " (--recursive reads sub-folders)"))
+            skipped = [] if recursive else [p for p in entries if p.is_dir()]
+            if skipped:
+                print(f"{path}: skipped {len(skipped)} sub-folder(s) ({', '.join(p.name for p in skipped[:5])}"
+                      f"{' ...' if len(skipped) > 5 else ''}); --recursive reads them", file=sys.stderr)
             found.extend(images)
         elif os.path.exists(path):
             found.append(path)
@@ -134,30 +145,62 @@ def _output_names(paths: list[str]) -> list[str]:
     return names
 
 
+def _read(paths: list[tuple[str, str]], failed: dict[str, str]) -> list[tuple[str, str, object]]:
+    """``(path, output name, image tensor)`` for every ``(path, output name)`` whose file decodes; the others go to
+    ``failed`` with the reason."""
+    from zoo.engine.predict import load_image
+
+    loaded = []
+    for path, name in paths:
+        try:
+            loaded.append((path, name, load_image(path)))
+        except (ValueError, TypeError, OSError) as exc:
+            failed[path] = str(exc)
+    return loaded
+
+
 def _predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from zoo.engine.draw import draw
     from zoo.engine.predict import predict
 
-    paths = _expand(args.images)
+    paths = _expand(args.images, args.recursive)
     model, device = model_from_args(args)
-    results = predict(model, paths, score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                      device=device, input_size=args.size, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path, name, det in zip(paths, _output_names(paths), results):
-        record = det.to_dict()
-        if not args.no_draw:
-            draw(path, det).save(out / name, quality=95)
-            record["annotated"] = str(out / name)
-        records.append(record)
-        counts: dict[str, int] = {}
-        for label in det.label_names:
-            counts[label] = counts.get(label, 0) + 1
-        summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        print(f"{path}: {len(det)} detections" + (f" ({summary})" if summary else ""))
+    records, failed = [], {}
+    named = list(zip(paths, _output_names(paths)))
+    with tqdm(total=len(paths), unit="img", desc="predict") as bar:
+        for start in range(0, len(paths), args.batch_size):
+            loaded = _read(named[start:start + args.batch_size], failed)
+            results = predict(model, [image for _, _, image in loaded], score_threshold=args.threshold,
+                              top_k=args.top_k, batch_size=args.batch_size, device=device, input_size=args.size)
+            for (path, name, image), det in zip(loaded, results):
+                det.source = path
+                record = det.to_dict()
+                if not args.no_draw:
+                    draw(image, det).save(out / name, quality=95)
+                    record["annotated"] = str(out / name)
+                records.append(record)
+                bar.write(f"{path}: {len(det)} detections" + _summary(det.label_names))
+            bar.update(min(args.batch_size, len(paths) - start))
     with open(out / "detections.json", "w") as f:
         json.dump({"model": args.name, "weights": args.weights or args.checkpoint, "threshold": args.threshold,
-                   "images": records}, f)
+                   "images": records, "failed": [{"source": p, "error": e} for p, e in failed.items()]}, f)
     print(f"wrote {out / 'detections.json'}" + ("" if args.no_draw else f" and {len(records)} annotated images"))
+    if failed:
+        print(f"{len(failed)} of {len(paths)} images could not be read:", file=sys.stderr)
+        for path, error in failed.items():
+            print(f"  {path}: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _summary(label_names: list[str]) -> str:
+    """`` (2 circle, 1 square)``: the detections per label, most frequent first ("" when there are none)."""
+    counts: dict[str, int] = {}
+    for label in label_names:
+        counts[label] = counts.get(label, 0) + 1
+    return (" (" + ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ")"
+            if counts else "")
