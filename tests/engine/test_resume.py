@@ -75,6 +75,12 @@ def test_resume_refuses_what_it_cannot_honour(data_dir, tmp_path, capsys):
     (renamed / "train.json").write_text(json.dumps(data))
     assert _train(renamed, out, "--resume", str(out / "last")) == 1
     assert "other classes" in capsys.readouterr().err
+    # a damaged checkpoint: one line naming the file
+    weights = out / "last" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert _train(data_dir, out, "--resume", str(out / "last")) == 1
+    err = capsys.readouterr().err
+    assert str(weights) in err and "Traceback" not in err
 
 
 def test_checkpoint_writes_are_atomic(data_dir, tmp_path, monkeypatch):
