@@ -4,7 +4,7 @@ The blocks of one file share a namespace and run in order, in an empty temporary
 images (a copy of the bundled demo image under each image file name the code mentions) and pretrained weights (every
 manifest entry of an architecture the code mentions, its default tag or a tag it names, plus the backbone's ImageNet
 weights when it asks for ``pretrained_backbone``): random but valid weights in the entry's upstream layout
-(transformers ``save_pretrained``, timm state dicts), served by the local Hub of tests/hub through a manifest
+(transformers ``save_pretrained``, timm state dicts), served by the local Hub of tests/weights through a manifest
 copy that records their sha256 and size. A block whose first line is a ``# needs network`` comment is skipped.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 NETWORK = "# needs network"
 IMAGE = re.compile(r"""["']([^"'\s]+\.(?:jpe?g|png|bmp|webp))["']""", re.I)
 DEMO_IMAGE = REPO / "zoo" / "assets" / "shapes_demo.png"
-for folder in ("tests/weights", "tests/hub", "tests/models"):  # helpers: the local Hub, transformers models
+for folder in ("tests/weights", "tests/models/rtdetr", "tests/models/detr"):  # the local Hub, transformers models
     if (REPO / folder).is_dir():
         sys.path.insert(0, str(REPO / folder))
 
@@ -44,8 +44,8 @@ def _mentions(code: str, word: str) -> bool:
 def weights_named(code: str) -> list[Any]:
     """Manifest entries the code loads: those of a mentioned architecture (or alias) that are its default or whose
     tag it mentions, and the default ImageNet weights of their backbones when it asks for pretrained_backbone."""
-    from zoo.hub.manifest import load_manifest
-    from zoo.hub.pretrained import backbone_weights
+    from zoo.weights.manifest import load_manifest
+    from zoo.weights.sources import backbone_weights
     from zoo.registry import list_models, model_aliases
 
     aliases = model_aliases()
@@ -97,7 +97,7 @@ class DocsHub:
         self.served: set[str] = set()
 
     def serve(self, entries: list[Any]) -> None:
-        from zoo.hub.download import sha256_file
+        from zoo.weights.download import sha256_file
 
         for entry in entries:
             if entry.name in self.served:

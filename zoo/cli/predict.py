@@ -54,7 +54,7 @@ def _pretrained(args: argparse.Namespace, random_ok: bool) -> bool | str:
     source, location, tag = parse_model_name(args.name)
     if args.checkpoint or args.random_weights or random_ok or source != "zoo" or tag:
         return False  # the weights are named (a checkpoint, a tag, a repo or folder) or random on purpose
-    from zoo.hub.manifest import load_manifest
+    from zoo.weights.manifest import load_manifest
     from zoo.registry import resolve_model_name
 
     architecture = resolve_model_name(location)
@@ -148,7 +148,7 @@ def _output_names(paths: list[str]) -> list[str]:
 def _read(paths: list[tuple[str, str]], failed: dict[str, str]) -> list[tuple[str, str, object]]:
     """``(path, output name, image tensor)`` for every ``(path, output name)`` whose file decodes; the others go to
     ``failed`` with the reason."""
-    from zoo.engine.predict import load_image
+    from zoo.data.images import load_image
 
     loaded = []
     for path, name in paths:
