@@ -1,6 +1,6 @@
 """Every ```python block of README.md and docs/*.md runs as written.
 
-The blocks of one file share a namespace and run in order, in an empty temporary folder. What they name is provided:
+The blocks of one file share a namespace and run in order, in a fresh interpreter and an empty temporary folder. What they name is provided:
 images (a copy of the bundled demo image under each image file name the code mentions) and pretrained weights (every
 manifest entry of an architecture the code mentions, its default tag or a tag it names, plus the backbone's ImageNet
 weights when it asks for ``pretrained_backbone``): random but valid weights in the entry's upstream layout
@@ -10,7 +10,9 @@ copy that records their sha256 and size. A block whose first line is a ``# needs
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -141,13 +143,26 @@ def test_python_blocks_run(doc, docs_hub, tmp_path, monkeypatch, single_thread):
             from PIL import Image
 
             Image.open(DEMO_IMAGE).convert("RGB").save(target)
-    namespace: dict[str, Any] = {"__name__": "__docs__"}
-    for i, block in enumerate(blocks):
-        try:
-            exec(compile(block, f"{doc.name}, python block {i + 1}", "exec"), namespace)
-        except Exception as exc:
-            pytest.fail(f"{doc.relative_to(REPO)}, python block {i + 1} fails: {type(exc).__name__}: {exc}\n"
-                        f"{block}")
+    # in a fresh interpreter: a block that registers a model must not leak into the other tests' registry
+    (tmp_path / "blocks.json").write_text(json.dumps(blocks))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", RUNNER, str(tmp_path / "blocks.json"), doc.name], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{doc.relative_to(REPO)}: {done.stderr[-4000:]}"
+
+
+#: runs the blocks of one file in order, in one namespace; a failure names the block
+RUNNER = r"""
+import json, sys, traceback
+blocks, name = json.load(open(sys.argv[1])), sys.argv[2]
+namespace = {"__name__": "__docs__"}
+for i, block in enumerate(blocks):
+    try:
+        exec(compile(block, f"{name}, python block {i + 1}", "exec"), namespace)
+    except Exception:
+        sys.exit(f"{name}, python block {i + 1} fails:\n{block}\n{traceback.format_exc()}")
+"""
 
 
 def test_blocks_that_need_the_network_are_few():
