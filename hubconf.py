@@ -6,7 +6,7 @@
 Every entry point takes ``pretrained`` (True or a tag), ``num_classes`` and ``zoo.create_model``'s keyword arguments;
 its docstring lists the weights of the manifest (tags, repo, AP, parameters).
 """
-dependencies = ["torch", "torchvision", "timm", "safetensors", "huggingface_hub"]
+dependencies = ["torch", "torchvision", "timm", "safetensors", "huggingface_hub", "einops"]
 
 
 def _detectors() -> dict:

@@ -181,6 +181,11 @@ def test_predict_names_the_bad_list_item_and_checks_arguments(models):
         model.predict(_rgb(), batch_size=0)
     with pytest.raises(TypeError, match="score_threshold"):
         model.predict(_rgb(), score_threshold="high")
+    for bad in (-1, 2.0, float("nan")):  # scores are probabilities: the API checks what the CLI checks
+        with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
+            model.predict(_rgb(), score_threshold=bad)
+        with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
+            zoo.draw(_rgb(), model.predict(_rgb()), score_threshold=bad)
     with pytest.raises(ValueError, match="input_size"):
         model.predict(_rgb(), input_size=0)
     with pytest.raises(ValueError, match="invalid device"):

@@ -107,10 +107,12 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, device = model_from_args(args)
+    model, device = model_from_args(args, random_ok=True)
     if not args.no_deploy:
         model.deploy(channels_last=True)
-    result = {"model": args.name, "deploy": not args.no_deploy,
+    weights = (model.pretrained_cfg.get("weights") or args.checkpoint
+               or "random (latency does not depend on the weights' values)")
+    result = {"model": args.name, "weights": weights, "deploy": not args.no_deploy,
               **benchmark_model(model, args.batch_size, args.size, device, args.warmup, args.iters, progress=True)}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -118,6 +120,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     h, w = result["input_size"]
     print(f"{args.name} {'deployed' if result['deploy'] else 'not deployed'}, batch {args.batch_size}, {h}x{w}, "
           f"{result['device']} ({result['threads']} threads), {args.iters} iterations after {args.warmup} warm-up")
+    print(f"  weights  {weights}")
     print(f"  latency  median {result['median_ms']:.2f} ms   p90 {result['p90_ms']:.2f} ms")
     print(f"  throughput {result['images_per_s']:.2f} images/s")
     print(f"  peak memory {result['peak_memory_mib']:.0f} MiB ({result['peak_memory_kind']})")

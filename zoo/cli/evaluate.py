@@ -21,7 +21,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="B", help="images per batch")
     p.add_argument("--workers", type=int_at_least(0), default=2, metavar="N", help="image-loading worker processes")
     p.add_argument("--out", default=None, metavar="DIR", help="write metrics.json and detections.json here")
+    p.add_argument("--label-map", type=_label_map, default=None, metavar="JSON",
+                   help="model label -> category id, as JSON: a list ([1, 2, 3]: label i is id list[i]) or an object "
+                        "({\"0\": 1, ...}), or a .json file holding one; needed when the model's classes are not the "
+                        "annotations' categories in id order")
     p.set_defaults(func=_eval)
+
+
+def _label_map(text: str) -> list[int] | dict[int, int]:
+    """argparse type: ``--label-map`` as a list or {label: id} object of ints, inline JSON or a .json file."""
+    source = Path(text)
+    try:
+        value = json.loads(source.read_text() if text.endswith(".json") and source.is_file() else text)
+        if isinstance(value, list) and all(isinstance(v, int) for v in value):
+            return value
+        if isinstance(value, dict):
+            return {int(k): int(v) for k, v in value.items()}
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON list or object of integers: {text!r} ({exc})") from None
+    raise argparse.ArgumentTypeError(f"expected a JSON list of category ids or a {{label: id}} object, got {text!r}")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -31,7 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
     with process_group(args.device):
         model, device = model_from_args(args)
         result = evaluate(model, args.ann, args.images, batch_size=args.batch_size, num_workers=args.workers,
-                          device=device, input_size=args.size)
+                          device=device, input_size=args.size, label_map=args.label_map)
         if rank() != 0:
             return 0
     print(json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -35,17 +36,25 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
                               "default weights")
     weights.add_argument("--checkpoint", metavar="PATH", default=None,
                          help="local checkpoint file (zoo, official or transformers layout)")
+    weights.add_argument("--random-weights", action="store_true",
+                         help="run with random (untrained) weights; without this, a model with default weights uses "
+                              "them and one without weights is refused")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
+                        help="input size override (default: the model's pretrained_cfg)")
 
 
-def create_model_from_args(args: argparse.Namespace):
-    """``create_model(NAME)`` with the weights that --weights / --checkpoint name."""
+def create_model_from_args(args: argparse.Namespace, random_ok: bool = False):
+    """``create_model(NAME)`` with the weights that --weights / --checkpoint / --random-weights name.
+
+    Without any of them, a model uses its default weights (as ``pretrained=True``); one without default weights is
+    refused, unless ``random_ok`` (timing does not depend on the weights)."""
     from zoo.factory import create_model
 
-    pretrained = True if args.weights == "default" else (args.weights or False)
-    return create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
+    return create_model(args.name, pretrained=_pretrained(args, random_ok), checkpoint_path=args.checkpoint)
 
 
-def model_from_args(args: argparse.Namespace):
+def model_from_args(args: argparse.Namespace, random_ok: bool = False):
     """Build the model the shared options describe, on the requested device, in eval mode."""
     from zoo.engine.distributed import rank_device
 
@@ -56,8 +65,32 @@ def model_from_args(args: argparse.Namespace):
         is_file = args.name.lower().endswith(".onnx")
         if is_file and (args.weights or args.checkpoint):
             raise ValueError(f"{args.name} is an exported file: it holds its weights, drop --weights/--checkpoint")
-        return OnnxRuntimeDetector(args.name if is_file else create_model_from_args(args), device=device), device
-    return create_model_from_args(args).to(device).eval(), device
+        model = args.name if is_file else create_model_from_args(args, random_ok)
+        return OnnxRuntimeDetector(model, device=device), device
+    return create_model_from_args(args, random_ok).to(device).eval(), device
+
+
+def _pretrained(args: argparse.Namespace, random_ok: bool) -> bool | str:
+    """``create_model``'s ``pretrained`` for the options: never random weights that nobody asked for."""
+    from zoo.factory import parse_model_name
+
+    if args.weights:
+        return True if args.weights == "default" else args.weights
+    source, location, tag = parse_model_name(args.name)
+    if args.checkpoint or args.random_weights or random_ok or source != "zoo" or tag:
+        return False  # the weights are named (a checkpoint, a tag, a repo or folder) or random on purpose
+    from zoo.weights.manifest import load_manifest
+    from zoo.registry import resolve_model_name
+
+    architecture = resolve_model_name(location)
+    tag = load_manifest().default_tag(architecture)
+    if tag is None:
+        raise ValueError(f"{args.name} has no default pretrained weights: pass --weights TAG (`zoo list "
+                         f"--pretrained '{architecture}.*'` lists them), --checkpoint PATH, or --random-weights to run "
+                         "it untrained (its detections are meaningless)")
+    print(f"{args.name}: default weights {architecture}.{tag} (--weights, --checkpoint or --random-weights to "
+          "change)", file=sys.stderr)
+    return True
 
 
 def int_at_least(minimum: int):
@@ -77,20 +110,24 @@ _positive_int = int_at_least(1)
 
 
 def _threshold(text: str) -> float:
+    """argparse type: the score threshold, checked by the same function as ``predict(score_threshold=...)``."""
+    from zoo.engine.validate import score_threshold
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+        return score_threshold(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from exc
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect objects in images and videos",
                        description="Detect objects in images; write annotated images and detections.json to --out. "
-                                   "Videos, webcam indices (0) and stream URLs (rtsp://, http://) give OUT/NAME.mp4 "
-                                   "and OUT/NAME.jsonl (one record per frame; needs zoo[video]).")
+                                   "An image that cannot be read does not stop the others: every good image is "
+                                   "processed and written, the bad ones are listed at the end with the reason, and "
+                                   "the exit code is then 1. Under torchrun the images are shared by the ranks; a "
+                                   "rerun with the same --out skips the images already done. Videos, webcam indices "
+                                   "(0) and stream URLs (rtsp://, http://) give OUT/NAME.mp4 and OUT/NAME.jsonl (one "
+                                   "record per frame; needs zoo[video]).")
     add_model_arguments(p)
     p.add_argument("images", nargs="+", metavar="SOURCE",
                    help="image files, folders of images, video files, webcam indices or stream URLs")
@@ -98,18 +135,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_threshold, default=0.5, metavar="T", help="minimum score (default 0.5)")
     p.add_argument("--top-k", type=_positive_int, default=100, metavar="K", help="detections kept per image")
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch")
+    p.add_argument("--recursive", action="store_true", help="also read the images in sub-folders of a folder")
     p.add_argument("--no-draw", action="store_true", help="write detections.json only")
     p.set_defaults(func=_predict)
 
 
-def _expand(paths: list[str]) -> list[str]:
-    """Folders become their image files (sorted); files are kept as given, even with unusual suffixes."""
+def _expand(paths: list[str], recursive: bool = False) -> list[str]:
+    """Folders become their image files (sorted; sub-folders with ``recursive``, else they are reported as skipped);
+    files are kept as given, even with unusual suffixes."""
     found: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            images = sorted(str(p) for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(Path(path).rglob("*") if recursive else Path(path).iterdir())
+            images = [str(p) for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
             if not images:
-                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+                raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}"
+                                        + ("" if recursive else " (--recursive reads sub-folders)"))
+            skipped = [] if recursive else [p for p in entries if p.is_dir()]
+            if skipped:
+                print(f"{path}: skipped {len(skipped)} sub-folder(s) ({', '.join(p.name for p in skipped[:5])}"
+                      f"{' ...' if len(skipped) > 5 else ''}); --recursive reads them", file=sys.stderr)
             found.extend(images)
         elif os.path.exists(path):
             found.append(path)
@@ -120,7 +165,7 @@ def _expand(paths: list[str]) -> list[str]:
 
 def _predict(args: argparse.Namespace) -> int:
     from zoo.data.video import is_video_source
-    from zoo.engine.distributed import process_group, world_size
+    from zoo.engine.distributed import process_group, rank, world_size
     from zoo.engine.predict_files import predict_files
 
     videos = [source for source in args.images if is_video_source(source)]
@@ -128,14 +173,24 @@ def _predict(args: argparse.Namespace) -> int:
         if videos and world_size() > 1:
             raise ValueError(f"videos are not sharded under torchrun ({', '.join(videos)}): run zoo predict on "
                              "videos in one process")
-        paths = _expand([source for source in args.images if source not in videos])
+        paths = _expand([source for source in args.images if source not in videos], args.recursive)
         model, device = model_from_args(args)
         for source in videos:
             _predict_video(args, model, device, source)
+        records = []
         if paths:
-            predict_files(model, paths, args.out, model_name=args.name, weights=args.weights or args.checkpoint,
-                          score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                          device=device, input_size=args.size, draw=not args.no_draw)
+            records = predict_files(model, paths, args.out, model_name=args.name,
+                                    weights=args.weights or args.checkpoint, score_threshold=args.threshold,
+                                    top_k=args.top_k, batch_size=args.batch_size, device=device,
+                                    input_size=args.size, draw=not args.no_draw)
+        if rank() != 0:
+            return 0
+    failed = [r for r in records or [] if "error" in r]
+    if failed:
+        print(f"{len(failed)} of {len(paths)} images could not be read:", file=sys.stderr)
+        for record in failed:
+            print(f"  {record['source']}: {record['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -70,17 +70,38 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--model-args is not valid JSON: {exc}") from None
     if not isinstance(model_args, dict):
         raise ValueError("--model-args must be a JSON object")
-    config = TrainConfig(
-        model=args.name, **_data_paths(args.data), output_dir=args.output, weights=args.weights,
-        num_classes=args.num_classes, model_args=model_args, input_size=args.size, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
-        lr_drops=tuple(args.lr_drops),
-        clip_max_norm=args.clip_max_norm, ema_decay=args.ema_decay, amp=args.amp, augment=not args.no_augment,
-        multiscale=not args.no_multiscale, eval_every=args.eval_every, num_workers=args.workers, seed=args.seed,
-        device=args.device, progress=not args.no_progress, report_to=args.report_to)
+    settings = {  # TrainConfig field: (value, the option that sets it)
+        "model": (args.name, "name"), **{k: (v, "data") for k, v in _data_paths(args.data).items()},
+        "output_dir": (args.output, "output"), "weights": (args.weights, "weights"),
+        "num_classes": (args.num_classes, "num_classes"), "model_args": (model_args, "model_args"),
+        "input_size": (args.size, "size"), "lr_drops": (tuple(args.lr_drops), "lr_drops"),
+        "augment": (not args.no_augment, "no_augment"), "multiscale": (not args.no_multiscale, "no_multiscale"),
+        "num_workers": (args.workers, "workers"), "progress": (not args.no_progress, "no_progress"),
+        **{k: (getattr(args, k), k) for k in ("epochs", "batch_size", "lr", "backbone_lr_mult", "weight_decay",
+                                              "warmup_steps", "schedule", "clip_max_norm", "ema_decay", "amp",
+                                              "eval_every", "seed", "device", "report_to")}}
     with process_group(args.device):  # torchrun's group, destroyed at the end
-        trainer = train(config, resume=args.resume)
+        if args.resume:  # the checkpoint's settings, except those given on this command line
+            given = _given_options(args)
+            trainer = train(resume=args.resume, **{k: v for k, (v, option) in settings.items() if option in given})
+        else:
+            trainer = train(TrainConfig(**{k: v for k, (v, _) in settings.items()}))
     if trainer.rank == 0:
-        print(f"done: {trainer.epoch} epochs, best AP {trainer.best_ap:.4f}; weights in {config.output_dir}/best.safetensors")
+        print(f"done: {trainer.epoch} epochs, best AP {trainer.best_ap:.4f}; "
+              f"weights in {trainer.cfg.output_dir}/best.safetensors")
     return 0
+
+
+def _given_options(args: argparse.Namespace) -> set[str]:
+    """The destinations of the options given on the command line (not left at their defaults)."""
+    unset = object()
+    parser = argparse.ArgumentParser(add_help=False)
+    register(parser.add_subparsers(dest="command"))
+    given = argparse.Namespace(**{a.dest: unset for a in _train_parser(parser)._actions})
+    _train_parser(parser).parse_args(args.argv[args.argv.index("train") + 1:], namespace=given)
+    return {k for k, v in vars(given).items() if v is not unset}
+
+
+def _train_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices["train"]

@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from zoo.data.images import ImageInput, load_image
 from zoo.engine.predict import Detections
+from zoo.engine.validate import score_threshold as check_score_threshold
 
 __all__ = ["draw", "class_color"]
 
@@ -26,6 +27,8 @@ def draw(image: ImageInput, detections: Detections, score_threshold: float | Non
     if not isinstance(detections, Detections):
         raise TypeError(f"detections must be a zoo Detections object (from model.predict), "
                         f"got {type(detections).__name__}")
+    if score_threshold is not None:
+        score_threshold = check_score_threshold(score_threshold)
     pixels = load_image(image)
     height, width = int(pixels.shape[1]), int(pixels.shape[2])
     if (height, width) != tuple(detections.image_size):

@@ -126,7 +126,8 @@ def label_to_category_ids(num_classes: int, category_ids: Sequence[int],
     if ids and num_classes > ids[-1]:
         return None
     raise ValueError(f"the model predicts {num_classes} classes but the annotations have {len(ids)} categories "
-                     f"(ids {ids[:5]}{' ...' if len(ids) > 5 else ''}); pass label_map= (model label -> category id)")
+                     f"(ids {ids[:5]}{' ...' if len(ids) > 5 else ''}); pass label_map= (model label -> category id; "
+                     "on the command line `zoo eval --label-map`)")
 
 
 class _CocoImages(Dataset):

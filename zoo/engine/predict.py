@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -15,6 +13,7 @@ import torch
 from zoo.data.coco_names import coco_label_names
 from zoo.data.images import ImageInput, Preprocess, load_image
 from zoo.engine.device import resolve_device
+from zoo.engine.validate import score_threshold as check_score_threshold
 
 __all__ = ["Detections", "predict", "run_detector", "label_names_for"]
 
@@ -101,9 +100,7 @@ def _as_items(images: ImageInput | Sequence[ImageInput]) -> tuple[list[tuple[Any
 
 
 def _check_args(score_threshold: Any, top_k: Any, batch_size: Any) -> None:
-    if isinstance(score_threshold, bool) or not isinstance(score_threshold, numbers.Real) or \
-            not math.isfinite(score_threshold):
-        raise TypeError(f"score_threshold must be a number, got {score_threshold!r}")
+    check_score_threshold(score_threshold)
     for arg, value in (("top_k", top_k), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")

@@ -1,6 +1,7 @@
 """Batch inference on image files into an output folder: sharded over ``torchrun`` ranks, resumable.
 
-    out/detections.json   {"model", "weights", "threshold", "top_k", "input_size", "images": [a record per input]}
+    out/detections.json   {"model", "weights", "threshold", "top_k", "input_size", "images": [a record per image],
+                           "failed": [{"source", "error"} per file that could not be read]}
     out/<stem>.jpg        annotated copies (unless ``draw=False``)
     out/.zoo-parts/       while a run is in progress: settings.json and rank<R>.jsonl, one line per finished image
                           (each rank appends to its own file after every batch)
@@ -9,7 +10,8 @@ Every rank predicts a contiguous shard of whole batches of the images not done y
 (:func:`zoo.engine.distributed.shard_range`); at the end rank 0 merges the parts and any earlier
 detections.json into detections.json in input order, the file a single process writes, and deletes the parts.
 A rerun with the same ``out`` (after an interruption, or with more images) skips every image whose record and
-annotated image are already there. Several machines need an ``out`` folder that all of them see.
+annotated image are already there (a file that could not be read is tried again). Several machines need an ``out``
+folder that all of them see.
 """
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ def output_names(paths: Sequence[str]) -> list[str]:
 
 
 def _key(record: dict[str, Any]) -> Key:
+    """(source, annotated file name or None); a failed file's journal record names its would-be output."""
     annotated = record.get("annotated")
-    return record["source"], Path(annotated).name if annotated else None
+    return record["source"], Path(annotated).name if annotated else record.get("output")
 
 
 def _check_settings(found: dict[str, Any], settings: dict[str, Any], where: Path) -> None:
@@ -86,7 +89,8 @@ def _previous_records(out: Path, settings: dict[str, Any]) -> dict[Key, dict[str
 def _plan(out: Path, paths: list[str], keys: list[Key], settings: dict[str, Any]) -> list[int]:
     """(rank 0) Indices of the inputs already done; starts the parts folder for this run."""
     previous = _previous_records(out, settings)
-    done = [i for i, key in enumerate(keys) if key in previous and (key[1] is None or (out / key[1]).is_file())]
+    done = [i for i, key in enumerate(keys) if key in previous and "error" not in previous[key]
+            and (key[1] is None or (out / key[1]).is_file())]
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
     (out / PARTS_DIR / "settings.json").write_text(json.dumps(settings))
     return done
@@ -99,10 +103,13 @@ def _merge(out: Path, keys: list[Key], settings: dict[str, Any]) -> list[dict[st
     if missing:
         raise ValueError(f"no result for {len(missing)} images (e.g. {missing[0]}) in {out}: with several machines, "
                          "--out must be a folder that every machine sees")
-    records = [dict(previous[key], annotated=str(out / key[1])) if key[1] else previous[key] for key in keys]
+    records = [dict(previous[key], annotated=str(out / key[1])) if key[1] and "error" not in previous[key]
+               else previous[key] for key in keys]
+    images = [r for r in records if "error" not in r]
+    failed = [{"source": r["source"], "error": r["error"]} for r in records if "error" in r]
     tmp = out / "detections.json.tmp"
     with open(tmp, "w") as f:
-        json.dump({**settings, "images": records}, f)
+        json.dump({**settings, "images": images, "failed": failed}, f)
     os.replace(tmp, out / "detections.json")
     shutil.rmtree(out / PARTS_DIR)
     return records
@@ -140,12 +147,13 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.Pa
     """Detect objects in image files and write detections.json (and annotated images) to ``out``, in a process
     group sharded over the ranks, resuming what ``out`` already holds (see the module docstring).
 
-    Returns the records of every input, in input order, on rank 0; None on the other ranks. ``verbose`` prints a
-    line per image (each rank for its own), how many images were already done and what was written (rank 0).
+    Returns the records of every input, in input order, on rank 0 (a file that could not be read gets
+    ``{"source", "error"}``: the others are still processed); None on the other ranks. ``verbose`` prints a line per
+    image (each rank for its own), how many images were already done and what was written (rank 0).
     """
     from tqdm.auto import tqdm
 
-    from zoo.data.images import Preprocess
+    from zoo.data.images import Preprocess, load_image
     from zoo.engine.draw import draw as draw_boxes
     from zoo.engine.predict import predict
 
@@ -166,13 +174,20 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.Pa
     with open(part, "a") as journal, tqdm(total=len(mine), disable=not (verbose and lead), unit="img",
                                           desc="predict") as bar:
         for start in range(0, len(mine), step):
-            chunk = mine[start:start + step]
-            results = predict(model, [paths[i] for i in chunk], score_threshold=score_threshold, top_k=top_k,
-                              batch_size=step, device=device, input_size=input_size)
-            for i, det in zip(chunk, results):
+            chunk, images = [], []
+            for i in mine[start:start + step]:
+                try:  # one unreadable file must not sink the others: it is recorded with the reason
+                    images.append(load_image(paths[i]))
+                    chunk.append(i)
+                except (ValueError, TypeError, OSError) as exc:
+                    journal.write(json.dumps({"source": paths[i], "output": names[i], "error": str(exc)}) + "\n")
+            results = predict(model, images, score_threshold=score_threshold, top_k=top_k, batch_size=step,
+                              device=device, input_size=input_size) if images else []
+            for i, image, det in zip(chunk, images, results):
+                det.source = paths[i]
                 record = det.to_dict()
                 if names[i] is not None:
-                    draw_boxes(paths[i], det).save(out / names[i], quality=95)
+                    draw_boxes(image, det).save(out / names[i], quality=95)
                     record["annotated"] = str(out / names[i])
                 journal.write(json.dumps(record) + "\n")
                 if verbose:
@@ -184,6 +199,6 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.Pa
         return None
     records = _merge(out, keys, settings)
     if verbose:
-        drawn = sum(name is not None for name in names)
+        drawn = sum(name is not None and "error" not in r for name, r in zip(names, records))
         print(f"wrote {out / 'detections.json'}" + (f" and {drawn} annotated images" if drawn else ""))
     return records

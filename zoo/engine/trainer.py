@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -40,8 +41,13 @@ from zoo.data.images import Preprocess
 from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
 from zoo.engine import distributed
 from zoo.engine.reporting import make_reporter
+from zoo.weights.checkpoint import load_torch_file, read_checkpoint
 
 __all__ = ["TrainConfig", "Trainer", "train"]
+
+
+#: training settings a resumed run cannot change: the checkpoint's weights were made for them
+FIXED_ON_RESUME = ("model", "model_args", "num_classes", "weights")
 
 
 @dataclass
@@ -103,6 +109,16 @@ def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_deca
     return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0), "weight_decay": 0.0 if flat else weight_decay,
              "name": ("backbone" if bb else "rest") + ("_no_decay" if flat else "")}
             for (bb, flat), ps in sorted(groups.items())]
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The current learning rate of each kind of parameter group: ``lr`` (the detector outside the backbone) and
+    ``lr_backbone``; groups that differ only in weight decay share their rate."""
+    rates: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        kind = group.get("name", "rest").removesuffix("_no_decay")
+        rates.setdefault("lr" if kind == "rest" else f"lr_{kind}", group["lr"])
+    return rates
 
 
 def _lr_lambda(warmup: int, total: int, schedule: str, drop_steps: Sequence[int] = ()):
@@ -276,10 +292,10 @@ class Trainer:
                 logs = self.train_step(images, targets)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[-1]:.2e}")
+                rates = learning_rates(self.optimizer)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", **{k: f"{v:.2e}" for k, v in rates.items()})
                 if cfg.log_every and self.global_step % cfg.log_every == 0:
-                    self._log({"epoch": self.epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[-1],
-                               "loss": logs["loss"]})
+                    self._log({"epoch": self.epoch, "step": self.global_step, **rates, "loss": logs["loss"]})
                     self.reporter.log_step(self.global_step, logs, self.optimizer)
             self.epoch += 1
             epoch_log = {"epoch": self.epoch, "step": self.global_step, "time_s": round(time.time() - start, 2),
@@ -341,6 +357,17 @@ class Trainer:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _drop_records_after(self, step: int) -> None:
+        """Resuming: forget metrics.jsonl records written after the checkpoint (a run killed mid-epoch), so that
+        the steps repeated now are not recorded twice."""
+        path = self.out / "metrics.jsonl"
+        if self.rank != 0 or not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
+
     def _rng_states(self) -> list[dict[str, Any]]:
         """Every rank's RNG states (gathered on all ranks), so that resuming restores each rank's own."""
         own = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -355,28 +382,40 @@ class Trainer:
     def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         state = {"epoch": self.epoch, "global_step": self.global_step, "best_ap": self.best_ap,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "config": json.dumps(self.cfg.to_dict()), "rng": rng}
+                 "scaler": self.scaler.state_dict(), "config": json.dumps(self.cfg.to_dict()), "rng": rng,
+                 "label_names": list(self.train_set.class_names)}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
 
     def save_checkpoint(self, ap: float | None = None) -> None:
-        """Write ``last/`` (and ``best.safetensors`` when ``ap`` improves, or always without validation)."""
+        """Write ``last/`` (and ``best.safetensors`` when ``ap`` improves, or always without validation).
+
+        Atomic: the files are written to ``last.tmp/`` (``best.safetensors.tmp``) and renamed into place, so that a
+        kill during a save leaves the previous checkpoint whole, never a model and a state of different steps."""
         rng = self._rng_states()
         if self.rank == 0:
-            last = self.out / "last"
-            last.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(last / "model.safetensors"))
+            last, tmp = self.out / "last", self.out / "last.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
             best = ap is None or ap > self.best_ap
             if best and ap is not None:
                 self.best_ap = ap
-            torch.save(self._state(rng), last / "state.pt")
+            torch.save(self._state(rng), tmp / "state.pt")
+            old = self.out / "last.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if last.exists():
+                os.replace(last, old)
+            os.replace(tmp, last)
+            shutil.rmtree(old, ignore_errors=True)
             if best:
                 weights = {k: v.contiguous() for k, v in self.eval_model.state_dict().items()}
-                save_file(weights, str(self.out / "best.safetensors"),
+                save_file(weights, str(self.out / "best.safetensors.tmp"),
                           metadata={"architecture": self.model.config["architecture"], "epoch": str(self.epoch),
                                     "config": json.dumps(self.model.config),
                                     "pretrained_cfg": json.dumps(self.model.pretrained_cfg)})
+                os.replace(self.out / "best.safetensors.tmp", self.out / "best.safetensors")
         distributed.barrier()
 
     def load_checkpoint(self, folder: str | os.PathLike) -> None:
@@ -384,14 +423,25 @@ class Trainer:
         folder = Path(folder)
         if not (folder / "model.safetensors").is_file() or not (folder / "state.pt").is_file():
             raise FileNotFoundError(f"{folder} is not a checkpoint folder (model.safetensors + state.pt)")
-        self.model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        state = load_torch_file(folder / "state.pt")
+        saved = json.loads(state.get("config", "{}"))
+        current = json.loads(json.dumps(self.cfg.to_dict()))  # as saved: tuples become lists
+        changed = [k for k in FIXED_ON_RESUME if k in saved and saved[k] != current[k]]
+        if changed:
+            raise ValueError(f"cannot resume {folder} with other {', '.join(changed)}: its weights were made for "
+                             + ", ".join(f"{k}={saved[k]!r}" for k in changed) + "; start a new run instead")
+        labels = state.get("label_names")
+        if labels is not None and labels != list(self.train_set.class_names):
+            raise ValueError(f"cannot resume {folder} on a dataset with other classes: the checkpoint has {labels}, "
+                             f"{self.cfg.train_ann} has {list(self.train_set.class_names)}")
+        self.model.load_state_dict(read_checkpoint(folder / "model.safetensors"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.global_step, self.best_ap = state["epoch"], state["global_step"], state["best_ap"]
+        self._drop_records_after(self.global_step)
         if len(state["rng"]) != self.world:
             raise ValueError(f"checkpoint was written by {len(state['rng'])} processes, this run has {self.world}: "
                              "resume with the same number of processes")
@@ -402,10 +452,43 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
 
+def resume_config(folder: str | os.PathLike, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The settings of the run that wrote the checkpoint ``folder``, with ``overrides`` (settings given explicitly)
+    on top; returns ``(config, {setting: (saved, new)} for those that change)``. Settings the checkpoint's weights
+    depend on (:data:`FIXED_ON_RESUME`) cannot change."""
+    folder = Path(folder)
+    if not (folder / "state.pt").is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder (model.safetensors + state.pt)")
+    saved = json.loads(load_torch_file(folder / "state.pt").get("config", "{}"))
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"unknown training settings: {', '.join(unknown)}")
+    config = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    config.lr_drops = tuple(config.lr_drops)
+    current = config.to_dict()
+    changes = {k: (current[k], v) for k, v in overrides.items()
+               if (tuple(v) if isinstance(v, list) else v) != current[k]}
+    fixed = [k for k in changes if k in FIXED_ON_RESUME]
+    if fixed:
+        raise ValueError(f"cannot resume {folder} with other {', '.join(fixed)} ("
+                         + "; ".join(f"{k}: saved {changes[k][0]!r}, given {changes[k][1]!r}" for k in fixed)
+                         + "): the checkpoint's weights were made for the saved ones; start a new run instead")
+    return dataclasses.replace(config, **{k: new for k, (_, new) in changes.items()}), changes
+
+
 def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None, **kwargs: Any) -> Trainer:
     """``train(model="rtdetr_r18vd", train_ann=..., train_images=..., epochs=12)``: build a :class:`Trainer`,
-    run it, and return it (``trainer.eval_model`` is the model to keep)."""
-    config = dataclasses.replace(config or TrainConfig(), **kwargs)
+    run it, and return it (``trainer.eval_model`` is the model to keep).
+
+    ``train(resume="runs/a/last", epochs=20)`` continues a run with its saved settings; keyword arguments change
+    them (printed), ``config`` replaces them."""
+    if resume is not None and config is None:
+        config, changes = resume_config(resume, kwargs)
+        if changes and distributed.rank() == 0:
+            print(f"resuming {resume} with its saved settings, except: "
+                  + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+    else:
+        config = dataclasses.replace(config or TrainConfig(), **kwargs)
     trainer = Trainer(config, resume=resume)
     trainer.fit()
     return trainer

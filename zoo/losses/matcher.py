@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
@@ -53,6 +52,8 @@ class HungarianMatcher(nn.Module):
         cost = cost.view(bs, num_queries, -1).cpu()
         if not torch.isfinite(cost).all():
             raise FloatingPointError("matching cost is not finite: check predictions and target boxes for NaN/inf")
+        from scipy.optimize import linear_sum_assignment  # here: `import zoo` (and the CLI) need not load scipy
+
         indices = []
         for i, c in enumerate(cost.split(sizes, -1)):
             rows, cols = linear_sum_assignment(c[i])

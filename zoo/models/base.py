@@ -9,7 +9,6 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torchvision.ops import box_convert
 
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
@@ -203,6 +202,8 @@ def boxes_to_pixels(boxes: torch.Tensor, target_sizes: torch.Tensor) -> torch.Te
     """Normalised cxcywh ``[B, N, 4]`` -> xyxy in pixels of images of ``target_sizes`` ``[B, 2]`` (height, width)."""
     if not isinstance(target_sizes, torch.Tensor):  # (as_tensor of a tensor would be a constant when tracing)
         target_sizes = torch.as_tensor(target_sizes)
+    from torchvision.ops import box_convert
+
     sizes = target_sizes.to(device=boxes.device, dtype=boxes.dtype)
     scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None]
     return box_convert(boxes, "cxcywh", "xyxy") * scale

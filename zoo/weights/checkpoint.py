@@ -6,6 +6,8 @@ the layout from the keys, so ``create_model(name, checkpoint_path=...)`` takes a
 from __future__ import annotations
 
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -13,7 +15,7 @@ from typing import Callable, Mapping
 import torch
 
 __all__ = ["register_format", "known_formats", "read_checkpoint", "unwrap_checkpoint", "convert_state_dict",
-           "check_fit", "load_checkpoint", "LoadReport", "CheckpointError"]
+           "check_fit", "check_finite", "load_checkpoint", "load_torch_file", "LoadReport", "CheckpointError"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -46,24 +48,42 @@ def known_formats(family: str) -> list[str]:
 def read_checkpoint(path: str | os.PathLike) -> StateDict:
     """Read a state dict without running code: safetensors (memory-mapped) or ``torch.load(weights_only=True)``.
 
-    A pickle that would run code is refused by ``weights_only=True`` and reported as a CheckpointError.
+    A pickle that would run code is refused by ``weights_only=True``; that, an empty, truncated or otherwise
+    unreadable file is a :class:`CheckpointError` naming the file. Zip files (torch >= 1.6) are memory-mapped;
+    the legacy (non-zip) format cannot be, and is read whole, with the same ``weights_only=True`` safety.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes); was the download or "
+                              "the save interrupted? Save or download it again.")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({path.stat().st_size} bytes): not a valid safetensors file ({exc}). "
+                "It is probably truncated or corrupt: save or download it again.") from exc
+    return unwrap_checkpoint(load_torch_file(path), str(path))
+
+
+def load_torch_file(path: str | os.PathLike) -> object:
+    """``torch.load(path, weights_only=True)`` (memory-mapped for zip files, whole for the legacy format); a file
+    it refuses or cannot read is a :class:`CheckpointError` naming the file and what to do."""
+    path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # UnpicklingError for unsafe pickles, RuntimeError for non-zip files
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # UnpicklingError for unsafe pickles, RuntimeError/EOFError for damaged files
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor checkpoint that torch.load(weights_only=True) "
-            f"accepts ({type(exc).__name__}: {str(exc).splitlines()[0]}). Convert it to safetensors from a "
-            "trusted environment."
+            f"accepts ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}). If it is truncated, save or "
+            "download it again; if it holds objects other than tensors, convert it to safetensors from a trusted "
+            "environment."
         ) from exc
-    return unwrap_checkpoint(obj, str(path))
 
 
 def unwrap_checkpoint(obj: object, source: str = "checkpoint") -> StateDict:
@@ -115,11 +135,13 @@ class LoadReport:
     reinitialized: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         parts = [f"{len(self.loaded)} loaded"] + [f"{len(v)} {k}" for k, v in
                                                   (("adapted", self.adapted), ("re-initialised", self.reinitialized),
-                                                   ("missing", self.missing), ("unexpected", self.unexpected)) if v]
+                                                   ("missing", self.missing), ("unexpected", self.unexpected),
+                                                   ("with NaN/Inf", self.nonfinite)) if v]
         return f"{self.source} [{self.format}]: " + ", ".join(parts)
 
 
@@ -156,7 +178,21 @@ def check_fit(report: LoadReport, state_dict: dict[str, torch.Tensor], expected:
         if key in expected and value.shape == expected[key].shape:
             dtype = expected[key].dtype
             fit[key] = value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    check_finite(report, fit, strict)
     return fit
+
+
+def check_finite(report: LoadReport, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """Record in ``report.nonfinite`` every floating-point tensor holding NaN or Inf (a diverged run or a damaged
+    file: the model would predict nothing); strict: raise naming them, else warn."""
+    report.nonfinite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if not report.nonfinite:
+        return
+    message = (f"{report.source}: {len(report.nonfinite)} tensors hold NaN or Inf: {', '.join(report.nonfinite)}. "
+               "A model with these weights predicts nothing useful; was the training run diverging?")
+    if strict:
+        raise CheckpointError(message + " (strict=False loads them anyway, with a warning)")
+    warnings.warn(message, stacklevel=3)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> LoadReport:

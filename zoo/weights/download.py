@@ -249,6 +249,8 @@ def _download(hub: HubFile, name: str, cache: Path, offline: bool) -> Path:
     from zoo.version import __version__
 
     endpoint = hub_endpoint()
+    if not offline and cached_file(hub, cache) is None:
+        _probe(hub, name, cache, endpoint)
     try:
         return Path(hf_hub_download(hub.repo_id, hub.filename, revision=hub.revision, cache_dir=str(cache),
                                     endpoint=endpoint, local_files_only=offline, library_name="zoo",
@@ -271,6 +273,23 @@ def _download(hub: HubFile, name: str, cache: Path, offline: bool) -> Path:
                                        f"on {endpoint}") from exc
         raise WeightsNotFoundError(f"{name}: Hub repository {hub.repo_id!r} not found on {endpoint} (check the "
                                    "name; private or gated repos need HF_TOKEN)") from exc
+
+
+def _probe(hub: HubFile, name: str, cache: Path, endpoint: str) -> None:
+    """One request, no retries: an unreachable Hub fails now with the offline hint, instead of after
+    huggingface_hub's ~25 s of retries (it retries network errors when nothing is cached)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(hub.repo_id, hub.filename, revision=hub.revision, endpoint=endpoint))
+    except HfHubHTTPError:
+        return  # the server answered: hf_hub_download says what is wrong (missing repo, file, revision, auth)
+    except Exception as exc:  # connection refused, DNS failure, timeout, dropped connection
+        raise WeightsNotCachedError(
+            f"{name}: {hub} is not in the cache {cache} and {endpoint} could not be reached "
+            f"({type(exc).__name__}: {exc}). Set HF_HUB_OFFLINE=1 to use only the cache without trying the network. "
+            + _prefetch_hint(name)) from exc
 
 
 def _exists(repo_id: str, revision: str, endpoint: str) -> bool:

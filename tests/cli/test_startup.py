@@ -1,0 +1,37 @@
+"""The command line starts without the heavy dependencies it does not need: ``import zoo`` imports the model
+families (torch, torchvision), but ``zoo --help``, ``zoo list`` and ``zoo info`` import none of timm, transformers,
+pycocotools, huggingface_hub, scipy or onnx (each costs up to seconds)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "torchvision", "timm", "transformers", "pycocotools", "huggingface_hub", "scipy", "onnx",
+         "onnxruntime")
+RUN = """
+import contextlib, io, json, sys
+from zoo.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exit:
+        code = exit.code
+print(json.dumps([code, sorted({m.split(".")[0] for m in sys.modules})]))
+"""
+
+
+@pytest.mark.parametrize("argv, allowed", [
+    (["--help"], ("torch", "torchvision")),
+    (["predict", "--help"], ("torch", "torchvision")),
+    (["weights", "--help"], ("torch", "torchvision")),
+    (["list"], ("torch", "torchvision")),
+    (["info", "rtdetr_r18vd"], ("torch", "torchvision")),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_cli_start_imports(argv, allowed):
+    done = subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True, timeout=300)
+    code, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0, done.stderr[-2000:]
+    assert sorted(set(HEAVY) - set(allowed) & set(modules)) == []
