@@ -25,17 +25,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
                         help="input size override (default: the model's pretrained_cfg)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="precision of the weights and inputs (postprocessing stays fp32; default fp32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
 
 
-def model_from_args(args: argparse.Namespace):
-    """Build the model the shared options describe, on the requested device, in eval mode."""
+def model_from_args(args: argparse.Namespace, deploy: bool = True):
+    """Build the model the shared options describe on the requested device, ready for inference: fused
+    (``deploy()``, unless ``deploy`` is False), in ``--dtype``, compiled with ``--compile``."""
     from zoo.engine.device import resolve_device
+    from zoo.engine.inference import prepare_for_inference
     from zoo.factory import create_model
 
     device = resolve_device(args.device)  # fail before building a model on a device that does not exist
     pretrained = True if args.weights == "default" else (args.weights or False)
-    model = create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
-    return model.to(device).eval(), device
+    model = create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint).to(device)
+    return prepare_for_inference(model, args.dtype, args.compile, deploy=deploy), device
 
 
 def int_at_least(minimum: int):
