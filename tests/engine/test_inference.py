@@ -74,3 +74,11 @@ def test_prepare_for_inference_fuses_casts_and_checks_dtype():
     assert parse_dtype("fp16") == torch.float16 and parse_dtype(torch.bfloat16) == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype 'int8'; use one of fp32, bf16, fp16"):
         parse_dtype("int8")
+
+
+def test_compiled_model_traces_as_one_graph_and_finds_the_same_detections(demo):
+    """torch.compile through dynamo with fullgraph=True: no graph break in the forward pass (the eager backend
+    skips code generation, which takes minutes on a small CPU; benchmarks/bench_deploy.py times inductor)."""
+    torch._dynamo.reset()
+    model = prepare_for_inference(zoo.create_model(DEMO), "fp32", compile=True, backend="eager", fullgraph=True)
+    _assert_same_detections(demo.predict(IMAGE, score_threshold=0.5), model.predict(IMAGE, score_threshold=0.5))

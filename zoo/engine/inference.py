@@ -7,13 +7,14 @@ command line owns its model and prepares it in place with :func:`prepare_for_inf
 from __future__ import annotations
 
 import copy
+import warnings
 import weakref
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["DTYPES", "parse_dtype", "model_dtype", "inference_model", "prepare_for_inference"]
+__all__ = ["DTYPES", "parse_dtype", "model_dtype", "cpu_has_fast", "inference_model", "prepare_for_inference"]
 
 #: names accepted by ``--dtype`` and :func:`parse_dtype`
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,6 +37,15 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
+
+
+def cpu_has_fast(dtype: torch.dtype) -> bool:
+    """Whether oneDNN has native kernels for ``dtype`` on this CPU (float32 always; bf16/fp16 need AVX512 or AMX)."""
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return True
 
 
 def _weights_state(model: nn.Module) -> tuple:
@@ -66,6 +76,11 @@ def prepare_for_inference(model: nn.Module, dtype: str | torch.dtype = "fp32", c
     ``dtype``, and with ``compile`` ``torch.compile`` its forward (``compile_kwargs`` go to torch.compile).
     Returns the model."""
     dtype = parse_dtype(dtype)
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == "cpu" and not cpu_has_fast(dtype):
+        warnings.warn(f"this CPU has no native {dtype} kernels (AVX512-BF16/AMX/AVX512-FP16): convolutions and "
+                      f"matrix products fall back to slow reference code, expect {dtype} to be slower than "
+                      "float32 here", stacklevel=2)
     model.eval()
     if deploy and hasattr(model, "deploy"):
         model.deploy(channels_last=channels_last)
