@@ -19,6 +19,7 @@ import copy
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,11 +135,13 @@ def measure(runs: dict[str, Run], rounds: int, warmup: int) -> tuple[dict[str, l
         for _ in range(warmup):
             for run in runs.values():
                 run()
-        for _ in range(rounds):
+        for i in range(rounds):
             for key, run in runs.items():
                 start = time.perf_counter()
                 run()
                 times[key].append(time.perf_counter() - start)
+            print(f"round {i + 1}/{rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()),
+                  file=sys.stderr, flush=True)
     return times, diffs
 
 
