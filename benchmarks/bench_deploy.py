@@ -78,7 +78,7 @@ def _int8_demo_ap(folder: Path, threads: int) -> tuple[float, float]:
     return aps[0], aps[1]
 
 
-def build_rows(name: str, x: torch.Tensor, folder: Path, threads: int, skip_compile: bool
+def build_rows(name: str, x: torch.Tensor, folder: Path, threads: int, skip_compile: bool, skip_bf16: bool
                ) -> tuple[dict[str, Run], dict[str, str], dict[str, str]]:
     """(runs by row name, skipped rows with the reason, notes)."""
     model, hf = twin_models(name)
@@ -88,7 +88,10 @@ def build_rows(name: str, x: torch.Tensor, folder: Path, threads: int, skip_comp
     x_cl = x.contiguous(memory_format=torch.channels_last)
     runs["zoo eager fp32"] = _zoo_run(model, x)
     runs["zoo deploy() fp32"] = _zoo_run(prepare_for_inference(copy.deepcopy(model), "fp32"), x_cl)
-    runs["zoo deploy() bf16"] = _zoo_run(prepare_for_inference(copy.deepcopy(model), "bf16"), x_cl.bfloat16())
+    if skip_bf16:
+        skipped["zoo deploy() bf16"] = skipped["transformers bf16"] = "--no-bf16"
+    else:
+        runs["zoo deploy() bf16"] = _zoo_run(prepare_for_inference(copy.deepcopy(model), "bf16"), x_cl.bfloat16())
     if skip_compile:
         skipped["zoo deploy() + torch.compile fp32"] = "--no-compile"
     else:
@@ -116,8 +119,9 @@ def build_rows(name: str, x: torch.Tensor, folder: Path, threads: int, skip_comp
         else:
             skipped["onnxruntime int8 (dynamic)"] = f"demo AP {ap8:.1f} vs {ap32:.1f} in fp32: more than 1 point lost"
     runs["transformers fp32"] = lambda: (lambda o: (o.logits, o.pred_boxes))(hf(pixel_values=x))
-    hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
-    runs["transformers bf16"] = lambda: (lambda o: (o.logits, o.pred_boxes))(hf_bf16(pixel_values=x.bfloat16()))
+    if not skip_bf16:
+        hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
+        runs["transformers bf16"] = lambda: (lambda o: (o.logits, o.pred_boxes))(hf_bf16(pixel_values=x.bfloat16()))
     return runs, skipped, notes
 
 
@@ -196,6 +200,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (slow to compile)")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 rows (slow on CPUs without AVX512-BF16)")
     parser.add_argument("--plot", default="bench_deploy.png", help="latency plot (PNG)")
     parser.add_argument("--json", default=None, help="also write the raw timings here")
     args = parser.parse_args()
@@ -204,7 +209,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     x = torch.rand(args.batch_size, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as folder:
-        runs, skipped, notes = build_rows(args.model, x, Path(folder), threads, args.no_compile)
+        runs, skipped, notes = build_rows(args.model, x, Path(folder), threads, args.no_compile, args.no_bf16)
         times, diffs = measure(runs, args.rounds, args.warmup)
     import transformers
 
