@@ -175,3 +175,25 @@ def test_latency_stats():
     stats = latency_stats([i / 1000 for i in range(10, 0, -1)], batch_size=4)  # 1..10 ms, unordered
     assert stats["median_ms"] == pytest.approx(5.5) and stats["p90_ms"] == pytest.approx(9.0)
     assert stats["images_per_s"] == pytest.approx(4 / 0.0055)
+
+
+DEMO = "rtdetr_mobilenetv3_small.shapes_demo"  # bundled weights: real detections, no network
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_predict_dtype_finds_the_demo_shapes(tmp_path, capsys, dtype):
+    image = Path(zoo.__file__).parent / "assets" / "shapes_demo.png"
+    code = main(["predict", DEMO, str(image), "--threshold", "0.7", "--out", str(tmp_path), "--dtype", dtype,
+                 "--no-draw", "--device", "cpu"])
+    assert code == 0
+    assert "4 detections (2 circle, 1 triangle, 1 square)" in capsys.readouterr().out
+
+
+def test_benchmark_dtype_and_bad_dtype(capsys):
+    code = main(["benchmark", DEMO, "--dtype", "bf16", "--warmup", "0", "--iters", "1", "--device", "cpu", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dtype"] == "bf16" and result["compile"] is False and result["deploy"] is True
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", DEMO, "--dtype", "int8"])
+    assert exit_info.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err

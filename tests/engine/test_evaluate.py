@@ -138,11 +138,19 @@ def test_model_end_to_end(dataset, model, tmp_path):
     info = next(im for im in subset["images"] if im["id"] == first)
     det = model.predict(str(IMAGE_DIR / info["file_name"]), score_threshold=0.0, top_k=TOP_K, input_size=160)
     ours = [d for d in result.detections if d["image_id"] == first]
-    assert [d["category_id"] for d in ours] == [category_ids[i] for i in det.labels.tolist()]
-    torch.testing.assert_close(torch.tensor([d["score"] for d in ours]), det.scores, atol=1e-5, rtol=0)
+    scores = torch.tensor([d["score"] for d in ours])
+    torch.testing.assert_close(scores, det.scores, atol=1e-5, rtol=0)
     xyxy = torch.tensor([d["bbox"] for d in ours])
     xyxy[:, 2:] += xyxy[:, :2]
-    torch.testing.assert_close(xyxy, det.boxes, atol=1e-2, rtol=0)
+    # batch 3 here, batch 1 in predict: rounding may order (near-)equal scores of random weights differently, so
+    # each detection of predict must have its own counterpart (same category, score and box) in any order
+    categories = torch.tensor([d["category_id"] for d in ours])
+    unused = torch.ones(len(ours), dtype=torch.bool)
+    for box, score, label in zip(det.boxes, det.scores, det.labels.tolist()):
+        same = ((xyxy - box).abs().max(1).values <= 1e-2) & ((scores - score).abs() <= 1e-5) & \
+            (categories == category_ids[label]) & unused
+        assert same.any(), (box, score, label)
+        unused[same.nonzero()[0]] = False
     # and pycocotools agrees on the detections it returned
     path = tmp_path / "model_detections.json"
     path.write_text(json.dumps(result.detections))

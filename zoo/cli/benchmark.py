@@ -1,8 +1,10 @@
 """``zoo benchmark``: inference latency, throughput and peak memory of a model.
 
 What is timed is what ``model.predict`` does after decoding and resizing: normalisation, the forward pass and
-postprocessing (top-300, boxes to pixels), on random images of the requested size, in deploy mode (RepVGG
-blocks fused). Warm-up iterations come first; CUDA is synchronised around every iteration.
+postprocessing (top-300, boxes to pixels), on random images of the requested size, in deploy mode (BatchNorm
+folded, RepVGG blocks fused, channels-last memory), in ``--dtype``, compiled with ``--compile``. Warm-up
+iterations come first (with ``--compile`` they include the compilation); CUDA is synchronised around every
+iteration.
 """
 from __future__ import annotations
 
@@ -107,18 +109,18 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, device = model_from_args(args, random_ok=True)
-    if not args.no_deploy:
-        model.deploy(channels_last=True)
-    weights = (model.pretrained_cfg.get("weights") or args.checkpoint
+    model, device = model_from_args(args, random_ok=True, deploy=not args.no_deploy)
+    weights = ((getattr(model, "pretrained_cfg", None) or {}).get("weights") or args.checkpoint
                or "random (latency does not depend on the weights' values)")
-    result = {"model": args.name, "weights": weights, "deploy": not args.no_deploy,
+    result = {"model": args.name, "weights": weights, "deploy": not args.no_deploy, "dtype": args.dtype,
+              "compile": args.compile,
               **benchmark_model(model, args.batch_size, args.size, device, args.warmup, args.iters, progress=True)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     h, w = result["input_size"]
-    print(f"{args.name} {'deployed' if result['deploy'] else 'not deployed'}, batch {args.batch_size}, {h}x{w}, "
+    print(f"{args.name} {'deployed' if result['deploy'] else 'not deployed'}, {args.dtype}"
+          f"{', compiled' if args.compile else ''}, batch {args.batch_size}, {h}x{w}, "
           f"{result['device']} ({result['threads']} threads), {args.iters} iterations after {args.warmup} warm-up")
     print(f"  weights  {weights}")
     print(f"  latency  median {result['median_ms']:.2f} ms   p90 {result['p90_ms']:.2f} ms")

@@ -17,7 +17,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """NAME, --weights, --checkpoint, --backend, --device and --size, identical for every inference command."""
+    """NAME, the weights, --backend, --device, --size, --dtype and --compile, identical for every inference command."""
     parser.add_argument("name", metavar="NAME", help="model name, e.g. rtdetr_r18vd (see `zoo list`); with "
                                                      "--backend onnxruntime also an .onnx file from `zoo export`")
     add_weights_arguments(parser)
@@ -26,10 +26,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
                         help="input size override (default: the model's pretrained_cfg)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="precision of the weights and inputs (postprocessing stays fp32; default fp32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow first batch)")
 
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    """--weights TAG | --checkpoint PATH."""
+    """--weights TAG | --checkpoint PATH | --random-weights."""
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--weights", metavar="TAG", default=None,
                          help="pretrained weights tag (create_model(NAME, pretrained=TAG)); 'default' for the "
@@ -39,9 +42,6 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--random-weights", action="store_true",
                          help="run with random (untrained) weights; without this, a model with default weights uses "
                               "them and one without weights is refused")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
-                        help="input size override (default: the model's pretrained_cfg)")
 
 
 def create_model_from_args(args: argparse.Namespace, random_ok: bool = False):
@@ -54,20 +54,27 @@ def create_model_from_args(args: argparse.Namespace, random_ok: bool = False):
     return create_model(args.name, pretrained=_pretrained(args, random_ok), checkpoint_path=args.checkpoint)
 
 
-def model_from_args(args: argparse.Namespace, random_ok: bool = False):
-    """Build the model the shared options describe, on the requested device, in eval mode."""
+def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: bool = True):
+    """Build the model the shared options describe on the requested device (this rank's GPU under torchrun), ready
+    for inference: fused (``deploy()``, unless ``deploy`` is False), in ``--dtype``, compiled with ``--compile``;
+    or the onnxruntime session of ``--backend onnxruntime``."""
     from zoo.engine.distributed import rank_device
+    from zoo.engine.inference import prepare_for_inference
 
-    device = rank_device(args.device)  # checked before building a model; this rank's GPU under torchrun
+    device = rank_device(args.device)  # checked before building a model
     if getattr(args, "backend", "torch") == "onnxruntime":
         from zoo.export.runtime import OnnxRuntimeDetector
 
+        if args.dtype != "fp32" or args.compile:
+            raise ValueError("--dtype and --compile apply to the torch backend; for a half-precision onnxruntime "
+                             "model export it with `zoo export --half`")
         is_file = args.name.lower().endswith(".onnx")
         if is_file and (args.weights or args.checkpoint):
             raise ValueError(f"{args.name} is an exported file: it holds its weights, drop --weights/--checkpoint")
         model = args.name if is_file else create_model_from_args(args, random_ok)
         return OnnxRuntimeDetector(model, device=device), device
-    return create_model_from_args(args, random_ok).to(device).eval(), device
+    model = create_model_from_args(args, random_ok).to(device)
+    return prepare_for_inference(model, args.dtype, args.compile, deploy=deploy), device
 
 
 def _pretrained(args: argparse.Namespace, random_ok: bool) -> bool | str:

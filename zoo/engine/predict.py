@@ -72,8 +72,13 @@ def run_detector(model: torch.nn.Module, preprocess: Preprocess, images: Sequenc
 
     Without a pixel mask the model's normalised boxes refer to the padded canvas, so each original size is
     scaled by padded / resized; with a mask (DETR) they refer to the valid region, i.e. the original image.
+    Inputs take the model's dtype (bf16/fp16 models, or float32 under ``torch.autocast``); postprocessing runs
+    in float32.
     """
+    from zoo.engine.inference import model_dtype
+
     pixel_values, mask = preprocess.collate(images, device)
+    pixel_values = pixel_values.to(model_dtype(model))
     original = torch.tensor(original_sizes, dtype=torch.float32, device=device)
     if preprocess.use_mask:
         outputs = model(pixel_values, pixel_mask=mask)
@@ -82,7 +87,9 @@ def run_detector(model: torch.nn.Module, preprocess: Preprocess, images: Sequenc
         outputs = model(pixel_values)
         resized = torch.tensor([tuple(im.shape[-2:]) for im in images], dtype=torch.float32, device=device)
         target_sizes = original * torch.tensor(pixel_values.shape[-2:], device=device) / resized
-    return model.postprocess(outputs, target_sizes, score_threshold=score_threshold, top_k=top_k)
+    outputs = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in outputs.items()}
+    with torch.autocast(device.type, enabled=False):
+        return model.postprocess(outputs, target_sizes, score_threshold=score_threshold, top_k=top_k)
 
 
 def _as_items(images: ImageInput | Sequence[ImageInput]) -> tuple[list[tuple[Any, str]], bool]:
@@ -117,8 +124,12 @@ def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], s
     each original image; at most ``top_k`` detections with score >= ``score_threshold`` are kept.
     ``device`` moves the model there (default: where the model is). ``input_size`` overrides the size in
     ``pretrained_cfg`` (faster, less accurate). Images are read batch by batch, so long lists stay cheap.
+    The model runs fused (see :func:`zoo.engine.inference.inference_model`) in its own dtype (bf16 and fp16
+    models work, and so does ``torch.autocast``); boxes and scores come back in float32.
     """
     from tqdm.auto import tqdm
+
+    from zoo.engine.inference import inference_model
 
     _check_args(score_threshold, top_k, batch_size)
     items, single = _as_items(images)
@@ -128,6 +139,7 @@ def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], s
     step = batch_size if preprocess.batchable else 1
     was_training = model.training
     model.to(device).eval()
+    runner = inference_model(model)  # fused (deploy) copy: same outputs up to rounding, faster
     results: list[Detections] = []
     try:
         with tqdm(total=len(items), disable=not progress, unit="img", desc="predict") as bar:
@@ -135,7 +147,7 @@ def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], s
                 chunk = items[start:start + step]
                 loaded = [load_image(image, image_name) for image, image_name in chunk]
                 sizes = [(int(t.shape[1]), int(t.shape[2])) for t in loaded]
-                outputs = run_detector(model, preprocess, [preprocess.resize(t) for t in loaded], sizes, device,
+                outputs = run_detector(runner, preprocess, [preprocess.resize(t) for t in loaded], sizes, device,
                                        float(score_threshold), top_k)
                 for (chunk_image, image_name), size, out in zip(chunk, sizes, outputs):
                     labels = out["labels"].cpu().long()

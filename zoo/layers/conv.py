@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from zoo.layers.fusion import fold_norm_into_conv
 
 from zoo.registry import register_component
 
@@ -36,6 +37,12 @@ class ConvNormLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
 
+    @torch.no_grad()
+    def fuse_for_deploy(self) -> None:
+        """Fold the norm's eval-mode statistics into the convolution (the norm becomes Identity)."""
+        if not isinstance(self.norm, nn.Identity):
+            self.conv, self.norm = fold_norm_into_conv(self.conv, self.norm), nn.Identity()
+
 
 class RepVggBlock(nn.Module):
     """3x3 conv+BN plus 1x1 conv+BN, summed, then an activation; fuses into one 3x3 conv for deployment."""
@@ -59,11 +66,9 @@ class RepVggBlock(nn.Module):
             return
         kernels, biases = [], []
         for branch in (self.conv1, self.conv2):
-            bn = branch.norm
-            w, b = fuse_conv_bn_weights(branch.conv.weight, branch.conv.bias, bn.running_mean, bn.running_var,
-                                        bn.eps, bn.weight, bn.bias)
-            kernels.append(w)
-            biases.append(b)
+            branch.fuse_for_deploy()
+            kernels.append(branch.conv.weight)
+            biases.append(branch.conv.bias)
         kernel = kernels[0] + F.pad(kernels[1], [1, 1, 1, 1])
         conv = nn.Conv2d(kernel.shape[1], kernel.shape[0], 3, 1, 1, bias=True).to(kernel)
         conv.weight.copy_(kernel)

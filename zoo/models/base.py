@@ -58,6 +58,8 @@ class Detector(nn.Module):
     train_defaults: dict[str, Any] = {}
     config: dict
     pretrained_cfg: dict
+    #: set by :meth:`deploy`: the model is fused for inference and cannot train
+    deployed: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -82,16 +84,23 @@ class Detector(nn.Module):
 
     @torch.no_grad()
     def deploy(self, channels_last: bool = False) -> "Detector":
-        """Prepare for inference: fuse re-parameterisable blocks (RepVGG); outputs are unchanged (<= 1e-5).
+        """Prepare for inference: fuse re-parameterisable blocks (RepVGG) and fold every BatchNorm that follows a
+        convolution into it; outputs are unchanged up to float rounding (<= 1e-5 relative).
 
-        The state dict keys of fused blocks change, so load weights first. ``channels_last=True`` also
+        The state dict keys of fused blocks change and the model can no longer train, so load weights first
+        (``model.predict`` does this on a cached copy and leaves the model as it is). ``channels_last=True`` also
         switches to channels-last memory: convolutions run faster on CPU and GPU, outputs move by float
         rounding only. Returns self in eval mode.
         """
+        from zoo.layers.fusion import fold_sequential
+
         self.eval()
         for module in list(self.modules()):
             if module is not self and hasattr(module, "fuse_for_deploy"):
                 module.fuse_for_deploy()
+            elif isinstance(module, nn.Sequential):
+                fold_sequential(module)
+        self.deployed = True
         return self.to(memory_format=torch.channels_last) if channels_last else self
 
     def predict(self, images: Any, score_threshold: float = 0.5, top_k: int = 100, batch_size: int = 8,
