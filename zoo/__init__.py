@@ -1,19 +1,48 @@
 """zoo: real-time detection transformers (RT-DETR, DETR) by name, with trustworthy pretrained weights.
 
-Importing zoo imports every model family (``zoo.models``), as timm does, so that the registry is complete.
+``import zoo`` is cheap (the command line starts without torch): the public names below are imported on first
+use, and the first use of any of them, or any registry query, imports every model family (``zoo.models``) once,
+so that the registry is complete.
 """
-import zoo.models  # noqa: F401  (registers every model and component)
-from zoo.engine.draw import draw
-from zoo.engine.evaluate import evaluate
-from zoo import export  # a module that is also callable: zoo.export(model, "model.onnx")
-from zoo.factory import create_model, create_model_from_config
-from zoo.registry import (
-    get_component, is_model, list_components, list_models, model_entrypoint, register_component, register_model,
-)
-from zoo.version import __version__
-from zoo.weights.publish import push_to_hub, save_pretrained
+from __future__ import annotations
 
-__all__ = ["create_model", "create_model_from_config", "list_models", "is_model", "model_entrypoint",
-           "register_model", "register_component", "get_component", "list_components", "__version__",
-           "draw", "evaluate", "push_to_hub", "save_pretrained"]
-__all__ += ["export"]
+import importlib
+from typing import Any
+
+from zoo import registry as _registry
+from zoo.version import __version__
+
+#: public name -> the module that defines it
+_PUBLIC = {
+    "create_model": "zoo.factory", "create_model_from_config": "zoo.factory",
+    "list_models": "zoo.registry", "is_model": "zoo.registry", "model_entrypoint": "zoo.registry",
+    "register_model": "zoo.registry", "register_component": "zoo.registry", "get_component": "zoo.registry",
+    "list_components": "zoo.registry", "draw": "zoo.engine.draw", "evaluate": "zoo.engine.evaluate",
+    "push_to_hub": "zoo.weights.publish", "save_pretrained": "zoo.weights.publish",
+}
+
+__all__ = [*_PUBLIC, "export", "__version__"]
+
+
+def _load_families() -> None:
+    import zoo.models  # noqa: F401  (registers every model and component)
+    import zoo.weights.manifest  # noqa: F401  (tells list_models(pretrained=True) the weight tags)
+
+
+_registry.set_family_loader(_load_families)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "export":  # a module that is also callable: zoo.export(model, "model.onnx")
+        _registry.load_families()
+        return importlib.import_module("zoo.export")
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    _registry.load_families()
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,7 +3,9 @@
 Model entry points are registered with :func:`register_model` (timm style) and components
 (backbones, encoders, decoders, blocks) with :func:`register_component`, so that a JSON config can name
 them (``{"name": "presnet", "depth": 18}``) and users can swap one in (``backbone="resnet50d"``). The registry
-is a leaf: it imports nothing of zoo. ``import zoo`` imports every family, whose decorators fill it.
+is a leaf: it imports nothing of zoo. ``zoo/__init__`` tells it how to import the families
+(:func:`set_family_loader`), and every query imports them once first, so the registry is complete whenever it is
+read, while ``import zoo`` (and the command line's start) stays cheap.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Iterable, TypeVar
 __all__ = [
     "register_model", "register_component", "get_component", "list_components",
     "list_models", "is_model", "model_entrypoint", "resolve_model_name", "model_aliases",
-    "set_pretrained_tags_provider", "COMPONENT_KINDS",
+    "set_pretrained_tags_provider", "set_family_loader", "load_families", "COMPONENT_KINDS",
 ]
 
 F = TypeVar("F", bound=Callable)
@@ -27,6 +29,24 @@ COMPONENT_KINDS = ("backbone", "encoder", "decoder", "block")
 _model_entrypoints: dict[str, Callable] = {}
 _model_aliases: dict[str, str] = {}
 _components: dict[str, dict[str, Callable]] = defaultdict(dict)
+
+
+_family_loader: Callable[[], None] | None = None
+_families_loaded = False
+
+
+def set_family_loader(loader: Callable[[], None]) -> None:
+    """Set how :func:`load_families` imports the model families (``zoo/__init__`` does, at import)."""
+    global _family_loader
+    _family_loader = loader
+
+
+def load_families() -> None:
+    """Import every model family once, so that their decorators have filled the registry."""
+    global _families_loaded
+    if not _families_loaded and _family_loader is not None:
+        _families_loaded = True
+        _family_loader()
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
@@ -77,6 +97,7 @@ def register_component(kind: str, name: str | None = None) -> Callable[[F], F]:
 
 def get_component(kind: str, name: str) -> Callable:
     """Return the builder registered as ``name`` for ``kind``; unknown names suggest close ones."""
+    load_families()
     registry = _components.get(kind, {})
     if name not in registry:
         raise KeyError(
@@ -87,6 +108,7 @@ def get_component(kind: str, name: str) -> Callable:
 
 
 def list_components(kind: str) -> list[str]:
+    load_families()
     return sorted(_components.get(kind, {}))
 
 
@@ -101,6 +123,7 @@ def list_models(
     ``pretrained=True`` keeps only models with at least one weight entry in the manifest and then
     returns ``architecture.tag`` names, like timm.
     """
+    load_families()
     names: list[str] = sorted(_model_entrypoints)
     if include_aliases:
         names = sorted(names + list(_model_aliases))
@@ -118,6 +141,7 @@ def list_models(
 
 def resolve_model_name(name: str) -> str:
     """Map an alias to its canonical architecture name; unknown names raise with suggestions."""
+    load_families()
     name = _model_aliases.get(name, name)
     if name not in _model_entrypoints:
         known = list(_model_entrypoints) + list(_model_aliases)
@@ -126,6 +150,7 @@ def resolve_model_name(name: str) -> str:
 
 
 def is_model(name: str) -> bool:
+    load_families()
     return name in _model_entrypoints or name in _model_aliases
 
 
@@ -134,6 +159,7 @@ def model_entrypoint(name: str) -> Callable:
 
 
 def model_aliases() -> dict[str, str]:
+    load_families()
     return dict(_model_aliases)
 
 

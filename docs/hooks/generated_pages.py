@@ -117,7 +117,7 @@ def architecture_row(name: str, manifest: Any, aliases: list[str], measure: bool
     if measure:
         info = model_summary(name)
         params, gflops = f"{info['params_m']:.1f}", f"{info['gflops']:.1f}"
-        size = "x".join(str(v) for v in info["input_size"][1:])
+        size = "x".join(str(v) for v in info["input_size"][-2:])
     alias = ", ".join(f"`{a}`" for a in aliases)
     return f"| `{name}` | {alias} | {params} | {gflops} | {size} | {tags} | {doc} |"
 

@@ -99,7 +99,13 @@ def test_cli_writes_annotated_video_and_json_lines(model, clip, tmp_path, capsys
     assert [r["frame"] for r in records] == list(range(NUM_FRAMES))
     expected = list(model.predict(str(clip), stream=True, score_threshold=0.5))
     for record, det in zip(records, expected):
-        assert record == json.loads(det.to_json())
+        # the command runs the model fused in place with channels-last memory, model.predict a fused copy: the
+        # same maths, rounded by other kernels
+        want = json.loads(det.to_json())
+        assert {k: v for k, v in record.items() if k not in ("boxes", "scores")} == \
+            {k: v for k, v in want.items() if k not in ("boxes", "scores")}
+        assert torch.allclose(torch.tensor(record["scores"]), torch.tensor(want["scores"]), atol=1e-5, rtol=0)
+        assert torch.allclose(torch.tensor(record["boxes"]), torch.tensor(want["boxes"]), atol=1e-3, rtol=0)
 
     with av.open(str(out / "clip.mp4")) as container:
         stream = container.streams.video[0]

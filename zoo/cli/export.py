@@ -9,15 +9,14 @@ from zoo.cli.predict import add_weights_arguments, create_model_from_args, int_a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from zoo.export.onnx import DEFAULT_OPSET, EXPORT_FORMATS
-
     p = sub.add_parser("export", help="export to ONNX (verified with onnxruntime)",
                        description="Export a model to ONNX: input pixel_values [B, 3, H, W], outputs pred_logits "
                                    "and pred_boxes (or, with --postprocess, the official deploy graph: images + "
                                    "orig_target_sizes -> labels, boxes, scores). See docs/deploy.md.")
     p.add_argument("name", metavar="MODEL", help="model name, name.tag, local-dir:DIR or hf-hub:org/repo")
     add_weights_arguments(p)
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="export format (default onnx)")
+    # checked by zoo.export (an unknown format is its clear error), so that building the parser imports no torch
+    p.add_argument("--format", default="onnx", help="export format: onnx (the default; the only one so far)")
     p.add_argument("--output", required=True, metavar="PATH", help="file to write, e.g. model.onnx")
     p.add_argument("--size", type=int_at_least(1), nargs=2, default=None, metavar=("H", "W"),
                    help="input height and width, multiples of the model's stride (default: its pretrained_cfg)")
@@ -27,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="include normalisation and postprocessing: a drop-in for the official deploy scripts")
     p.add_argument("--half", action="store_true", help="float16 weights, inputs and outputs")
     p.add_argument("--opset", type=int_at_least(1), default=None, metavar="N",
-                   help=f"ONNX opset (default {DEFAULT_OPSET})")
+                   help="ONNX opset (default: zoo.export.onnx.DEFAULT_OPSET)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison with eager PyTorch")
     p.set_defaults(func=_export)
 

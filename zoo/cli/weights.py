@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zoo.weights.manifest import WeightsEntry
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command line starts without torch
+    from zoo.weights.manifest import WeightsEntry
 
 
 def register(sub: argparse._SubParsersAction) -> None:

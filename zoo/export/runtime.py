@@ -121,6 +121,8 @@ class OnnxRuntimeDetector(nn.Module):
         return int(self.config["model_args"]["num_classes"])
 
     predict = Detector.predict  # model.predict(images, ...) as for the eager model
+    #: exports are made from the fused model: inference runs this object as it is (no fused copy of it)
+    deployed = True
 
     def deploy(self, channels_last: bool = False) -> "OnnxRuntimeDetector":
         """Nothing to do: exports are made from the fused model. Returns self in eval mode."""
@@ -153,7 +155,9 @@ class OnnxRuntimeDetector(nn.Module):
 
 
 def _family_class(family: str) -> type:
-    import zoo.models  # noqa: F401  (imports every family)
+    from zoo.registry import load_families
+
+    load_families()  # every Detector subclass
 
     classes = {cls.family: cls for cls in Detector.__subclasses__()}
     if family not in classes:

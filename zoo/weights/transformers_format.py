@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from zoo.registry import load_families
+
 __all__ = ["TransformersFamily", "UnrepresentableConfigError", "register_transformers_family",
            "save_transformers", "is_transformers_config", "transformers_spec", "build_transformers", "pretrained_cfg_from_processor",
            "require", "PROCESSOR_NAME"]
@@ -77,6 +79,7 @@ def _family_of_model(model: nn.Module) -> TransformersFamily:
 
 
 def _family_of_config(config: Mapping[str, Any]) -> TransformersFamily | None:
+    load_families()  # each family's convert module registers its mapping
     return next((f for f in _families.values() if config.get("model_type") in f.model_types), None)
 
 
