@@ -48,3 +48,10 @@ def test_errors(tmp_path, capsys, argv, code, message):
 def test_missing_output_folder(tmp_path, capsys):
     assert main(["export", DEMO, "--output", str(tmp_path / "no" / "m.onnx")]) == 1
     assert "output folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def test_parser_formats_are_the_exporters():
+    from zoo.cli.export import FORMATS
+    from zoo.export.onnx import EXPORT_FORMATS
+
+    assert tuple(FORMATS) == tuple(EXPORT_FORMATS)

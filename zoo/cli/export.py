@@ -8,6 +8,10 @@ import sys
 from zoo.cli.predict import add_weights_arguments, create_model_from_args, int_at_least
 
 
+#: zoo.export.onnx.EXPORT_FORMATS, repeated here so that building the parser imports no torch (a test checks they agree)
+FORMATS = ("onnx",)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX (verified with onnxruntime)",
                        description="Export a model to ONNX: input pixel_values [B, 3, H, W], outputs pred_logits "
@@ -15,8 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "orig_target_sizes -> labels, boxes, scores). See docs/deploy.md.")
     p.add_argument("name", metavar="MODEL", help="model name, name.tag, local-dir:DIR or hf-hub:org/repo")
     add_weights_arguments(p)
-    # checked by zoo.export (an unknown format is its clear error), so that building the parser imports no torch
-    p.add_argument("--format", default="onnx", help="export format: onnx (the default; the only one so far)")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="export format (default onnx)")
     p.add_argument("--output", required=True, metavar="PATH", help="file to write, e.g. model.onnx")
     p.add_argument("--size", type=int_at_least(1), nargs=2, default=None, metavar=("H", "W"),
                    help="input height and width, multiples of the model's stride (default: its pretrained_cfg)")
