@@ -139,12 +139,11 @@ def _check_opset(opset: int | None) -> int:
 
 
 def _import_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(f"ONNX export needs onnx and onnxruntime ({exc}); install them with "
-                          "pip install 'zoo[export]'") from exc
+    """ONNX export needs onnx (to write the file) and onnxruntime (to verify it): a clear error when missing."""
+    from zoo.extras import require
+
+    require("onnx", "export", "ONNX export")
+    require("onnxruntime", "export", "ONNX export")
 
 
 # --------------------------------------------------------------------------------------------------

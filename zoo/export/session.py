@@ -27,10 +27,9 @@ def open_session(path: str | os.PathLike, providers: Sequence[Any] | None = None
                  device: torch.device | str | None = None) -> Any:
     """``onnxruntime.InferenceSession`` for ``path``: ``providers`` default to the CPU, or CUDA for
     ``device="cuda"``; ``threads`` (intra-op) defaults to ``torch.get_num_threads()``."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ImportError("running exports needs onnxruntime: pip install 'zoo[export]'") from exc
+    from zoo.extras import require
+
+    ort = require("onnxruntime", "export", "running exports")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.log_severity_level = 3  # errors only: float16 graphs log a warning per node it cannot constant-fold
