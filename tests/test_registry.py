@@ -1,11 +1,26 @@
-"""The registry: listing, aliases, duplicate names, unknown names, keyword routing, num_classes checks."""
+"""The registry: listing (from the families' source and from the registry), aliases, duplicate names, unknown
+names, keyword routing, num_classes checks."""
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import zoo
-from zoo.registry import get_component, list_components, register_component, register_model
+from zoo.registry import declared_models, get_component, list_components, register_component, register_model
+
+LISTING = """
+import json, sys
+from zoo import registry
+queries = [dict(include_aliases=True), dict(pretrained=True), dict(filter="rtdetr_*", exclude_filters="*akconv*")]
+declared = [registry.list_models(**query) for query in queries]
+torch_imported = "torch" in sys.modules
+registry.load_families()
+print(json.dumps([torch_imported, declared, [registry.list_models(**query) for query in queries]]))
+"""
 
 
 def test_list_models_is_sorted_with_wildcards_and_excludes():
@@ -18,6 +33,41 @@ def test_list_models_is_sorted_with_wildcards_and_excludes():
     assert all("mobilenet" not in n for n in zoo.list_models("rtdetr_*", exclude_filters=["*mobilenet*"]))
     assert zoo.list_models(["rtdetr_r18vd*", "rtdetr_r34*"], exclude_filters="*akconv*") == ["rtdetr_r18vd", "rtdetr_r34vd"]
     assert {"mobilenetv3_large_100", "mobilenetv3_small_100", "mobilenetv2_100"} <= set(zoo.list_models("mobilenet*"))
+
+
+def test_listing_reads_the_source_and_equals_the_registry():
+    """A fresh process lists models from the families' ``@register_model`` declarations, without importing torch,
+    and gets exactly what the imported families register. If this fails, a family registers a model in a way
+    :func:`declared_models` cannot read: write it as a literal decorator."""
+    done = subprocess.run([sys.executable, "-c", LISTING], capture_output=True, text=True, timeout=300)
+    torch_imported, declared, registered = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not torch_imported
+    assert declared == registered
+    assert "rtdetr_mnv3" in declared[0] and "rtdetr_r18vd.coco" in declared[1]
+
+
+def test_declared_models_reads_literal_decorators_and_refuses_anything_else(tmp_path):
+    (tmp_path / "family").mkdir()
+    (tmp_path / "family" / "model.py").write_text(
+        "from zoo.registry import register_model\n"
+        "@register_model\ndef plain(**kwargs): ...\n"
+        "@register_model(name='named', aliases=('alias_a', 'alias_b'))\ndef builder(**kwargs): ...\n")
+    (tmp_path / "other.py").write_text("import zoo\n@zoo.register_model(aliases=['short'])\ndef dotted(): ...\n")
+    (tmp_path / "unrelated.py").write_text("def register(): ...\n")
+    assert declared_models(tmp_path) == {
+        "plain": (), "named": ("alias_a", "alias_b"), "dotted": ("short",)}
+    unreadable = {
+        "a call": "for n in ('x', 'y'):\n    register_model(lambda: None, name=n)\n",
+        "a renamed import": "from zoo.registry import register_model as reg\n@reg\ndef m(): ...\n",
+        "a computed name": "NAME = 'm'\n@register_model(name=NAME)\ndef m(): ...\n",
+        "a positional argument": "@register_model(None)\ndef m(): ...\n",
+        "an unknown keyword": "@register_model(names=('m',))\ndef m(): ...\n",
+    }
+    for what, source in unreadable.items():
+        (tmp_path / "dynamic.py").write_text(source)
+        assert declared_models(tmp_path) is None, what
+    (tmp_path / "none").mkdir()
+    assert declared_models(tmp_path / "none") is None  # no source (an install without .py files): import instead
 
 
 def test_alias_builds_the_same_architecture():

@@ -2,11 +2,13 @@
 
 ``import zoo`` is cheap (the command line starts without torch): the public names below are imported on first
 use, and the first use of any of them, or any registry query, imports every model family (``zoo.models``) once,
-so that the registry is complete.
+so that the registry is complete. Listing names (``zoo.list_models``, ``zoo list``) reads them from the families'
+source instead, without importing torch.
 """
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from zoo import registry as _registry
@@ -26,10 +28,16 @@ __all__ = [*_PUBLIC, "export", "__version__"]
 
 def _load_families() -> None:
     import zoo.models  # noqa: F401  (registers every model and component)
-    import zoo.weights.manifest  # noqa: F401  (tells list_models(pretrained=True) the weight tags)
 
 
-_registry.set_family_loader(_load_families)
+def _pretrained_tags() -> dict:
+    from zoo.weights.manifest import load_manifest
+
+    return load_manifest().entries
+
+
+_registry.set_family_loader(_load_families, sources=Path(__file__).with_name("models"))
+_registry.set_pretrained_tags_provider(_pretrained_tags)
 
 
 def __getattr__(name: str) -> Any:
@@ -38,7 +46,8 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module("zoo.export")
     if name not in _PUBLIC:
         raise AttributeError(f"module 'zoo' has no attribute {name!r}")
-    _registry.load_families()
+    if _PUBLIC[name] != "zoo.registry":  # the registry imports the families itself, when it must
+        _registry.load_families()
     value = getattr(importlib.import_module(_PUBLIC[name]), name)
     globals()[name] = value
     return value

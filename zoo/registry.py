@@ -6,19 +6,26 @@ them (``{"name": "presnet", "depth": 18}``) and users can swap one in (``backbon
 is a leaf: it imports nothing of zoo. ``zoo/__init__`` tells it how to import the families
 (:func:`set_family_loader`), and every query imports them once first, so the registry is complete whenever it is
 read, while ``import zoo`` (and the command line's start) stays cheap.
+
+Listing names is the exception: :func:`list_models` reads the families' ``@register_model`` decorators from their
+source (:func:`declared_models`) while they are not imported yet, so ``zoo list`` answers without torch. Where a
+registration cannot be read that way, it imports the families as every other query does.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import fnmatch
+import os
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 __all__ = [
     "register_model", "register_component", "get_component", "list_components",
     "list_models", "is_model", "model_entrypoint", "resolve_model_name", "model_aliases",
-    "set_pretrained_tags_provider", "set_family_loader", "load_families", "COMPONENT_KINDS",
+    "set_pretrained_tags_provider", "set_family_loader", "load_families", "declared_models", "COMPONENT_KINDS",
 ]
 
 F = TypeVar("F", bound=Callable)
@@ -32,13 +39,16 @@ _components: dict[str, dict[str, Callable]] = defaultdict(dict)
 
 
 _family_loader: Callable[[], None] | None = None
+_family_sources: Path | None = None
 _families_loaded = False
 
 
-def set_family_loader(loader: Callable[[], None]) -> None:
-    """Set how :func:`load_families` imports the model families (``zoo/__init__`` does, at import)."""
-    global _family_loader
+def set_family_loader(loader: Callable[[], None], sources: str | os.PathLike | None = None) -> None:
+    """Set how :func:`load_families` imports the model families (``zoo/__init__`` does, at import), and the folder
+    of their source files, where :func:`list_models` reads the registered names without importing them."""
+    global _family_loader, _family_sources
     _family_loader = loader
+    _family_sources = Path(sources) if sources is not None else None
 
 
 def load_families() -> None:
@@ -60,6 +70,7 @@ def register_model(fn: F | None = None, *, name: str | None = None, aliases: Ite
     Registering a name twice is an error: two families must never silently shadow each other.
     """
     def decorator(func: F) -> F:
+        load_families()  # a clash with a family's model is then reported here, at the new registration
         model_name = name or func.__name__
         for key in (model_name, *aliases):
             if key in _model_entrypoints or key in _model_aliases:
@@ -123,13 +134,11 @@ def list_models(
     ``pretrained=True`` keeps only models with at least one weight entry in the manifest and then
     returns ``architecture.tag`` names, like timm.
     """
-    load_families()
-    names: list[str] = sorted(_model_entrypoints)
-    if include_aliases:
-        names = sorted(names + list(_model_aliases))
+    architectures, aliases = _model_names()
+    names = sorted(architectures | set(aliases) if include_aliases else architectures)
     if pretrained:
         tags = _pretrained_tags_provider() if _pretrained_tags_provider is not None else ()
-        names = sorted(k for k in tags if k.split(".", 1)[0] in _model_entrypoints)
+        names = sorted(k for k in tags if k.split(".", 1)[0] in architectures)
     includes = [filter] if isinstance(filter, str) else list(filter)
     excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
     if any(includes):
@@ -137,6 +146,73 @@ def list_models(
     for pattern in excludes:
         names = [n for n in names if not fnmatch.fnmatchcase(n, pattern)]
     return names
+
+
+def _model_names() -> tuple[set[str], dict[str, str]]:
+    """Registered model names and aliases (alias -> name): declared in the families' source while they are not
+    imported, else (or when the source cannot be read statically) the registry's, after importing them."""
+    if not _families_loaded and _family_sources is not None:
+        declared = declared_models(_family_sources)
+        if declared is not None:  # plus any model registered before the families were imported
+            aliases = {alias: name for name, names in declared.items() for alias in names}
+            return set(declared) | set(_model_entrypoints), {**aliases, **_model_aliases}
+    load_families()
+    return set(_model_entrypoints), dict(_model_aliases)
+
+
+def declared_models(folder: str | os.PathLike) -> dict[str, tuple[str, ...]] | None:
+    """Model name -> aliases for every ``@register_model`` decorator in the Python files under ``folder``, read
+    without importing them.
+
+    Returns None when that reading could be incomplete, so that the caller imports the families instead: no
+    source files declare a model (an install without sources), or a file uses ``register_model`` in any other
+    way (a call, a renamed import, arguments that are not literals).
+    """
+    declared: dict[str, tuple[str, ...]] = {}
+    for path in sorted(Path(folder).rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if "register_model" not in text:
+            continue
+        found = _declarations(ast.parse(text, filename=str(path)))
+        if found is None:
+            return None
+        declared.update(found)
+    return declared or None
+
+
+def _is_register_model(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Name) and node.id == "register_model"
+            or isinstance(node, ast.Attribute) and node.attr == "register_model")
+
+
+def _declarations(tree: ast.Module) -> dict[str, tuple[str, ...]] | None:
+    """The literal ``@register_model`` / ``@register_model(name=..., aliases=...)`` declarations of one module,
+    or None when ``register_model`` is used in any way that cannot be read without running the module."""
+    found: dict[str, tuple[str, ...]] = {}
+    uses = sum(_is_register_model(node) for node in ast.walk(tree) if isinstance(node, ast.expr))
+    renamed = any(isinstance(node, ast.alias) and node.name == "register_model" and node.asname
+                  for node in ast.walk(tree))
+    decorators = 0
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for decorator in node.decorator_list:
+            call = decorator if isinstance(decorator, ast.Call) else None
+            if not _is_register_model(call.func if call else decorator):
+                continue
+            decorators += 1
+            options: dict[str, object] = {"name": None, "aliases": ()}
+            for keyword in call.keywords if call else ():
+                if keyword.arg not in options:
+                    return None
+                try:
+                    options[keyword.arg] = ast.literal_eval(keyword.value)
+                except ValueError:
+                    return None
+            if call and call.args:
+                return None
+            found[str(options["name"] or node.name)] = tuple(options["aliases"])  # type: ignore[arg-type]
+    return found if decorators == uses and not renamed else None
 
 
 def resolve_model_name(name: str) -> str:

@@ -9,21 +9,35 @@
 - Trust (docs/weights.md, "The trust model"): :mod:`zoo.weights.hashing` (sha256, remembered for unchanged files),
   :mod:`zoo.weights.hub_metadata` (the Hub's LFS sha256), :mod:`zoo.weights.lock` (trust on first use),
   :mod:`zoo.weights.pin` (``zoo weights lock``), :mod:`zoo.weights.cache` (the zoo cache folder).
-"""
-from zoo.weights.checkpoint import CheckpointError, LoadReport
-from zoo.weights.download import (
-    WeightsIntegrityError,
-    WeightsNotCachedError,
-    WeightsNotFoundError,
-    fetch_file,
-    fetch_weights,
-)
-from zoo.weights.load import PretrainedReport
-from zoo.weights.manifest import Manifest, ManifestError, WeightsEntry, load_manifest
-from zoo.weights.publish import model_card, push_to_hub, save_pretrained
-from zoo.weights.sources import create_pretrained, load_pretrained_backbone
 
-__all__ = ["load_manifest", "Manifest", "ManifestError", "WeightsEntry", "fetch_file", "fetch_weights",
-           "WeightsIntegrityError", "WeightsNotFoundError", "WeightsNotCachedError", "CheckpointError", "LoadReport",
-           "create_pretrained", "load_pretrained_backbone", "PretrainedReport", "save_pretrained", "push_to_hub",
-           "model_card"]
+The public names below are imported on first use: reading the manifest (``zoo list --pretrained``) needs no torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> the module under zoo.weights that defines it
+_PUBLIC = {
+    "CheckpointError": "checkpoint", "LoadReport": "checkpoint",
+    "WeightsIntegrityError": "download", "WeightsNotCachedError": "download", "WeightsNotFoundError": "download",
+    "fetch_file": "download", "fetch_weights": "download",
+    "PretrainedReport": "load",
+    "Manifest": "manifest", "ManifestError": "manifest", "WeightsEntry": "manifest", "load_manifest": "manifest",
+    "model_card": "publish", "push_to_hub": "publish", "save_pretrained": "publish",
+    "create_pretrained": "sources", "load_pretrained_backbone": "sources",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'zoo.weights' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"zoo.weights.{_PUBLIC[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,10 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from zoo.registry import set_pretrained_tags_provider
-
 __all__ = ["Manifest", "WeightsEntry", "HubFile", "PackageFile", "ManifestError", "load_manifest", "validate_manifest",
-           "manifest_path", "FORMATS", "PROVENANCES", "LABEL_SETS"]
+           "manifest_path", "FORMATS", "PROVENANCES", "LABEL_SETS", "LABEL_SET_SIZES"]
 
 SCHEMA_VERSION = 1
 #: checkpoint layouts a manifest entry may declare (each family's convert module registers its converters)
@@ -47,6 +45,8 @@ def _coco(num_classes: int) -> Callable[[], tuple[str, ...]]:
 LABEL_SETS: dict[str, Callable[[], tuple[str, ...]]] = {
     "coco80": _coco(80), "coco91": _coco(91), "imagenet-1k": _imagenet_1k,
 }
+#: their sizes, so that validating a manifest reads no names (imagenet-1k's come from timm, which imports torch)
+LABEL_SET_SIZES = {"coco80": 80, "coco91": 91, "imagenet-1k": 1000}
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
@@ -224,7 +224,7 @@ def validate_manifest(data: Any) -> list[str]:
             if hub["sha256"] is None and entry["format"] == "zoo":
                 errors.append(f"{name}.hub: files zoo publishes (format 'zoo') must record sha256 and size")
         labels = entry["label_names"]
-        count = len(LABEL_SETS[labels]()) if isinstance(labels, str) else len(labels)
+        count = LABEL_SET_SIZES[labels] if isinstance(labels, str) else len(labels)
         if count != entry["num_classes"]:
             errors.append(f"{name}: {count} label names for num_classes={entry['num_classes']}")
         if entry["preprocessing"]["input_size"][0] != 3:
@@ -412,5 +412,3 @@ def _load(path: str, mtime_ns: int) -> Manifest:
         raise ManifestError(f"{path} does not follow the manifest schema:\n  " + "\n  ".join(errors))
     return Manifest(Path(path), {name: WeightsEntry.from_json(name, e) for name, e in data["weights"].items()})
 
-
-set_pretrained_tags_provider(lambda: load_manifest().entries)
