@@ -62,6 +62,7 @@ def test_declared_models_reads_literal_decorators_and_refuses_anything_else(tmp_
         "a computed name": "NAME = 'm'\n@register_model(name=NAME)\ndef m(): ...\n",
         "a positional argument": "@register_model(None)\ndef m(): ...\n",
         "an unknown keyword": "@register_model(names=('m',))\ndef m(): ...\n",
+        "a nested function": "def make():\n    @register_model\n    def m(): ...\n",
     }
     for what, source in unreadable.items():
         (tmp_path / "dynamic.py").write_text(source)

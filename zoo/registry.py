@@ -186,14 +186,15 @@ def _is_register_model(node: ast.expr) -> bool:
 
 
 def _declarations(tree: ast.Module) -> dict[str, tuple[str, ...]] | None:
-    """The literal ``@register_model`` / ``@register_model(name=..., aliases=...)`` declarations of one module,
-    or None when ``register_model`` is used in any way that cannot be read without running the module."""
+    """The literal ``@register_model`` / ``@register_model(name=..., aliases=...)`` declarations on the module's
+    top-level functions (those run when it is imported), or None when ``register_model`` is used in any other way
+    (inside a function or a class, in a call, renamed), which cannot be read without running the module."""
     found: dict[str, tuple[str, ...]] = {}
     uses = sum(_is_register_model(node) for node in ast.walk(tree) if isinstance(node, ast.expr))
     renamed = any(isinstance(node, ast.alias) and node.name == "register_model" and node.asname
                   for node in ast.walk(tree))
     decorators = 0
-    for node in ast.walk(tree):
+    for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         for decorator in node.decorator_list:
@@ -207,7 +208,7 @@ def _declarations(tree: ast.Module) -> dict[str, tuple[str, ...]] | None:
                     return None
                 try:
                     options[keyword.arg] = ast.literal_eval(keyword.value)
-                except ValueError:
+                except (ValueError, TypeError):
                     return None
             if call and call.args:
                 return None
