@@ -158,6 +158,25 @@ def test_predict_retries_a_failed_image_and_skips_the_rest(shapes, single_run, t
     assert "holds results of another run (threshold 0.3 there, 0.5 now)" in capsys.readouterr().err
 
 
+EXIT_CHECK = """
+import atexit
+import torch.distributed as dist
+atexit.register(lambda: print(f"rank {rank} group alive at exit: {dist.is_initialized()}", flush=True))
+from zoo.engine.distributed import init_distributed, rank as get_rank
+init_distributed("cpu")
+rank = get_rank()
+"""
+
+
+def test_a_group_zoo_joins_is_destroyed_before_the_interpreter_tears_down(tmp_path):
+    """A gloo group left alive into the interpreter's teardown can abort the process (pytorch/pytorch#190489: 7 of
+    20 four-process runs here). The script's own exit handler, registered first, runs after zoo's."""
+    script = tmp_path / "exit_check.py"
+    script.write_text(EXIT_CHECK)
+    lines = [line for line in torchrun(str(script)).stdout.splitlines() if "at exit" in line]
+    assert sorted(lines) == ["rank 0 group alive at exit: False", "rank 1 group alive at exit: False"]
+
+
 def _train_worker(data: str, out: str) -> None:
     """Runs under torchrun: fine-tune the demo for 2 steps with validation, recording which images each rank read."""
     from zoo.engine import evaluate as evaluation
