@@ -2,6 +2,8 @@
 RT-DETR (test helper)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 HF_CONFIGS = {
@@ -72,3 +74,24 @@ def calibrate_batch_norms(model, run) -> None:
     finally:
         for h in handles:
             h.remove()
+
+
+def saved(name: str, model, tmp_path_factory):
+    """``(name, model, path)``: ``model`` written with ``save_pretrained`` (a real model.safetensors)."""
+    out = tmp_path_factory.mktemp(name)
+    model.save_pretrained(out)
+    return name, model, out / "model.safetensors"
+
+
+def output_diffs(hf_model, zoo_model, x) -> tuple[float, float]:
+    """Largest |difference| of logits and boxes, computed in float64 on copies of both models.
+
+    On random weights the encoder's top-k query selection has near-ties: in float32 one rounding (which depends on
+    the CPU's kernels: AVX2 and AVX-512 round differently) can swap a selected query and move every box. In
+    float64 the same maths agrees far below the tolerances."""
+    hf_model, zoo_model, x = copy.deepcopy(hf_model).double(), copy.deepcopy(zoo_model).double(), x.double()
+    with torch.no_grad():
+        ref = hf_model(pixel_values=x)
+        out = zoo_model(x)
+    return ((ref.logits - out["pred_logits"]).abs().max().item(),
+            (ref.pred_boxes - out["pred_boxes"]).abs().max().item())

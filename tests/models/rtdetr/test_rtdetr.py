@@ -12,7 +12,7 @@ import zoo
 from zoo.weights.checkpoint import CheckpointError, read_checkpoint
 from zoo.models.rtdetr.convert import transformers_to_zoo
 
-from hf_rtdetr import HF_CONFIGS, calibrate_batch_norms, hf_rtdetr  # noqa: E402
+from hf_rtdetr import HF_CONFIGS, calibrate_batch_norms, hf_rtdetr, output_diffs, saved  # noqa: E402
 
 LOGITS_TOL, BOXES_TOL = 1e-4, 1e-5
 
@@ -20,25 +20,7 @@ LOGITS_TOL, BOXES_TOL = 1e-4, 1e-5
 @pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
 def hf_checkpoint(request, tmp_path_factory):
     """A transformers model with random weights, saved with save_pretrained (a real model.safetensors)."""
-    name = request.param
-    model = hf_rtdetr(name)
-    out = tmp_path_factory.mktemp(name)
-    model.save_pretrained(out)
-    return name, model, out / "model.safetensors"
-
-
-def _compare(hf_model, zoo_model, x):
-    """Largest |difference| of logits and boxes, computed in float64 on copies of both models.
-
-    On random weights the encoder's top-k query selection has near-ties: in float32 one rounding (which depends on
-    the CPU's kernels: AVX2 and AVX-512 round differently) can swap a selected query and move every box. In
-    float64 the same maths agrees far below the tolerances."""
-    hf_model, zoo_model, x = copy.deepcopy(hf_model).double(), copy.deepcopy(zoo_model).double(), x.double()
-    with torch.no_grad():
-        ref = hf_model(pixel_values=x)
-        out = zoo_model(x)
-    return ((ref.logits - out["pred_logits"]).abs().max().item(),
-            (ref.pred_boxes - out["pred_boxes"]).abs().max().item())
+    return saved(request.param, hf_rtdetr(request.param), tmp_path_factory)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 320, 320), (1, 3, 480, 640)], ids=["batch2", "480x640"])
@@ -47,7 +29,7 @@ def test_parity_with_transformers(hf_checkpoint, shape):
     model = zoo.create_model(name, checkpoint_path=path).eval()
     assert model.load_report.format == "transformers-rtdetr"
     torch.manual_seed(1)
-    logits_diff, boxes_diff = _compare(hf_model, model, torch.rand(*shape))
+    logits_diff, boxes_diff = output_diffs(hf_model, model, torch.rand(*shape))
     assert logits_diff <= LOGITS_TOL, f"{name} logits differ by {logits_diff}"
     assert boxes_diff <= BOXES_TOL, f"{name} boxes differ by {boxes_diff}"
 
@@ -64,7 +46,7 @@ def test_official_layout_loads(hf_checkpoint, tmp_path):
     model = zoo.create_model(name, checkpoint_path=pth).eval()
     assert model.load_report.format in ("official-rtdetr", "zoo")
     torch.manual_seed(2)
-    logits_diff, boxes_diff = _compare(hf_model, model, torch.rand(1, 3, 320, 320))
+    logits_diff, boxes_diff = output_diffs(hf_model, model, torch.rand(1, 3, 320, 320))
     assert logits_diff <= LOGITS_TOL and boxes_diff <= BOXES_TOL
 
 

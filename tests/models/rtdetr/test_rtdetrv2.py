@@ -14,7 +14,7 @@ import zoo
 from zoo.weights.checkpoint import CheckpointError, convert_state_dict, load_checkpoint, read_checkpoint
 from zoo.models.rtdetr.convert import transformers_to_zoo
 
-from hf_rtdetr import hf_rtdetrv2  # noqa: E402
+from hf_rtdetr import hf_rtdetrv2, output_diffs, saved  # noqa: E402
 
 LOGITS_TOL, BOXES_TOL = 1e-4, 1e-5
 
@@ -22,30 +22,14 @@ LOGITS_TOL, BOXES_TOL = 1e-4, 1e-5
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _saved(name, tmp_path_factory):
-    """A transformers v2 model with random weights, saved with save_pretrained (a real model.safetensors)."""
-    model = hf_rtdetrv2(name)
-    out = tmp_path_factory.mktemp(name)
-    model.save_pretrained(out)
-    return name, model, out / "model.safetensors"
-
-
 @pytest.fixture(scope="module")
 def r18(tmp_path_factory, single_thread):
-    return _saved("rtdetrv2_r18vd", tmp_path_factory)
+    return saved("rtdetrv2_r18vd", hf_rtdetrv2("rtdetrv2_r18vd"), tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def r50(tmp_path_factory, single_thread):
-    return _saved("rtdetrv2_r50vd", tmp_path_factory)
-
-
-def _diffs(hf_model, zoo_model, x):
-    with torch.no_grad():
-        ref = hf_model(pixel_values=x)
-        out = zoo_model(x)
-    return ((ref.logits - out["pred_logits"]).abs().max().item(),
-            (ref.pred_boxes - out["pred_boxes"]).abs().max().item())
+    return saved("rtdetrv2_r50vd", hf_rtdetrv2("rtdetrv2_r50vd"), tmp_path_factory)
 
 
 # R18 at 320 and at a non-square size; R50 (bottleneck blocks, expansion 1.0, 6 layers) with batch 2
@@ -56,7 +40,7 @@ def test_parity_with_transformers(request, which, shape):
     model = zoo.create_model(name, checkpoint_path=path).eval()
     assert model.load_report.format == "transformers-rtdetrv2"
     torch.manual_seed(1)
-    logits_diff, boxes_diff = _diffs(hf_model, model, torch.rand(*shape))
+    logits_diff, boxes_diff = output_diffs(hf_model, model, torch.rand(*shape))
     assert logits_diff <= LOGITS_TOL, f"{name} logits differ by {logits_diff}"
     assert boxes_diff <= BOXES_TOL, f"{name} boxes differ by {boxes_diff}"
 
@@ -132,7 +116,7 @@ def test_official_v2_layout_loads(r18, tmp_path):
     model, fmt = _load_official(name, pth)
     assert fmt == "official-rtdetrv2"
     torch.manual_seed(2)
-    logits_diff, boxes_diff = _diffs(hf_model, model, torch.rand(1, 3, 320, 320))
+    logits_diff, boxes_diff = output_diffs(hf_model, model, torch.rand(1, 3, 320, 320))
     assert logits_diff <= LOGITS_TOL and boxes_diff <= BOXES_TOL, (logits_diff, boxes_diff)
     # unrelated extra keys are still refused: only the anchor buffers are dropped
     torch.save({"ema": {"module": {**official, "decoder.extra_buffer": torch.zeros(1)}}}, pth)
