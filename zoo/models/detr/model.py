@@ -22,10 +22,11 @@ from zoo.layers.mlp import MLP
 from zoo.layers.position import PositionEmbeddingSine
 from zoo.models.base import (ClassHead, Detector, build_component, build_detector, check_pixel_values,
                              detections_to_pixels)
+from zoo.models.detr import convert
 from zoo.models.detr.backbone import DetrResNet
 from zoo.models.detr.criterion import SetCriterion
 from zoo.models.detr.transformer import DetrTransformer, DetrTransformerDecoder, DetrTransformerEncoder
-from zoo.registry import register_model
+from zoo.registry import register_family, register_model
 
 __all__ = ["DETR", "pad_images"]
 
@@ -51,6 +52,7 @@ def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return batch, mask
 
 
+@register_family
 class DETR(Detector):
     """``forward(pixel_values, pixel_mask=None)`` -> ``{"pred_logits": [B, Q, C + 1], "pred_boxes": [B, Q, 4]}``.
 
@@ -62,6 +64,8 @@ class DETR(Detector):
     """
 
     family = "detr"
+    checkpoint_layouts = convert.LAYOUTS
+    transformers = convert.TRANSFORMERS
     class_heads = (ClassHead(r"class_embed", extra_rows=1),)
     #: facebookresearch/detr main.py: lr 1e-4, backbone 1e-5, weight decay 1e-4, gradient clipping 0.1
     train_defaults = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1}
