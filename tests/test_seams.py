@@ -150,3 +150,22 @@ def test_a_format_the_family_does_not_declare_is_refused_before_reading(tmp_path
     source = WeightsSource("rtdetr_r18vd.mislabelled", tmp_path / "never-read.safetensors", 80, format="official-detr")
     with pytest.raises(CheckpointError, match="'official-detr' layout, which the rtdetr family does not read"):
         build_with_weights("rtdetr_r18vd", {}, source)
+
+
+def test_fixed_parts_are_built_without_registry_lookups(monkeypatch):
+    """Building rtdetr_r18vd looks up only what has alternatives (the backbone; the encoder's blocks inside it):
+    the encoder and decoder are built from the classes ``RTDETR.parts`` names, and config.json reads the same."""
+    import zoo
+    from zoo.models import base
+
+    looked_up = []
+    real = base.get_component
+    monkeypatch.setattr(base, "get_component", lambda kind, name: looked_up.append((kind, name)) or real(kind, name))
+    with torch.device("meta"):
+        model = zoo.create_model("rtdetr_r18vd", num_queries=100)
+    assert looked_up == [("backbone", "presnet")] * 2  # routing num_queries, then building
+    args = model.config["model_args"]
+    assert (args["backbone"]["name"], args["encoder"]["name"], args["decoder"]["name"]) == ("presnet", "hybrid", "rtdetr")
+    assert args["decoder"]["num_queries"] == 100
+    with pytest.raises(ValueError, match="builds its encoder from HybridEncoder"):
+        zoo.create_model("rtdetr_r18vd", encoder={"name": "detr"})

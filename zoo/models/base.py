@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from zoo.weights.checkpoint import Layout
     from zoo.weights.transformers_format import TransformersMapping
 
-__all__ = ["Detector", "ClassHead", "build_detector", "build_component", "check_num_classes", "check_pixel_values",
+__all__ = ["Detector", "ClassHead", "build_detector", "build_component", "part_builder", "check_num_classes", "check_pixel_values",
            "boxes_to_pixels", "detections_to_pixels", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
@@ -72,6 +72,10 @@ class Detector(nn.Module):
     checkpoint_layouts: tuple["Layout", ...] = ()
     #: the family's mapping to and from a transformers class (None: transformers has none)
     transformers: "TransformersMapping | None" = None
+    #: parts the family always builds from the same class, by config key (``{"decoder": RTDETRDecoder}``): built
+    #: directly, without a registry lookup; their config spec keeps the class's ``component_name`` as its
+    #: ``name``, so config.json reads the same. Other parts (backbones) have alternatives and are looked up.
+    parts: dict[str, type] = {}
     config: dict
     pretrained_cfg: dict
     #: set by :meth:`deploy`: the model is fused for inference and cannot train
@@ -80,6 +84,11 @@ class Detector(nn.Module):
     @property
     def num_classes(self) -> int:
         return int(self.config["model_args"]["num_classes"])
+
+    def build_part(self, kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.Module:
+        """Build the ``kind`` part from its config spec ``{"name": ..., **args}`` plus arguments the detector injects
+        (see :attr:`parts` and :func:`part_builder`)."""
+        return part_builder(type(self), kind, spec)(**{k: v for k, v in spec.items() if k != "name"}, **injected)
 
     def criterion(self) -> nn.Module:
         """The family's training loss: ``criterion(outputs, targets)`` -> dict of weighted terms to sum."""
@@ -147,6 +156,19 @@ def build_component(kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.M
     return get_component(kind, spec["name"])(**args, **injected)
 
 
+def part_builder(cls: type, kind: str, spec: Mapping[str, Any]) -> Any:
+    """The class that builds part ``kind`` of a ``cls`` detector: the one ``cls.parts`` fixes (the spec's name must
+    be its ``component_name``), else the registered component the spec names."""
+    fixed = getattr(cls, "parts", {}).get(kind)
+    if fixed is None:
+        return get_component(kind, spec["name"])
+    if spec.get("name", fixed.component_name) != fixed.component_name:
+        raise ValueError(f"{cls.__name__} builds its {kind} from {fixed.__name__} ({kind} name "
+                         f"{fixed.component_name!r}), not {spec['name']!r}; change its arguments instead: "
+                         f"{kind}={{...}}")
+    return fixed
+
+
 def _component_kind(key: str) -> str | None:
     return key if key in COMPONENT_KINDS else None
 
@@ -181,7 +203,7 @@ def resolve_model_args(
     key (``decoder={...}``, ``backbone="resnet50d"``) replaces or updates that component's spec.
     """
     args = copy.deepcopy(dict(defaults))
-    own = _accepted_args(cls)
+    own = _accepted_args(cls) if overrides else set()
     for key, value in overrides.items():
         kind = _component_kind(key)
         if kind is not None and key in args:
@@ -191,7 +213,7 @@ def resolve_model_args(
         else:
             owners = [k for k, spec in args.items()
                       if _component_kind(k) and isinstance(spec, Mapping)
-                      and key in _accepted_args(get_component(k, spec["name"]))]
+                      and key in _accepted_args(part_builder(cls, k, spec))]
             if len(owners) == 1:
                 args[owners[0]] = {**args[owners[0]], key: value}
             elif len(owners) > 1:
@@ -201,7 +223,7 @@ def resolve_model_args(
                 )
             else:
                 valid = sorted(own | {a for k, spec in args.items() if _component_kind(k) and isinstance(spec, Mapping)
-                                      for a in _accepted_args(get_component(k, spec["name"]))})
+                                      for a in _accepted_args(part_builder(cls, k, spec))})
                 raise TypeError(f"{architecture} got an unexpected argument {key!r}. Valid arguments: {', '.join(valid)}")
     if "num_classes" in args:
         check_num_classes(args["num_classes"])

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 
 from zoo.layers.akconv import AKConv, C3_AKConv
-from zoo.models.base import (ClassHead, Detector, build_component, build_detector, check_pixel_values,
-                             detections_to_pixels)
+from zoo.models.base import ClassHead, Detector, build_detector, check_pixel_values, detections_to_pixels
 from zoo.models.rtdetr import convert
 from zoo.models.rtdetr.criterion import RTDETRCriterion
 from zoo.models.rtdetr.decoder import DenoisingQueries, RTDETRDecoder
@@ -41,16 +40,17 @@ class RTDETR(Detector):
     family = "rtdetr"
     checkpoint_layouts = convert.LAYOUTS
     transformers = convert.TRANSFORMERS
+    parts = {"encoder": HybridEncoder, "decoder": RTDETRDecoder}  # the backbone has alternatives: registry
     class_heads = (ClassHead(r"decoder\.enc_score_head"), ClassHead(r"decoder\.dec_score_head\.\d+"),
                    ClassHead(r"decoder\.denoising_class_embed", extra_rows=1))
 
     def __init__(self, backbone: dict[str, Any], encoder: dict[str, Any], decoder: dict[str, Any],
                  num_classes: int = 80):
         super().__init__()
-        self.backbone = build_component("backbone", backbone)
-        self.encoder = build_component("encoder", encoder, in_channels=self.backbone.out_channels,
-                              strides=self.backbone.strides)
-        self.decoder = build_component("decoder", decoder, in_channels=self.encoder.out_channels,
+        self.backbone = self.build_part("backbone", backbone)
+        self.encoder = self.build_part("encoder", encoder, in_channels=self.backbone.out_channels,
+                                       strides=self.backbone.strides)
+        self.decoder = self.build_part("decoder", decoder, in_channels=self.encoder.out_channels,
                                        num_classes=num_classes)
         self.size_divisor = max(self.backbone.strides)
 
