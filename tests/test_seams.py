@@ -47,22 +47,26 @@ def naming(source: str, words: set[str]) -> list[str]:
     an identifier, or an import of a family package."""
     pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
                          + r")(?![\w-])", re.IGNORECASE)
+    family_package = re.compile(rf"zoo\.models\.({'|'.join(FOLDERS)})\b")
     tree = ast.parse(source)
     docs = _docstrings(tree)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
-            found += [f"line {node.lineno}: {m.group(0)!r} in {node.value[:60]!r}" for m in pattern.finditer(node.value)]
+            found += [f"line {node.lineno}: {m.group(0)!r} in {node.value[:60]!r}"
+                      for m in pattern.finditer(node.value)]
         elif isinstance(node, (ast.Name, ast.Attribute, ast.alias)):
-            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else node.name
+            name = {ast.Name: "id", ast.Attribute: "attr", ast.alias: "name"}[type(node)]
+            name = getattr(node, name)
             found += [f"line {node.lineno}: identifier {name}" for part in name.split(".") if part in words]
-        if isinstance(node, ast.ImportFrom) and re.match(rf"zoo\.models\.({'|'.join(FOLDERS)})\b", node.module or ""):
+        if isinstance(node, ast.ImportFrom) and family_package.match(node.module or ""):
             found.append(f"line {node.lineno}: imports {node.module}")
     return found
 
 
 def _seam_files() -> list[Path]:
-    return sorted(f for seam in SEAMS for f in ([PACKAGE / seam] if seam.endswith(".py") else (PACKAGE / seam).rglob("*.py")))
+    return sorted(f for seam in SEAMS
+                  for f in ([PACKAGE / seam] if seam.endswith(".py") else (PACKAGE / seam).rglob("*.py")))
 
 
 @pytest.mark.parametrize("path", _seam_files(), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -165,7 +169,8 @@ def test_fixed_parts_are_built_without_registry_lookups(monkeypatch):
         model = zoo.create_model("rtdetr_r18vd", num_queries=100)
     assert looked_up == [("backbone", "presnet")] * 2  # routing num_queries, then building
     args = model.config["model_args"]
-    assert (args["backbone"]["name"], args["encoder"]["name"], args["decoder"]["name"]) == ("presnet", "hybrid", "rtdetr")
+    names = (args["backbone"]["name"], args["encoder"]["name"], args["decoder"]["name"])
+    assert names == ("presnet", "hybrid", "rtdetr")
     assert args["decoder"]["num_queries"] == 100
     with pytest.raises(ValueError, match="builds its encoder from HybridEncoder"):
         zoo.create_model("rtdetr_r18vd", encoder={"name": "detr"})

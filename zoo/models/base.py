@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from zoo.weights.checkpoint import Layout
     from zoo.weights.transformers_format import TransformersMapping
 
-__all__ = ["Detector", "ClassHead", "build_detector", "build_component", "part_builder", "check_num_classes", "check_pixel_values",
-           "boxes_to_pixels", "detections_to_pixels", "PretrainedCfg"]
+__all__ = ["Detector", "ClassHead", "build_detector", "build_component", "part_builder", "check_num_classes",
+           "check_pixel_values", "boxes_to_pixels", "detections_to_pixels", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict

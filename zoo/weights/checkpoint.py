@@ -17,8 +17,9 @@ import torch
 
 from zoo.weights.manifest import OWN_LAYOUTS
 
-__all__ = ["Layout", "ZOO_LAYOUT", "TIMM_LAYOUT", "layouts_of", "layout_names", "read_checkpoint", "unwrap_checkpoint", "convert_state_dict",
-           "check_fit", "check_finite", "load_checkpoint", "load_torch_file", "LoadReport", "CheckpointError"]
+__all__ = ["Layout", "ZOO_LAYOUT", "TIMM_LAYOUT", "layouts_of", "layout_names", "read_checkpoint", "unwrap_checkpoint",
+           "convert_state_dict", "check_fit", "check_finite", "load_checkpoint", "load_torch_file", "LoadReport",
+           "CheckpointError"]
 
 StateDict = dict[str, torch.Tensor]
 

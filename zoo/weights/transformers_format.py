@@ -27,7 +27,8 @@ from torch import nn
 from zoo.data.coco_names import label_names_for
 from zoo.registry import family_class, list_families
 
-__all__ = ["TransformersMapping", "UnrepresentableConfigError", "transformers_model_types", "save_transformers", "is_transformers_config", "transformers_spec", "build_transformers", "pretrained_cfg_from_processor",
+__all__ = ["TransformersMapping", "UnrepresentableConfigError", "transformers_model_types", "save_transformers",
+           "is_transformers_config", "transformers_spec", "build_transformers", "pretrained_cfg_from_processor",
            "require", "PROCESSOR_NAME"]
 
 PROCESSOR_NAME = "preprocessor_config.json"

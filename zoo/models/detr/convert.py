@@ -22,8 +22,8 @@ from zoo.weights.checkpoint import Layout, StateDict
 from zoo.weights.keymap import KeyMap, KeyRule
 from zoo.weights.transformers_format import TransformersMapping, require
 
-__all__ = ["KEYS", "LAYOUTS", "TRANSFORMERS", "official_to_zoo", "transformers_to_zoo", "zoo_to_transformers", "to_transformers",
-           "from_transformers"]
+__all__ = ["KEYS", "LAYOUTS", "TRANSFORMERS", "official_to_zoo", "transformers_to_zoo", "zoo_to_transformers",
+           "to_transformers", "from_transformers"]
 
 _OFFICIAL_BACKBONE = "backbone.0.body."
 
