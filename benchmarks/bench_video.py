@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 import zoo
-from zoo.data.video import VideoReader, VideoWriter, annotate_video
+from zoo.data.video import VideoReader, VideoWriter
+from zoo.engine.video import annotate_video
 
 
 def make_clip(path: Path, frames: int, width: int, height: int) -> None:

@@ -41,6 +41,17 @@ CHECK = textwrap.dedent('''
     two = zoo.create_model("local-dir:" + root + "/run/final", num_classes=2)
     assert two.class_head.out_features == 3  # 2 classes + no-object
     assert sorted(two.load_report.reinitialized) == ["class_head.bias", "class_head.weight"]
+
+    # the declared layout: a checkpoint of the old version loads, converted
+    old = {k.replace("class_head.", "cls.", 1): v for k, v in model.state_dict().items()}
+    torch.save({"model": old}, root + "/old.pth")
+    again = zoo.create_model("tiny_detector", checkpoint_path=root + "/old.pth")
+    assert again.load_report.format == "tiny-v0"
+    assert torch.equal(again.class_head.weight, model.class_head.weight)
+
+    # the registered family: the export runtime finds its class (and its postprocessing) by name
+    from zoo.export.runtime import _family_class
+    assert _family_class("tiny") is type(model)
     print("example ok")
 ''')
 
@@ -59,3 +70,15 @@ def test_adding_a_family_example_runs(tmp_path):
                           env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{Path.cwd()}"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "example ok" in proc.stdout
+
+
+def test_every_module_is_named():
+    """The page names every module of the package (`name` or name.py) and every family folder (`name/`)."""
+    text = DOC.read_text(encoding="utf-8")
+    package = DOC.parents[1] / "zoo"
+    missing = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
+               if path.stem not in ("__init__", "__main__") and f"`{path.stem}`" not in text
+               and f"{path.stem}.py" not in text]
+    missing += [f"{path.parent.name}/" for path in package.glob("models/*/__init__.py")
+                if f"`{path.parent.name}/`" not in text]
+    assert not missing, f"docs/architecture.md does not name: {', '.join(missing)}"

@@ -1,7 +1,9 @@
-"""The package's import graph: no cycles (imports inside functions count), and the registry is a leaf."""
+"""The package's import graph: no cycles (imports inside functions count), packages import one way (the order in
+docs/architecture.md, "The layers of the package"), the registry is a leaf and a family imports no other family."""
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,7 @@ def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> s
     return found
 
 
+@lru_cache(maxsize=1)
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
     known = set(modules)
@@ -108,10 +111,71 @@ def test_cycle_finder_finds_a_cycle():
     assert _imports(typed, "zoo.b", False, {"zoo.a", "zoo.b"}) == set()
 
 
-@pytest.mark.parametrize("family", ["rtdetr", "detr"])
+#: zoo's packages (and top-level modules) from the bottom up: a module imports only from its own package and from
+#: those in earlier ranks, function-level imports included. Keep in step with docs/architecture.md.
+PACKAGE_ORDER = (
+    ("zoo.registry", "zoo.version", "zoo.extras"),
+    ("zoo.layers",),
+    ("zoo.losses",),
+    ("zoo.data",),
+    ("zoo.weights",),
+    ("zoo.factory",),
+    ("zoo.engine",),
+    ("zoo.models",),
+    ("zoo.export",),
+    ("zoo.cli",),
+    ("zoo", "zoo.__main__"),
+)
+
+
+def package_of(module: str) -> str:
+    """The unit of :data:`PACKAGE_ORDER` a module belongs to (``zoo.weights.load`` -> ``zoo.weights``)."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def order_violations(graph: dict[str, set[str]]) -> list[str]:
+    rank = {unit: i for i, units in enumerate(PACKAGE_ORDER) for unit in units}
+    problems = []
+    for module, imports in sorted(graph.items()):
+        here = package_of(module)
+        for imported in sorted(imports):
+            there = package_of(imported)
+            if there != here and rank[there] >= rank[here]:
+                problems.append(f"{module} imports {imported}: {there} is not below {here}")
+    return problems
+
+
+def test_every_package_has_a_place_in_the_order():
+    units = {unit for units in PACKAGE_ORDER for unit in units}
+    assert {package_of(m) for m in import_graph()} <= units
+
+
+def test_packages_import_one_way():
+    problems = order_violations(import_graph())
+    assert not problems, "\n".join(problems)
+
+
+def test_order_checker_finds_an_upward_import():
+    """The checker itself can fail: a function-level import of the engine from the data package is refused."""
+    tree = ast.parse("def f():\n    from zoo.engine.predict import predict\n")
+    graph = {"zoo.data.video": _imports(tree, "zoo.data.video", False, {"zoo.engine.predict", "zoo.data.video"})}
+    assert order_violations(graph) == ["zoo.data.video imports zoo.engine.predict: zoo.engine is not below zoo.data"]
+
+
+def families() -> list[str]:
+    """The family folders: packages under zoo/models."""
+    return sorted(p.parent.name for p in (PACKAGE / "models").glob("*/__init__.py"))
+
+
+def test_family_folders_are_found():
+    assert {"rtdetr", "detr"} <= set(families())
+
+
+@pytest.mark.parametrize("family", families())
 def test_family_folder_does_not_import_another_family(family):
     graph = import_graph()
-    others = {f"zoo.models.{f}" for f in ("rtdetr", "detr") if f != family}
+    others = {f"zoo.models.{f}" for f in families() if f != family}
     for module, imports in graph.items():
         if module.startswith(f"zoo.models.{family}"):
             crossing = {m for m in imports if any(m == o or m.startswith(o + ".") for o in others)}

@@ -18,7 +18,8 @@ from zoo.version import __version__
 _PUBLIC = {
     "create_model": "zoo.factory", "create_model_from_config": "zoo.factory",
     "list_models": "zoo.registry", "is_model": "zoo.registry", "model_entrypoint": "zoo.registry",
-    "register_model": "zoo.registry", "register_component": "zoo.registry", "get_component": "zoo.registry",
+    "register_model": "zoo.registry", "register_component": "zoo.registry", "register_family": "zoo.registry",
+    "get_component": "zoo.registry",
     "list_components": "zoo.registry", "draw": "zoo.engine.draw", "evaluate": "zoo.engine.evaluate",
     "push_to_hub": "zoo.weights.publish", "save_pretrained": "zoo.weights.publish",
 }

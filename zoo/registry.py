@@ -1,8 +1,10 @@
 """One registry for the whole zoo: model entry points and the components they are built from.
 
-Model entry points are registered with :func:`register_model` (timm style) and components
-(backbones, encoders, decoders, blocks) with :func:`register_component`, so that a JSON config can name
-them (``{"name": "presnet", "depth": 18}``) and users can swap one in (``backbone="resnet50d"``). The registry
+Model entry points are registered with :func:`register_model` (timm style), components (backbones, encoders,
+decoders, blocks) with :func:`register_component`, so that a JSON config can name them
+(``{"name": "presnet", "depth": 18}``) and users can swap one in (``backbone="resnet50d"``), and model families
+(their ``Detector`` class, which declares everything the rest of zoo asks of the family) with
+:func:`register_family`, so that weights, export and the engine find a family by its name. The registry
 is a leaf: it imports nothing of zoo. ``zoo/__init__`` tells it how to import the families
 (:func:`set_family_loader`), and every query imports them once first, so the registry is complete whenever it is
 read, while ``import zoo`` (and the command line's start) stays cheap.
@@ -26,6 +28,7 @@ __all__ = [
     "register_model", "register_component", "get_component", "list_components",
     "list_models", "is_model", "model_entrypoint", "resolve_model_name", "model_aliases",
     "set_pretrained_tags_provider", "set_family_loader", "load_families", "declared_models", "COMPONENT_KINDS",
+    "register_family", "family_class", "list_families",
 ]
 
 F = TypeVar("F", bound=Callable)
@@ -36,6 +39,7 @@ COMPONENT_KINDS = ("backbone", "encoder", "decoder", "block")
 _model_entrypoints: dict[str, Callable] = {}
 _model_aliases: dict[str, str] = {}
 _components: dict[str, dict[str, Callable]] = defaultdict(dict)
+_families: dict[str, type] = {}
 
 
 _family_loader: Callable[[], None] | None = None
@@ -104,6 +108,41 @@ def register_component(kind: str, name: str | None = None) -> Callable[[F], F]:
         return obj
 
     return decorator
+
+
+T = TypeVar("T", bound=type)
+
+
+def register_family(cls: T) -> T:
+    """Register a detector class as its family, under ``cls.family``: the one place the rest of zoo finds it.
+
+    The class declares the family on itself (see ``zoo.models.base.Detector``: checkpoint layouts, transformers
+    mapping, export postprocessing, training recipe). A family of a family (``class DFINE(RTDETR)``) registers
+    with its own ``family`` name; registering a name twice, or a class without its own name, is an error.
+    """
+    load_families()  # a clash with a family of zoo's is then reported here, at the new registration
+    family = cls.__dict__.get("family")
+    if not isinstance(family, str) or not family:
+        raise ValueError(f"{cls.__name__} must set its own class attribute family = '<name>' to be registered")
+    if family in _families and _families[family] is not cls:
+        raise ValueError(f"model family {family!r} is already registered (by {_families[family].__qualname__})")
+    _families[family] = cls
+    return cls
+
+
+def family_class(family: str) -> type:
+    """The registered class of ``family``; unknown names list the registered ones."""
+    load_families()
+    if family not in _families:
+        raise KeyError(f"unknown model family {family!r}.{_suggest(family, _families)} "
+                       f"Registered families: {', '.join(sorted(_families)) or 'none'}")
+    return _families[family]
+
+
+def list_families() -> list[str]:
+    """Names of the registered model families."""
+    load_families()
+    return sorted(_families)
 
 
 def get_component(kind: str, name: str) -> Callable:

@@ -69,9 +69,10 @@ def test_cli_page(site):
 
 def test_api_pages(site):
     pages = _hook().api_pages()
-    assert "zoo.data.video" in pages["zoo.data"] and "zoo.engine.reporting" in pages["zoo.engine"]
+    assert "zoo.data.video" in pages["zoo.data"] and "zoo.engine.video" in pages["zoo.engine"]
+    assert "zoo.engine.reporting" in pages["zoo.engine"]
     for page in pages:
         assert (site / "api" / page / "index.html").is_file(), page
-    video = (site / "api" / "zoo.data" / "index.html").read_text()
+    video = (site / "api" / "zoo.engine" / "index.html").read_text()
     assert "predict_stream" in video and "in constant" in video  # the docstring, rendered
     assert "create_model" in (site / "api" / "zoo" / "index.html").read_text()

@@ -107,7 +107,7 @@ def test_unregistered_architectures_do_not_break_listing(tmp_path, monkeypatch):
     (lambda e: e["hub"].update(sha256="0" * 64), "give both sha256 and size"),
     (lambda e: e.update(format="zoo"), "must record sha256 and size"),
     (lambda e: e.update(num_classes=81), "80 label names for num_classes=81"),
-    (lambda e: e.update(format="onnx"), "must be one of"),
+    (lambda e: e.update(format="Official RT-DETR"), "the name of a layout a model family declares"),
     (lambda e: e["metrics"][0].update(provenance="trust me"), "provenance"),
     (lambda e: e["preprocessing"].update(input_size=[640, 640]), "[3, height, width]"),
     (lambda e: e["hub"].update(repo_id="no-org"), "org/name"),

@@ -1,7 +1,7 @@
 """``zoo predict``: detect objects in images and videos, write annotated copies and the detections as JSON.
 
 Images are sharded under ``torchrun`` and resumable (:mod:`zoo.engine.predict_files`); videos, webcams and stream
-URLs give an annotated .mp4 and per-frame JSON lines (:mod:`zoo.data.video`).
+URLs give an annotated .mp4 and per-frame JSON lines (:mod:`zoo.engine.video`).
 
 Also holds the model options every inference command shares (``NAME``, ``--weights``, ``--checkpoint``,
 ``--device``, ``--size``), so that predict, eval and benchmark read them the same way.
@@ -202,7 +202,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _predict_video(args: argparse.Namespace, model, device, source: str) -> None:
-    from zoo.data.video import annotate_video
+    from zoo.engine.video import annotate_video
     from zoo.engine.predict_files import count_summary
 
     summary = annotate_video(model, source, args.out, draw_boxes=not args.no_draw, progress=True,

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float, default=0.9999, help="0 disables EMA")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
     p.add_argument("--size", type=int, default=None,
-                   help="input size: the square side (RT-DETR) or the shortest side (DETR); default: the model's")
+                   help="input size: the square side (models resized to a square) or the shortest side "
+                        "(models that keep the aspect ratio); default: the model's")
     p.add_argument("--no-augment", action="store_true", help="resize only")
     p.add_argument("--no-multiscale", action="store_true")
     p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (0: at the end)")

@@ -219,7 +219,7 @@ def _entry_problems(entry: WeightsEntry) -> list[str]:
     import torch
 
     from zoo.registry import model_entrypoint
-    from zoo.weights.checkpoint import known_formats
+    from zoo.weights.checkpoint import layout_names
 
     try:
         with torch.device("meta"):
@@ -228,7 +228,7 @@ def _entry_problems(entry: WeightsEntry) -> list[str]:
         return [f"cannot build with the entry's num_classes/model_args: {type(exc).__name__}: {exc}"]
     problems = []
     family = getattr(model, "family", "")
-    known = {"zoo", "timm", *known_formats(family)}
+    known = layout_names(model)
     if entry.format not in known:
         problems.append(f"format {entry.format} has no converter for the {family or 'timm'} family "
                         f"(known: {', '.join(sorted(known))})")

@@ -6,7 +6,10 @@ models trained on raw ids (DETR: 91 classes) predict the COCO id itself, so inde
 """
 from __future__ import annotations
 
-__all__ = ["COCO_CATEGORIES", "COCO_CATEGORY_IDS", "COCO80_NAMES", "COCO91_NAMES", "coco_label_names"]
+from typing import Any
+
+__all__ = ["COCO_CATEGORIES", "COCO_CATEGORY_IDS", "COCO80_NAMES", "COCO91_NAMES", "coco_label_names",
+           "label_names_for"]
 
 #: (COCO category id, name) for the 80 categories of COCO 2017 detection, in id order.
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
@@ -38,3 +41,12 @@ COCO91_NAMES: tuple[str, ...] = tuple(dict(COCO_CATEGORIES).get(i, "N/A") for i 
 def coco_label_names(num_classes: int) -> tuple[str, ...] | None:
     """COCO names for an 80-class (contiguous) or 91-class (raw id) model; None for any other class count."""
     return {80: COCO80_NAMES, 91: COCO91_NAMES}.get(num_classes)
+
+
+def label_names_for(model: Any) -> list[str]:
+    """A model's class names: ``pretrained_cfg["label_names"]`` when set, else COCO names for 80/91-class models,
+    else ``class_{i}``."""
+    num_classes = int(model.num_classes)
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names") or coco_label_names(num_classes)
+    names = list(names or [])
+    return names + [f"class_{i}" for i in range(len(names), num_classes)]

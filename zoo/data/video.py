@@ -1,17 +1,11 @@
-"""Videos and live streams (files, webcam indices, RTSP/HTTP URLs) through PyAV, the ``video`` extra.
-
-:func:`predict_stream` decodes frames in batches of ``batch_size``, runs the detector on each batch and yields one
-:class:`FrameDetections` per frame, so memory stays constant however long the video is.
-:func:`annotate_video` writes the frames with their detections drawn (same frame count and frame rate, H.264) and
-the detections as JSON lines, one record per frame with a ``frame`` field.
+"""Videos and live streams (files, webcam indices, RTSP/HTTP URLs) through PyAV, the ``video`` extra: which
+sources are videos, decoding them frame by frame (:class:`VideoReader`) and writing H.264 (:class:`VideoWriter`).
+Detecting objects in them is zoo.engine.video's.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections import Counter
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,28 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zoo.engine.predict import Detections
-
-__all__ = ["VIDEO_SUFFIXES", "FrameDetections", "VideoReader", "VideoWriter", "is_video_source", "predict_stream",
-           "annotate_video"]
+__all__ = ["VIDEO_SUFFIXES", "VideoReader", "VideoWriter", "is_video_source", "webcam_index"]
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_FPS = Fraction(30)  # for live sources that do not report a frame rate
 
 
-@dataclass
-class FrameDetections(Detections):
-    """:class:`Detections` of one video frame: its index (from 0) and presentation time in seconds."""
-
-    frame: int = 0
-    time: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"frame": self.frame, "time": self.time, **super().to_dict()}
-
-
-def _webcam_index(source: Any) -> int | None:
+def webcam_index(source: Any) -> int | None:
+    """The webcam index of ``source`` (``0`` or ``"0"`` when no such file exists), else None."""
     if isinstance(source, int) and not isinstance(source, bool):
         return source
     if isinstance(source, str) and source.isdigit() and not os.path.exists(source):
@@ -51,7 +32,7 @@ def _webcam_index(source: Any) -> int | None:
 
 def is_video_source(source: Any) -> bool:
     """A video file (by suffix), a webcam index (``0`` or ``"0"``) or a stream URL (rtsp://, http://, ...)."""
-    if _webcam_index(source) is not None:
+    if webcam_index(source) is not None:
         return True
     if not isinstance(source, (str, os.PathLike)):
         return False
@@ -70,7 +51,7 @@ def _av():
 def _open_input(source: Any):
     """``av.open`` for a file, a webcam index (v4l2 on Linux, avfoundation on macOS) or a URL."""
     av = _av()
-    index = _webcam_index(source)
+    index = webcam_index(source)
     if index is not None:
         if sys.platform.startswith("linux"):
             name, kwargs = f"/dev/video{index}", {"format": "v4l2"}
@@ -157,92 +138,3 @@ class VideoWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _detect_frames(model: torch.nn.Module, reader: VideoReader, batch_size: int, progress: bool, **kwargs: Any
-                   ) -> Iterator[tuple[torch.Tensor, FrameDetections]]:
-    """(frame, its detections) for every frame of ``reader``, detected ``batch_size`` frames at a time."""
-    from tqdm.auto import tqdm
-
-    from zoo.engine.predict import predict
-
-    def flush(batch: list[tuple[int, float | None, torch.Tensor]]):
-        results = predict(model, [frame for _, _, frame in batch], batch_size=len(batch), **kwargs)
-        for (index, time, frame), det in zip(batch, results):
-            yield frame, FrameDetections(**{**det.__dict__, "source": reader.name}, frame=index, time=time)
-
-    with tqdm(total=reader.num_frames or None, disable=not progress, unit="frame", desc="predict",
-              dynamic_ncols=True) as bar:  # the rate column reads frame/s
-        batch: list[tuple[int, float | None, torch.Tensor]] = []
-        for item in reader:
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield from flush(batch)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            yield from flush(batch)
-            bar.update(len(batch))
-
-
-def predict_stream(model: torch.nn.Module, source: Any, score_threshold: float = 0.5, top_k: int = 100,
-                   batch_size: int = 8, device: str | torch.device | None = None,
-                   input_size: int | tuple[int, int] | None = None, progress: bool = False
-                   ) -> Iterator[FrameDetections]:
-    """Yield :class:`FrameDetections` for each frame of a video file, webcam index or stream URL, in constant
-    memory (``batch_size`` frames decoded at a time). The source is opened now, so a bad one fails here; stop
-    iterating to stop reading a live stream."""
-    reader = VideoReader(source)
-
-    def frames() -> Iterator[FrameDetections]:
-        with reader:
-            for _, detections in _detect_frames(model, reader, batch_size, progress, score_threshold=score_threshold,
-                                                top_k=top_k, device=device, input_size=input_size):
-                yield detections
-    return frames()
-
-
-def _output_stem(source: Any) -> str:
-    index = _webcam_index(source)
-    if index is not None:
-        return f"webcam{index}"
-    return Path(os.fspath(source).split("?")[0].rstrip("/")).stem or "stream"
-
-
-def annotate_video(model: torch.nn.Module, source: Any, out_dir: str | os.PathLike, draw_boxes: bool = True,
-                   progress: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """Detect objects in every frame of ``source``; write ``out_dir/<stem>.mp4`` (the frames with their
-    detections drawn, same frame count and frame rate; skipped when ``draw_boxes`` is False) and
-    ``out_dir/<stem>.jsonl`` (one JSON record per frame). ``kwargs`` go to :func:`predict_stream`'s options.
-    Ctrl-C ends a live stream cleanly: what was read so far is written. Returns a summary."""
-    from zoo.engine.draw import draw
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = _output_stem(source)
-    video_path, lines_path = out / f"{stem}.mp4", out / f"{stem}.jsonl"
-    if _webcam_index(source) is None and "://" not in os.fspath(source) and \
-            video_path.resolve() == Path(os.fspath(source)).resolve():
-        raise ValueError(f"the annotated video would overwrite its input {source}; choose another --out folder")
-    counts: Counter[str] = Counter()
-    frames, writer, interrupted = 0, None, False
-    batch_size = kwargs.pop("batch_size", 8)
-    with VideoReader(source) as reader, open(lines_path, "w") as lines:
-        try:
-            for frame, det in _detect_frames(model, reader, batch_size, progress, **kwargs):
-                lines.write(json.dumps(det.to_dict()) + "\n")
-                counts.update(det.label_names)
-                if draw_boxes:
-                    if writer is None:
-                        writer = VideoWriter(video_path, reader.fps, int(frame.shape[2]), int(frame.shape[1]))
-                    writer.write(draw(frame, det))
-                frames += 1
-        except KeyboardInterrupt:  # a live stream stopped by the user: keep what was written
-            interrupted = True
-        finally:
-            if writer is not None:
-                writer.close()
-    return {"source": reader.name, "frames": frames, "fps": float(reader.fps), "detections": dict(counts),
-            "video": str(video_path) if writer is not None else None, "jsonl": str(lines_path),
-            "interrupted": interrupted}
-

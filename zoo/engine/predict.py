@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from zoo.data.coco_names import coco_label_names
+from zoo.data.coco_names import label_names_for
 from zoo.data.images import ImageInput, Preprocess, load_image
 from zoo.engine.device import resolve_device
 from zoo.engine.validate import score_threshold as check_score_threshold
@@ -50,14 +50,6 @@ class Detections:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
-
-
-def label_names_for(model: torch.nn.Module) -> list[str]:
-    """``pretrained_cfg["label_names"]`` when set, else COCO names for 80/91-class models, else ``class_{i}``."""
-    num_classes = int(model.num_classes)
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names") or coco_label_names(num_classes)
-    names = list(names or [])
-    return names + [f"class_{i}" for i in range(len(names), num_classes)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ class OnnxRuntimeDetector(nn.Module):
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, torch.Tensor], target_sizes: torch.Tensor, score_threshold: float = 0.0,
                     top_k: int | None = 300) -> list[dict[str, torch.Tensor]]:
-        """The family's postprocessing (see ``RTDETR.postprocess`` / ``DETR.postprocess``)."""
+        """The family's postprocessing (its class's ``select_detections``, as ``postprocess`` runs it)."""
         selected = self.family_class.select_detections({k: v.float() for k, v in outputs.items()}, top_k)
         return detections_to_pixels(*selected, target_sizes, score_threshold)
 
@@ -155,11 +155,12 @@ class OnnxRuntimeDetector(nn.Module):
 
 
 def _family_class(family: str) -> type:
-    from zoo.registry import load_families
+    """The detector class registered for ``family`` (zoo.registry.register_family), whose postprocessing runs on
+    the exported graph's outputs."""
+    from zoo.registry import family_class
 
-    load_families()  # every Detector subclass
-
-    classes = {cls.family: cls for cls in Detector.__subclasses__()}
-    if family not in classes:
-        raise ValueError(f"unknown model family {family!r} in the export's metadata (known: {sorted(classes)})")
-    return classes[family]
+    try:
+        return family_class(family)
+    except KeyError as exc:
+        raise ValueError(f"the export's metadata names model family {family!r}, which this zoo does not have "
+                         f"({exc.args[0]}); export it again with this version of zoo") from None

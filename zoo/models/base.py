@@ -5,15 +5,19 @@ import copy
 import inspect
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
 
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
-__all__ = ["Detector", "ClassHead", "build_detector", "build_component", "check_num_classes", "check_pixel_values",
-           "boxes_to_pixels", "detections_to_pixels", "PretrainedCfg"]
+if TYPE_CHECKING:
+    from zoo.weights.checkpoint import Layout
+    from zoo.weights.transformers_format import TransformersMapping
+
+__all__ = ["Detector", "ClassHead", "build_detector", "build_component", "part_builder", "check_num_classes",
+           "check_pixel_values", "boxes_to_pixels", "detections_to_pixels", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict
@@ -38,11 +42,19 @@ class ClassHead:
 
 
 class Detector(nn.Module):
-    """Base class of zoo detectors: what the rest of zoo (predict, evaluate, trainer, weights) may ask of a model.
+    """Base class of zoo detectors: what the rest of zoo (predict, evaluate, trainer, weights, export) may ask of a
+    model. A family subclasses it, declares itself on the class and registers the class with
+    ``@zoo.registry.register_family``; nothing outside the family's folder names it.
 
-    A family subclasses it and provides ``forward(pixel_values, ...)`` -> ``{"pred_logits", "pred_boxes"}``,
-    :meth:`postprocess`, :meth:`criterion`, :meth:`training_inputs`, its ``class_heads`` and, through its
-    ``convert`` module, the checkpoint layouts it reads (zoo.weights.checkpoint.register_format).
+    A family provides ``forward(pixel_values, ...)`` -> ``{"pred_logits", "pred_boxes"}`` and declares:
+      ``family``: its name (export metadata and model cards record it; ``register_family`` files the class under it);
+      ``postprocess(outputs, target_sizes, score_threshold, top_k)`` and its batched, traceable part, the static
+      method ``select_detections(outputs, top_k)``, which an exported ``postprocess=True`` graph and the
+      onnxruntime backend run;
+      :meth:`criterion`, :meth:`training_inputs` and ``train_defaults``: its training recipe;
+      ``class_heads``: the modules whose rows are classes;
+      ``checkpoint_layouts``: the other layouts its checkpoints come in (zoo.weights.checkpoint.Layout);
+      ``transformers``: how it maps to a Hugging Face transformers class (zoo.weights.transformers_format), if any.
 
     Attributes set by :func:`build_detector`:
       ``config``: ``{"architecture": name, "model_args": {...}}``, JSON-serialisable; passing it to
@@ -50,12 +62,20 @@ class Detector(nn.Module):
       ``pretrained_cfg``: input size, resize mode, mean/std (or None) and interpolation used for inference.
     """
 
-    #: the family's name: the key of its checkpoint layouts and a tag on model cards
+    #: the family's name: the key it is registered under (zoo.registry.register_family) and a tag on model cards
     family: str = ""
     #: modules whose rows are classes (adapted when weights are loaded for other classes)
     class_heads: tuple[ClassHead, ...] = ()
     #: training recipe defaults of the family (TrainConfig fields), applied where the user set nothing
     train_defaults: dict[str, Any] = {}
+    #: checkpoint layouts besides zoo's own that the family reads (official releases, transformers), detected by keys
+    checkpoint_layouts: tuple["Layout", ...] = ()
+    #: the family's mapping to and from a transformers class (None: transformers has none)
+    transformers: "TransformersMapping | None" = None
+    #: parts the family always builds from the same class, by config key (``{"decoder": RTDETRDecoder}``): built
+    #: directly, without a registry lookup; their config spec keeps the class's ``component_name`` as its
+    #: ``name``, so config.json reads the same. Other parts (backbones) have alternatives and are looked up.
+    parts: dict[str, type] = {}
     config: dict
     pretrained_cfg: dict
     #: set by :meth:`deploy`: the model is fused for inference and cannot train
@@ -64,6 +84,11 @@ class Detector(nn.Module):
     @property
     def num_classes(self) -> int:
         return int(self.config["model_args"]["num_classes"])
+
+    def build_part(self, kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.Module:
+        """Build the ``kind`` part from its config spec ``{"name": ..., **args}`` plus arguments the detector injects
+        (see :attr:`parts` and :func:`part_builder`)."""
+        return part_builder(type(self), kind, spec)(**{k: v for k, v in spec.items() if k != "name"}, **injected)
 
     def criterion(self) -> nn.Module:
         """The family's training loss: ``criterion(outputs, targets)`` -> dict of weighted terms to sum."""
@@ -107,10 +132,11 @@ class Detector(nn.Module):
                 device: Any = None, input_size: int | tuple[int, int] | None = None, stream: bool = False) -> Any:
         """Detect objects in images (paths, PIL images, HWC uint8 arrays, CHW tensors; one or a list), using the
         preprocessing of ``pretrained_cfg``. Returns ``Detections`` (a list for a list); see zoo.engine.predict.
-        A video file, webcam index or stream URL (zoo.data.video, the ``video`` extra) gives a list of per-frame
+        A video file, webcam index or stream URL (zoo.engine.video, the ``video`` extra) gives a list of per-frame
         detections, or with ``stream=True`` a generator that decodes ``batch_size`` frames at a time."""
-        from zoo.data.video import is_video_source, predict_stream
+        from zoo.data.video import is_video_source
         from zoo.engine.predict import predict
+        from zoo.engine.video import predict_stream
 
         options = dict(score_threshold=score_threshold, top_k=top_k, batch_size=batch_size, device=device,
                        input_size=input_size)
@@ -128,6 +154,19 @@ def build_component(kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.M
     """Build a registered component from its spec ``{"name": ..., **args}`` plus arguments the detector injects."""
     args = {k: v for k, v in spec.items() if k != "name"}
     return get_component(kind, spec["name"])(**args, **injected)
+
+
+def part_builder(cls: type, kind: str, spec: Mapping[str, Any]) -> Any:
+    """The class that builds part ``kind`` of a ``cls`` detector: the one ``cls.parts`` fixes (the spec's name must
+    be its ``component_name``), else the registered component the spec names."""
+    fixed = getattr(cls, "parts", {}).get(kind)
+    if fixed is None:
+        return get_component(kind, spec["name"])
+    if spec.get("name", fixed.component_name) != fixed.component_name:
+        raise ValueError(f"{cls.__name__} builds its {kind} from {fixed.__name__} ({kind} name "
+                         f"{fixed.component_name!r}), not {spec['name']!r}; change its arguments instead: "
+                         f"{kind}={{...}}")
+    return fixed
 
 
 def _component_kind(key: str) -> str | None:
@@ -164,7 +203,7 @@ def resolve_model_args(
     key (``decoder={...}``, ``backbone="resnet50d"``) replaces or updates that component's spec.
     """
     args = copy.deepcopy(dict(defaults))
-    own = _accepted_args(cls)
+    own = _accepted_args(cls) if overrides else set()
     for key, value in overrides.items():
         kind = _component_kind(key)
         if kind is not None and key in args:
@@ -174,7 +213,7 @@ def resolve_model_args(
         else:
             owners = [k for k, spec in args.items()
                       if _component_kind(k) and isinstance(spec, Mapping)
-                      and key in _accepted_args(get_component(k, spec["name"]))]
+                      and key in _accepted_args(part_builder(cls, k, spec))]
             if len(owners) == 1:
                 args[owners[0]] = {**args[owners[0]], key: value}
             elif len(owners) > 1:
@@ -184,7 +223,7 @@ def resolve_model_args(
                 )
             else:
                 valid = sorted(own | {a for k, spec in args.items() if _component_kind(k) and isinstance(spec, Mapping)
-                                      for a in _accepted_args(get_component(k, spec["name"]))})
+                                      for a in _accepted_args(part_builder(cls, k, spec))})
                 raise TypeError(f"{architecture} got an unexpected argument {key!r}. Valid arguments: {', '.join(valid)}")
     if "num_classes" in args:
         check_num_classes(args["num_classes"])

@@ -1,7 +1,8 @@
-"""Checkpoint formats: read a file safely, recognise its layout, convert it to zoo keys.
+"""Checkpoint layouts: read a file safely, recognise its layout, convert it to zoo keys.
 
-Each model family registers the layouts it understands with :func:`register_format`; loading detects
-the layout from the keys, so ``create_model(name, checkpoint_path=...)`` takes any of them.
+Each model family declares the layouts it reads on its class, ``Detector.checkpoint_layouts`` (a tuple of
+:class:`Layout`); loading detects the layout from the keys, so ``create_model(name, checkpoint_path=...)`` takes
+any of them. ``"zoo"`` and ``"timm"`` (the model's own keys) are every model's layouts and are not declared.
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["register_format", "known_formats", "read_checkpoint", "unwrap_checkpoint", "convert_state_dict",
-           "check_fit", "check_finite", "load_checkpoint", "load_torch_file", "LoadReport", "CheckpointError"]
+from zoo.weights.manifest import OWN_LAYOUTS
+
+__all__ = ["Layout", "ZOO_LAYOUT", "TIMM_LAYOUT", "layouts_of", "layout_names", "read_checkpoint", "unwrap_checkpoint",
+           "convert_state_dict", "check_fit", "check_finite", "load_checkpoint", "load_torch_file", "LoadReport",
+           "CheckpointError"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -24,25 +28,33 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-@dataclass
-class _Format:
+#: zoo's own layout (``save_pretrained``, training checkpoints) and timm's: the model's own state dict keys
+ZOO_LAYOUT, TIMM_LAYOUT = OWN_LAYOUTS
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A checkpoint layout a family reads: ``detect(state_dict)`` looks at the keys only and says whether a state
+    dict has this layout; ``convert(state_dict)`` returns it with zoo keys. ``name`` is what manifest entries and
+    load reports call it (e.g. ``"official-rtdetr"``)."""
     name: str
     detect: Callable[[Mapping[str, torch.Tensor]], bool]
     convert: Callable[[StateDict], StateDict]
 
 
-_formats: dict[str, list[_Format]] = {}
+def layouts_of(model: object) -> tuple[Layout, ...]:
+    """The layouts a model (an instance or a class) declares, or those of a registered family given by name."""
+    if isinstance(model, str):
+        from zoo.registry import family_class
+
+        model = family_class(model)
+    return tuple(getattr(model, "checkpoint_layouts", ()))
 
 
-def register_format(family: str, name: str, detect: Callable[[Mapping[str, torch.Tensor]], bool],
-                    convert: Callable[[StateDict], StateDict]) -> None:
-    """Register checkpoint layout ``name`` for model ``family``; ``detect`` looks at the keys only."""
-    _formats.setdefault(family, []).append(_Format(name, detect, convert))
-
-
-def known_formats(family: str) -> list[str]:
-    """Names of the layouts registered for ``family`` (besides zoo's own)."""
-    return [f.name for f in _formats.get(family, [])]
+def layout_names(model: object) -> list[str]:
+    """Names of the layouts ``model`` (instance, class or family name) reads: its own keys' (``zoo``, ``timm``), then
+    those its family declares."""
+    return [*OWN_LAYOUTS] + [layout.name for layout in layouts_of(model)]
 
 
 def read_checkpoint(path: str | os.PathLike) -> StateDict:
@@ -104,20 +116,23 @@ def _is_state_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def convert_state_dict(family: str, state_dict: StateDict, model_keys: set[str] | None = None) -> tuple[StateDict, str]:
-    """Convert ``state_dict`` to zoo keys for ``family``; returns ``(converted, format_name)``."""
+def convert_state_dict(model: object, state_dict: StateDict, model_keys: set[str] | None = None
+                       ) -> tuple[StateDict, str]:
+    """Convert ``state_dict`` to zoo keys with the layouts of ``model`` (a detector, its class or a registered family
+    name, see :func:`layouts_of`); returns ``(converted, layout name)``."""
     keys = {k for k in state_dict if not k.endswith("num_batches_tracked")}
     if model_keys is not None and keys <= model_keys:
-        return dict(state_dict), "zoo"
-    for fmt in _formats.get(family, []):
-        if fmt.detect(state_dict):
-            return fmt.convert(dict(state_dict)), fmt.name
+        return dict(state_dict), ZOO_LAYOUT
+    layouts = layouts_of(model)
+    for layout in layouts:
+        if layout.detect(state_dict):
+            return layout.convert(dict(state_dict)), layout.name
     if model_keys is not None and _matches(state_dict, model_keys):
-        return dict(state_dict), "zoo"  # nearly zoo keys: the strict load names what does not fit
-    known = ", ".join(["zoo"] + [f.name for f in _formats.get(family, [])])
+        return dict(state_dict), ZOO_LAYOUT  # nearly zoo keys: the strict load names what does not fit
+    what = model if isinstance(model, str) else getattr(model, "family", "") or getattr(model, "__name__", "")
     sample = ", ".join(sorted(state_dict)[:5])
-    raise CheckpointError(f"unrecognised checkpoint layout for a {family} model (known layouts: {known}); "
-                          f"first keys: {sample}")
+    raise CheckpointError(f"unrecognised checkpoint layout for a {what or 'zoo'} model (known layouts: "
+                          f"{', '.join([ZOO_LAYOUT] + [layout.name for layout in layouts])}); first keys: {sample}")
 
 
 def _matches(state_dict: Mapping[str, torch.Tensor], model_keys: set[str]) -> bool:
@@ -198,7 +213,7 @@ def check_finite(report: LoadReport, state_dict: Mapping[str, torch.Tensor], str
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> LoadReport:
     """Read ``path``, detect and convert its layout, and load it strictly into ``model``."""
     expected = model.state_dict()
-    converted, fmt = convert_state_dict(getattr(model, "family", ""), read_checkpoint(path), set(expected))
+    converted, fmt = convert_state_dict(model, read_checkpoint(path), set(expected))
     report = LoadReport(source=str(path), format=fmt)
     what = f"{type(model).__name__} {getattr(model, 'config', {}).get('architecture', '')}".strip()
     model.load_state_dict(check_fit(report, converted, expected, what), strict=False)

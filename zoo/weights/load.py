@@ -23,9 +23,10 @@ from torch.overrides import TorchFunctionMode
 
 from zoo.layers.init import prior_prob_bias
 from zoo.registry import model_entrypoint
-from zoo.weights.checkpoint import CheckpointError, LoadReport, check_fit, convert_state_dict, read_checkpoint
+from zoo.weights.checkpoint import (CheckpointError, LoadReport, check_fit, convert_state_dict, layout_names,
+                                   read_checkpoint)
 
-__all__ = ["build_with_weights", "WeightsSource", "PretrainedReport", "attach_report"]
+__all__ = ["build_with_weights", "WeightsSource", "PretrainedReport", "attach_report", "check_declared_layout"]
 
 log = logging.getLogger("zoo.weights")
 
@@ -67,7 +68,8 @@ def build_with_weights(architecture: str, model_args: Mapping[str, Any], source:
     entrypoint = model_entrypoint(architecture)
     model = _lean_build(entrypoint, args)
     expected = model.state_dict()
-    converted, fmt = convert_state_dict(getattr(model, "family", ""), read_checkpoint(source.path), set(expected))
+    check_declared_layout(model, source)
+    converted, fmt = convert_state_dict(model, read_checkpoint(source.path), set(expected))
     if source.format and fmt not in (source.format, "zoo"):
         raise CheckpointError(f"{source.name}: declared as {source.format} but {source.path} has the {fmt} layout")
     report = PretrainedReport(source=str(source.path), format=fmt, weights=source.name, notes=list(source.notes))
@@ -95,6 +97,16 @@ def build_with_weights(architecture: str, model_args: Mapping[str, Any], source:
         model.pretrained_cfg["hf_hub_id"] = source.hub_id
     attach_report(model, report)
     return model
+
+
+def check_declared_layout(model: nn.Module, source: WeightsSource) -> None:
+    """The layout ``source`` declares (a manifest entry's ``format``) must be one the model's family declares
+    (``Detector.checkpoint_layouts``) or zoo's own; checked before the file is read."""
+    known = layout_names(model)
+    if source.format and source.format not in known:
+        family = getattr(model, "family", "") or type(model).__name__
+        raise CheckpointError(f"{source.name}: declared as the {source.format!r} layout, which the {family} family "
+                              f"does not read (its layouts: {', '.join(known)}); fix the entry's format")
 
 
 def _class_plan(source: WeightsSource, num_classes: int | None, class_names: Sequence[str] | None

@@ -18,11 +18,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["Manifest", "WeightsEntry", "HubFile", "PackageFile", "ManifestError", "load_manifest", "validate_manifest",
-           "manifest_path", "FORMATS", "PROVENANCES", "LABEL_SETS", "LABEL_SET_SIZES"]
+           "manifest_path", "OWN_LAYOUTS", "PROVENANCES", "LABEL_SETS", "LABEL_SET_SIZES"]
 
 SCHEMA_VERSION = 1
-#: checkpoint layouts a manifest entry may declare (each family's convert module registers its converters)
-FORMATS = ("zoo", "transformers-rtdetr", "official-rtdetr", "official-detr", "transformers-detr", "timm")
+#: checkpoint layouts in a model's own state dict keys, which need no converter: zoo's files and timm's (timm
+#: classifiers and backbones). Every other ``format`` is a layout a family declares on its class
+#: (``Detector.checkpoint_layouts``): the schema checks its spelling here, without importing the families (or
+#: torch); loading checks it against the family before reading the file (zoo.weights.load), as `zoo weights
+#: check` does for every entry.
+OWN_LAYOUTS = ("zoo", "timm")
+_LAYOUT_NAME = re.compile(r"^[a-z0-9]+(?:[-_.][a-z0-9]+)*$")
 #: where a metric comes from
 PROVENANCES = ("reported upstream", "measured by zoo")
 
@@ -71,6 +76,13 @@ def _optional(check: _Check) -> _Check:
 def _one_of(options: Iterable[str]) -> _Check:
     options = tuple(options)
     return lambda v: None if v in options else f"must be one of {', '.join(options)}; got {v!r}"
+
+
+def _layout_name(v: Any) -> str | None:
+    if isinstance(v, str) and _LAYOUT_NAME.match(v):
+        return None
+    return (f"must be {' or '.join(map(repr, OWN_LAYOUTS))} or the name of a layout a model family declares "
+            f"(lowercase letters, digits and '-', e.g. 'official-<family>'), got {v!r}")
 
 
 def _positive_int(v: Any) -> str | None:
@@ -155,7 +167,7 @@ ENTRY_FIELDS: dict[str, tuple[bool, Any]] = {
     "hub": (False, HUB_FIELDS),
     "package": (False, PACKAGE_FIELDS),
     "default": (False, _is_bool),
-    "format": (True, _one_of(FORMATS)),
+    "format": (True, _layout_name),
     "license": (True, _is(str, "a license id such as apache-2.0")),
     "origin": (True, ORIGIN_FIELDS),
     "dataset": (True, _is(str, "the dataset the weights were trained on")),

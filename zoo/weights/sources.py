@@ -180,14 +180,14 @@ def _read_config(path: Path, name: str) -> dict[str, Any]:
         raise CheckpointError(f"{name}: {CONFIG_NAME} is not valid JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{name}: {CONFIG_NAME} must hold a JSON object")
-    from zoo.weights.transformers_format import is_transformers_config
+    from zoo.weights.transformers_format import is_transformers_config, transformers_model_types
 
     if "architecture" not in config and not is_transformers_config(config):
         kind = f" (a transformers {config['model_type']!r} model)" if "model_type" in config else ""
         raise CheckpointError(
             f"{name} is not a zoo repo{kind}: its {CONFIG_NAME} names no 'architecture', is not a transformers "
-            f"RT-DETR, RT-DETRv2 or DETR config, and the weight manifest does not list it. Load its file with "
-            f"create_model('<architecture>', checkpoint_path=...) instead.")
+            f"config of a model type zoo reads ({', '.join(transformers_model_types())}), and the weight manifest "
+            f"does not list it. Load its file with create_model('<architecture>', checkpoint_path=...) instead.")
     return config
 
 

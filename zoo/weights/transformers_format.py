@@ -1,15 +1,16 @@
 """Zoo models in the Hugging Face transformers layout, both ways.
 
-Writing: ``model.save_pretrained(dir, format="transformers")`` writes ``config.json`` (``RTDetrConfig``,
-``RTDetrV2Config`` or ``DetrConfig``, ``id2label`` from the model's class names), ``model.safetensors`` with the
-transformers key names and ``preprocessor_config.json`` (the model's preprocessing as the family's image processor),
-so ``AutoModelForObjectDetection.from_pretrained(dir)`` and ``pipeline("object-detection", model=dir)`` load it.
+Writing: ``model.save_pretrained(dir, format="transformers")`` writes ``config.json`` (the family's transformers
+config, ``id2label`` from the model's class names), ``model.safetensors`` with the transformers key names and
+``preprocessor_config.json`` (the model's preprocessing as the family's image processor), so
+``AutoModelForObjectDetection.from_pretrained(dir)`` and ``pipeline("object-detection", model=dir)`` load it.
 
-Reading: a ``local-dir:`` folder or ``hf-hub:`` repo whose config.json has a transformers ``model_type`` that a zoo
-family registered is built as the matching zoo architecture, with the class names from ``id2label`` and the
-preprocessing from ``preprocessor_config.json``; the weights convert through the family's key table.
+Reading: a ``local-dir:`` folder or ``hf-hub:`` repo whose config.json has a transformers ``model_type`` that a
+registered zoo family declares is built as the matching zoo architecture, with the class names from ``id2label`` and
+the preprocessing from ``preprocessor_config.json``; the weights convert through the family's key table.
 
-Families register a :class:`TransformersFamily` (their convert module does it); nothing here imports transformers.
+A family declares its :class:`TransformersMapping` on its class (``Detector.transformers``); this module finds it
+there (zoo.registry.list_families) and imports no transformers.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from zoo.registry import load_families
+from zoo.data.coco_names import label_names_for
+from zoo.registry import family_class, list_families
 
-__all__ = ["TransformersFamily", "UnrepresentableConfigError", "register_transformers_family",
-           "save_transformers", "is_transformers_config", "transformers_spec", "build_transformers", "pretrained_cfg_from_processor",
+__all__ = ["TransformersMapping", "UnrepresentableConfigError", "transformers_model_types", "save_transformers",
+           "is_transformers_config", "transformers_spec", "build_transformers", "pretrained_cfg_from_processor",
            "require", "PROCESSOR_NAME"]
 
 PROCESSOR_NAME = "preprocessor_config.json"
@@ -44,14 +46,15 @@ def require(condition: bool, field: str, why: str) -> None:
 
 
 @dataclass(frozen=True)
-class TransformersFamily:
-    """How one zoo family maps to transformers.
+class TransformersMapping:
+    """How one zoo family maps to transformers (declared on the family's class as ``Detector.transformers``).
 
-    ``to_transformers(model)`` -> ``(config dict without labels, state dict in the transformers layout)``;
-    ``from_transformers(config)`` -> ``(architecture, model_args without num_classes)``; ``weight_format(config)``
-    is the checkpoint layout name its weights must have; ``check(model, config)`` validates the built model.
+    ``model_types``: the transformers ``model_type`` values it reads; ``processor_class`` / ``pad``: the image
+    processor written with it; ``to_transformers(model)`` -> ``(config dict without labels, state dict in the
+    transformers layout)``; ``from_transformers(config)`` -> ``(architecture, model_args without num_classes)``;
+    ``weight_format(config)`` is the checkpoint layout name its weights must have (one of the family's
+    ``checkpoint_layouts``); ``check(model, config)`` validates the built model.
     """
-    family: str
     model_types: tuple[str, ...]
     processor_class: str
     pad: bool
@@ -61,30 +64,33 @@ class TransformersFamily:
     check: Callable[[nn.Module, Mapping[str, Any]], None] = lambda model, config: None
 
 
-_families: dict[str, TransformersFamily] = {}
+def _mappings() -> dict[str, TransformersMapping]:
+    """family name -> its transformers mapping, for every registered family that declares one."""
+    classes = {name: family_class(name) for name in list_families()}
+    return {name: cls.transformers for name, cls in classes.items() if getattr(cls, "transformers", None) is not None}
 
 
-def register_transformers_family(spec: TransformersFamily) -> None:
-    """Called by each family's convert module (imported with the family, as ``import zoo`` does)."""
-    _families[spec.family] = spec
+def transformers_model_types() -> list[str]:
+    """The transformers ``model_type`` values zoo reads (those the registered families declare)."""
+    return sorted(t for mapping in _mappings().values() for t in mapping.model_types)
 
 
-def _family_of_model(model: nn.Module) -> TransformersFamily:
-    family = getattr(model, "family", "")
-    if family not in _families:
+def _family_of_model(model: nn.Module) -> TransformersMapping:
+    mapping = getattr(model, "transformers", None)
+    if mapping is None:
+        family = getattr(model, "family", "")
         raise UnrepresentableConfigError(
             f"{type(model).__name__} ({family or 'no family'}): transformers has no class for it; "
-            f"format='transformers' supports {', '.join(sorted(_families))}")
-    return _families[family]
+            f"format='transformers' supports {', '.join(sorted(_mappings()))}")
+    return mapping
 
 
-def _family_of_config(config: Mapping[str, Any]) -> TransformersFamily | None:
-    load_families()  # each family's convert module registers its mapping
-    return next((f for f in _families.values() if config.get("model_type") in f.model_types), None)
+def _family_of_config(config: Mapping[str, Any]) -> TransformersMapping | None:
+    return next((m for m in _mappings().values() if config.get("model_type") in m.model_types), None)
 
 
 def is_transformers_config(config: Mapping[str, Any]) -> bool:
-    """True for a transformers config.json of a model type zoo reads (RT-DETR, RT-DETRv2, DETR)."""
+    """True for a transformers config.json of a model type zoo reads (:func:`transformers_model_types`)."""
     return "architecture" not in config and _family_of_config(config) is not None
 
 
@@ -96,7 +102,6 @@ def save_transformers(model: nn.Module, folder: str | os.PathLike) -> Path:
     """Write config.json, model.safetensors and preprocessor_config.json in the transformers layout."""
     from safetensors.torch import save_file
 
-    from zoo.engine.predict import label_names_for
     from zoo.version import __version__
 
     family = _family_of_model(model)
@@ -114,7 +119,7 @@ def save_transformers(model: nn.Module, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def _processor_config(cfg: Mapping[str, Any], family: TransformersFamily) -> dict[str, Any]:
+def _processor_config(cfg: Mapping[str, Any], family: TransformersMapping) -> dict[str, Any]:
     """zoo ``pretrained_cfg`` -> the image processor's preprocessor_config.json."""
     mode = cfg.get("resize_mode", "stretch")
     if mode == "stretch":

@@ -18,12 +18,12 @@ from typing import Mapping
 
 import torch
 
-from zoo.weights.checkpoint import StateDict, register_format
+from zoo.weights.checkpoint import Layout, StateDict
 from zoo.weights.keymap import KeyMap, KeyRule
-from zoo.weights.transformers_format import TransformersFamily, register_transformers_family, require
+from zoo.weights.transformers_format import TransformersMapping, require
 
-__all__ = ["KEYS", "official_to_zoo", "transformers_to_zoo", "zoo_to_transformers", "to_transformers",
-           "from_transformers"]
+__all__ = ["KEYS", "LAYOUTS", "TRANSFORMERS", "official_to_zoo", "transformers_to_zoo", "zoo_to_transformers",
+           "to_transformers", "from_transformers"]
 
 _OFFICIAL_BACKBONE = "backbone.0.body."
 
@@ -79,8 +79,9 @@ def _is_transformers(sd: Mapping[str, torch.Tensor]) -> bool:
         k.startswith(("model.backbone.conv_encoder.", "model.backbone.model.")) for k in sd)
 
 
-register_format("detr", "official-detr", _is_official, official_to_zoo)
-register_format("detr", "transformers-detr", _is_transformers, transformers_to_zoo)
+#: the layouts DETR checkpoints come in besides zoo's (``DETR.checkpoint_layouts``)
+LAYOUTS = (Layout("official-detr", _is_official, official_to_zoo),
+           Layout("transformers-detr", _is_transformers, transformers_to_zoo))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,6 +142,6 @@ def from_transformers(config: Mapping) -> tuple[str, dict]:
     return f"detr_{base}{'_dc5' if dilation else ''}", model_args
 
 
-register_transformers_family(TransformersFamily(
-    "detr", ("detr",), "DetrImageProcessor", True, to_transformers, from_transformers,
-    lambda config: "transformers-detr"))
+#: ``DetrForObjectDetection`` <-> zoo (``DETR.transformers``)
+TRANSFORMERS = TransformersMapping(("detr",), "DetrImageProcessor", True, to_transformers, from_transformers,
+                                   lambda config: "transformers-detr")

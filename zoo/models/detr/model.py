@@ -20,12 +20,12 @@ from torch import nn
 
 from zoo.layers.mlp import MLP
 from zoo.layers.position import PositionEmbeddingSine
-from zoo.models.base import (ClassHead, Detector, build_component, build_detector, check_pixel_values,
-                             detections_to_pixels)
+from zoo.models.base import ClassHead, Detector, build_detector, check_pixel_values, detections_to_pixels
+from zoo.models.detr import convert
 from zoo.models.detr.backbone import DetrResNet
 from zoo.models.detr.criterion import SetCriterion
 from zoo.models.detr.transformer import DetrTransformer, DetrTransformerDecoder, DetrTransformerEncoder
-from zoo.registry import register_model
+from zoo.registry import register_family, register_model
 
 __all__ = ["DETR", "pad_images"]
 
@@ -51,6 +51,7 @@ def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return batch, mask
 
 
+@register_family
 class DETR(Detector):
     """``forward(pixel_values, pixel_mask=None)`` -> ``{"pred_logits": [B, Q, C + 1], "pred_boxes": [B, Q, 4]}``.
 
@@ -62,6 +63,9 @@ class DETR(Detector):
     """
 
     family = "detr"
+    checkpoint_layouts = convert.LAYOUTS
+    transformers = convert.TRANSFORMERS
+    parts = {"encoder": DetrTransformerEncoder, "decoder": DetrTransformerDecoder}  # the backbone: registry
     class_heads = (ClassHead(r"class_embed", extra_rows=1),)
     #: facebookresearch/detr main.py: lr 1e-4, backbone 1e-5, weight decay 1e-4, gradient clipping 0.1
     train_defaults = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1}
@@ -69,9 +73,9 @@ class DETR(Detector):
     def __init__(self, backbone: dict[str, Any], encoder: dict[str, Any], decoder: dict[str, Any],
                  num_classes: int = 91, num_queries: int = 100, hidden_dim: int = 256, aux_loss: bool = True):
         super().__init__()
-        self.backbone = build_component("backbone", backbone)
-        self.transformer = DetrTransformer(build_component("encoder", encoder, d_model=hidden_dim),
-                                           build_component("decoder", decoder, d_model=hidden_dim))
+        self.backbone = self.build_part("backbone", backbone)
+        self.transformer = DetrTransformer(self.build_part("encoder", encoder, d_model=hidden_dim),
+                                           self.build_part("decoder", decoder, d_model=hidden_dim))
         self.position_embedding = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.input_proj = nn.Conv2d(self.backbone.out_channels[-1], hidden_dim, kernel_size=1)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)

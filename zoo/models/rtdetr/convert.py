@@ -21,13 +21,12 @@ from typing import Mapping
 
 import torch
 
-from zoo.weights.checkpoint import StateDict, register_format
+from zoo.weights.checkpoint import Layout, StateDict
 from zoo.weights.keymap import KeyMap, KeyRule
-from zoo.weights.transformers_format import (TransformersFamily, UnrepresentableConfigError,
-                                            register_transformers_family, require)
+from zoo.weights.transformers_format import TransformersMapping, UnrepresentableConfigError, require
 
-__all__ = ["KEYS", "transformers_to_zoo", "zoo_to_transformers", "official_v2_to_zoo", "to_transformers",
-           "from_transformers"]
+__all__ = ["KEYS", "LAYOUTS", "TRANSFORMERS", "transformers_to_zoo", "zoo_to_transformers", "official_v2_to_zoo",
+           "to_transformers", "from_transformers"]
 
 _BACKBONE = "model.backbone.model."
 _LAYER = _BACKBONE + "encoder.stages.{s}.layers.{l}."
@@ -117,12 +116,13 @@ def official_v2_to_zoo(sd: StateDict) -> StateDict:
     return {_V2_KEYS.to_ours(k) or k: v for k, v in sd.items() if k not in _V2_RECOMPUTED}
 
 
-register_format("rtdetr", "transformers-rtdetr", lambda sd: _is_transformers(sd) and not _is_v2(sd),
-                transformers_to_zoo)
-register_format("rtdetr", "transformers-rtdetrv2", lambda sd: _is_transformers(sd) and _is_v2(sd),
-                transformers_to_zoo)
-register_format("rtdetr", "official-rtdetr", lambda sd: _is_official(sd) and not _is_v2(sd), lambda sd: sd)
-register_format("rtdetr", "official-rtdetrv2", lambda sd: _is_official(sd) and _is_v2(sd), official_v2_to_zoo)
+#: the layouts RT-DETR checkpoints come in besides zoo's (``RTDETR.checkpoint_layouts``)
+LAYOUTS = (
+    Layout("transformers-rtdetr", lambda sd: _is_transformers(sd) and not _is_v2(sd), transformers_to_zoo),
+    Layout("transformers-rtdetrv2", lambda sd: _is_transformers(sd) and _is_v2(sd), transformers_to_zoo),
+    Layout("official-rtdetr", lambda sd: _is_official(sd) and not _is_v2(sd), lambda sd: sd),
+    Layout("official-rtdetrv2", lambda sd: _is_official(sd) and _is_v2(sd), official_v2_to_zoo),
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,7 +327,8 @@ def _check_built(model: torch.nn.Module, config: Mapping) -> None:
                 f"(zoo takes the timm features at indices {model.backbone.feature_indices})")
 
 
-register_transformers_family(TransformersFamily(
-    "rtdetr", ("rt_detr", "rt_detr_v2"), "RTDetrImageProcessor", False, to_transformers, from_transformers,
+#: ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` <-> zoo (``RTDETR.transformers``)
+TRANSFORMERS = TransformersMapping(
+    ("rt_detr", "rt_detr_v2"), "RTDetrImageProcessor", False, to_transformers, from_transformers,
     lambda config: "transformers-rtdetrv2" if config["model_type"] == "rt_detr_v2" else "transformers-rtdetr",
-    _check_built))
+    _check_built)

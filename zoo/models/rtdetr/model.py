@@ -14,19 +14,20 @@ from typing import Any
 import torch
 
 from zoo.layers.akconv import AKConv, C3_AKConv
-from zoo.models.base import (ClassHead, Detector, build_component, build_detector, check_pixel_values,
-                             detections_to_pixels)
+from zoo.models.base import ClassHead, Detector, build_detector, check_pixel_values, detections_to_pixels
+from zoo.models.rtdetr import convert
 from zoo.models.rtdetr.criterion import RTDETRCriterion
 from zoo.models.rtdetr.decoder import DenoisingQueries, RTDETRDecoder
 from zoo.models.rtdetr.denoising import build_denoising_queries
 from zoo.models.rtdetr.hybrid_encoder import HybridEncoder
 from zoo.models.rtdetr.presnet import PResNet
 from zoo.models.timm_backbone import TimmBackbone
-from zoo.registry import register_model
+from zoo.registry import register_family, register_model
 
 __all__ = ["RTDETR"]
 
 
+@register_family
 class RTDETR(Detector):
     """Real-time DETR. ``forward(pixel_values)`` -> ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}``.
 
@@ -37,16 +38,19 @@ class RTDETR(Detector):
     """
 
     family = "rtdetr"
+    checkpoint_layouts = convert.LAYOUTS
+    transformers = convert.TRANSFORMERS
+    parts = {"encoder": HybridEncoder, "decoder": RTDETRDecoder}  # the backbone has alternatives: registry
     class_heads = (ClassHead(r"decoder\.enc_score_head"), ClassHead(r"decoder\.dec_score_head\.\d+"),
                    ClassHead(r"decoder\.denoising_class_embed", extra_rows=1))
 
     def __init__(self, backbone: dict[str, Any], encoder: dict[str, Any], decoder: dict[str, Any],
                  num_classes: int = 80):
         super().__init__()
-        self.backbone = build_component("backbone", backbone)
-        self.encoder = build_component("encoder", encoder, in_channels=self.backbone.out_channels,
-                              strides=self.backbone.strides)
-        self.decoder = build_component("decoder", decoder, in_channels=self.encoder.out_channels,
+        self.backbone = self.build_part("backbone", backbone)
+        self.encoder = self.build_part("encoder", encoder, in_channels=self.backbone.out_channels,
+                                       strides=self.backbone.strides)
+        self.decoder = self.build_part("decoder", decoder, in_channels=self.encoder.out_channels,
                                        num_classes=num_classes)
         self.size_divisor = max(self.backbone.strides)
 
