@@ -178,3 +178,22 @@ def test_a_damaged_lock_file_is_an_error_not_a_fresh_start(tmp_path, monkeypatch
     (tmp_path / "weights.lock.json").write_text("{ not json")
     with pytest.raises(ValueError, match=r"weights.lock.json is not valid JSON .*delete it to start afresh"):
         weights_lock().get("org/repo", "model.safetensors", "main")
+
+
+def test_a_wrong_lock_record_says_so_and_keeps_the_file(local_hub, hub_env, tiny_weights, repo_id, capsys):
+    """Issue 21 item 6: a lock record with another sha256 made every load download, compare, delete and say the file
+    was "damaged in the cache". The Hub vouches for the file: the record is wrong; point at `zoo weights trust`."""
+    a = tiny_weights[0]
+    local_hub.commit(repo_id, {"model.safetensors": a.path})
+    hub = HubFile(repo_id, "main", "model.safetensors", None, None)
+    fetch_file(hub, name=f"hf-hub:{repo_id}")
+    with weights_lock().store.update() as data:
+        (record,) = data["files"].values()
+        record["sha256"] = "0" * 64
+    for _ in range(2):  # the cached file, and again: no loop of downloads
+        with pytest.raises(WeightsIntegrityError, match=rf"(?s)lock record disagrees with the Hub.*"
+                                                        rf"`zoo weights trust hf-hub:{repo_id}`"):
+            fetch_file(hub, name=f"hf-hub:{repo_id}")
+        assert cached_file(hub) is not None  # the good file is kept
+    assert main(["weights", "trust", f"hf-hub:{repo_id}"]) == 0
+    assert sha256_file(fetch_file(hub)) == a.sha256

@@ -147,16 +147,24 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _fetch_all(patterns: list[str], cache_dir: str | None) -> list[tuple[WeightsEntry, Path]]:
-    from zoo.weights.download import fetch_weights
-    from zoo.weights.manifest import load_manifest
+    from zoo.weights.download import fetch_weights, how_checked
 
     done = []
-    for entry in load_manifest().select(patterns):
+    for entry in _select(patterns):
         path = fetch_weights(entry, cache_dir=cache_dir, verify_cache=True)
-        check = "sha256 verified" if entry.sha256 else "checked against the Hub's LFS sha256 and the zoo lock file"
-        print(f"{entry.name}: {path} ({check})")
+        print(f"{entry.name}: {path} ({how_checked(path)})")
         done.append((entry, path))
     return done
+
+
+def _select(patterns: list[str]) -> list[WeightsEntry]:
+    """The entries the patterns name; a pattern that names none is an error (a typo would otherwise pass)."""
+    from zoo.weights.manifest import load_manifest
+
+    manifest = load_manifest()
+    for pattern in patterns:
+        manifest.select(pattern)  # KeyError naming the pattern when it matches nothing
+    return manifest.select(patterns)
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -242,17 +250,34 @@ def _entry_problems(entry: WeightsEntry) -> list[str]:
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from zoo.weights.download import sha256_file
+    """Fetch the entries into DIR and record their sha256 in DIR/zoo-bundle.json (kept with earlier bundles' records:
+    loading from the bundle checks every bundled file against it)."""
+    from zoo.weights.download import BUNDLE_RECORD, sha256_file
 
     folder = Path(args.directory)
+    entries = _select(args.patterns)  # before creating anything: a pattern that names no entry is an error
+    if all(entry.hub is None for entry in entries):
+        raise ValueError(f"{', '.join(e.name for e in entries)}: inside the zoo package (every installation has "
+                         "them), nothing to bundle")
+    record_path = folder / BUNDLE_RECORD
+    records = {}
+    if record_path.is_file():
+        try:
+            records = json.loads(record_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{record_path} is not valid JSON ({exc}); it records the sha256 of the files already "
+                             "bundled there: restore it, or bundle into a new folder") from None
     folder.mkdir(parents=True, exist_ok=True)
     done = [(entry, path) for entry, path in _fetch_all(args.patterns, str(folder)) if entry.hub is not None]
-    record = {entry.name: {"repo_id": entry.hub.repo_id, "revision": entry.hub.revision,
-                           "filename": entry.hub.filename, "sha256": sha256_file(path), "size": path.stat().st_size}
-              for entry, path in done}
-    (folder / "zoo-bundle.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"bundled {len(done)} weight files in {folder}. On the offline machine copy the folder and set "
-          f"HF_HUB_CACHE={folder} HF_HUB_OFFLINE=1 (or copy its models--* folders into your Hugging Face cache).")
+    records.update({entry.name: {"repo_id": entry.hub.repo_id, "revision": entry.hub.revision,
+                                 "filename": entry.hub.filename, "sha256": sha256_file(path),
+                                 "size": path.stat().st_size} for entry, path in done})
+    tmp = record_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=2) + "\n")
+    os.replace(tmp, record_path)
+    print(f"bundled {len(done)} weight files in {folder} ({len(records)} in all). On the offline machine copy the "
+          f"folder and set HF_HUB_CACHE={folder} HF_HUB_OFFLINE=1 (files are checked against {BUNDLE_RECORD} there; "
+          "or copy its models--* folders into your Hugging Face cache).")
     return 0
 
 

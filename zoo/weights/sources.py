@@ -17,7 +17,7 @@ from torch import nn
 from zoo.registry import model_entrypoint, resolve_model_name
 from zoo.weights.checkpoint import CheckpointError, check_fit, read_checkpoint
 from zoo.weights.download import (WeightsIntegrityError, WeightsNotFoundError, fetch_file, fetch_weights, hash_policy,
-                                  verify_file)
+                                  how_checked, verify_file)
 from zoo.weights.load import PretrainedReport, WeightsSource, attach_report, build_with_weights
 from zoo.weights.manifest import HubFile, WeightsEntry, load_manifest
 
@@ -89,10 +89,9 @@ def create_from_location(source: str, location: str, tag: str | None, num_classe
         if tag in (None, entry.hub.revision):
             return create_pretrained(entry.architecture, entry.tag, verify_cache=verify_cache, **options, **kwargs)
         hub = replace(entry.hub, revision=tag, sha256=None, size=None)  # the manifest hashes its revision only
-        note = (f"{name}: another revision than the manifest's {entry.hub.revision!r}: checked against the Hub's "
-                "LFS sha256 and the file zoo first used")
-        source_ = replace(_entry_source(entry, fetch_file(hub, name=name, verify_cache=verify_cache)), name=name,
-                          notes=(note,))
+        path = fetch_file(hub, name=name, verify_cache=verify_cache)
+        note = f"{name}: another revision than the manifest's {entry.hub.revision!r}: {how_checked(path)}"
+        source_ = replace(_entry_source(entry, path), name=name, notes=(note,))
         return build_with_weights(entry.architecture, {**entry.model_args, **kwargs}, source_, **options)
     config_path = fetch_file(HubFile(location, tag or "main", CONFIG_NAME, None, None), name=name, warn_unhashed=False)
     # a branch may move: take the weights from the very commit that config.json came from
@@ -108,7 +107,10 @@ def create_from_location(source: str, location: str, tag: str | None, num_classe
                                    warn_unhashed=False)
         except WeightsNotFoundError:
             pass
-    return _build_from_config(config, WeightsSource(name, path, 0, hub_id=location), kwargs, options, processor)
+    checked = (f"{path}: {how_checked(path)}" + ("" if recorded.get("sha256") else
+               " (its config.json records no sha256)"),)
+    return _build_from_config(config, WeightsSource(name, path, 0, hub_id=location, notes=checked), kwargs, options,
+                              processor)
 
 
 def load_pretrained_backbone(model: nn.Module, weights: bool | str = True, verify_cache: bool | None = None
@@ -138,7 +140,8 @@ def load_pretrained_backbone(model: nn.Module, weights: bool | str = True, verif
     path = fetch_weights(entry, verify_cache=verify_cache)
     target = model.backbone.model
     state_dict, expected = read_checkpoint(path), target.state_dict()
-    report = PretrainedReport(source=str(path), format=entry.format, weights=entry.name, notes=_hash_notes(entry))
+    report = PretrainedReport(source=str(path), format=entry.format, weights=entry.name,
+                              notes=_hash_notes(entry, path))
     report.dropped = [k for k in state_dict if k not in expected]
     fit = check_fit(report, state_dict, expected, f"the {arch} backbone of {model.config['architecture']}")
     target.load_state_dict(fit, assign=True)
@@ -216,14 +219,15 @@ def _verify_folder(folder: Path, config: Mapping[str, Any], verify_cache: bool |
 
 def _entry_source(entry: WeightsEntry, path: Path) -> WeightsSource:
     return WeightsSource(entry.name, path, entry.num_classes, entry.label_names, entry.format,
-                         entry.pretrained_cfg(), entry.hub_id, tuple(_hash_notes(entry)))
+                         entry.pretrained_cfg(), entry.hub_id, tuple(_hash_notes(entry, path)))
 
 
-def _hash_notes(entry: WeightsEntry) -> list[str]:
+def _hash_notes(entry: WeightsEntry, path: Path) -> list[str]:
+    """What the file was checked against, as this fetch did it (manifest, bundle, Hub, lock file or nothing)."""
+    how = how_checked(path) or "not checked"
     if entry.sha256 is None:
-        return [f"{entry.location} has no sha256 in the manifest: checked against the Hub's LFS sha256 and the file "
-                "zoo first used (the zoo lock file)"]
-    return []
+        return [f"{entry.location} has no sha256 in the manifest: {how}"]
+    return [f"{entry.location}: {how}"]
 
 
 def _timm_architectures(manifest: Any) -> list[str]:
