@@ -197,3 +197,19 @@ def test_a_wrong_lock_record_says_so_and_keeps_the_file(local_hub, hub_env, tiny
         assert cached_file(hub) is not None  # the good file is kept
     assert main(["weights", "trust", f"hf-hub:{repo_id}"]) == 0
     assert sha256_file(fetch_file(hub)) == a.sha256
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.bin", "sub/../../outside.bin"])
+def test_local_dir_files_outside_the_folder_are_refused(tmp_path, tiny_weights, name):
+    """Issue 21 item 7: a config.json 'files' entry naming /etc/passwd made zoo read and hash it (and print the hash)."""
+    from zoo.weights.checkpoint import CheckpointError
+
+    folder = tmp_path / "model"
+    zoo.save_pretrained(tiny_weights[0].model, folder)
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    config = json.loads((folder / "config.json").read_text())
+    config["files"][name] = {"sha256": "0" * 64, "size": 6}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="outside the folder") as info:
+        zoo.create_model(f"local-dir:{folder}")
+    assert sha256_file(tmp_path / "outside.bin") not in str(info.value)

@@ -200,9 +200,19 @@ def _verify_folder(folder: Path, config: Mapping[str, Any], verify_cache: bool |
     if not isinstance(files, dict) or not all(isinstance(r, dict) for r in files.values()):
         raise CheckpointError(f"local-dir:{folder}: config.json 'files' must map file names to {{sha256, size}}, "
                               f"got {files!r}")
+    outside = [name for name in files if not _inside(name)]
+    if outside:
+        raise CheckpointError(f"local-dir:{folder}: config.json 'files' names paths outside the folder: "
+                              f"{', '.join(map(repr, outside))}; only files inside it can be recorded (nothing "
+                              "was read)")
     if not files.get(WEIGHTS_NAME, {}).get("sha256"):
         note = f"{folder / WEIGHTS_NAME}: its config.json records no sha256, so it is loaded unverified"
-        log.warning("local-dir:%s: %s (save it again with save_pretrained to record one)", folder, note)
+        if "architecture" in config:
+            advice = "save_pretrained records one: save the model again with it"
+        else:  # the transformers layout has no place for a hash; zoo's own layout has
+            advice = ("the transformers layout has no place for one; zoo.save_pretrained(model, folder) in zoo's "
+                      "layout (the default format) records it")
+        log.warning("local-dir:%s: %s (%s)", folder, note, advice)
         return (note,)
     full, reuse = hash_policy(verify_cache)
     for filename, record in files.items():
@@ -215,6 +225,15 @@ def _verify_folder(folder: Path, config: Mapping[str, Any], verify_cache: bool |
                                         f"its config.json: {'; '.join(problems)}. The file was changed after "
                                         "save_pretrained wrote it; save it again or restore it.")
     return ()
+
+
+def _inside(name: str) -> bool:
+    """Whether a file name recorded in config.json stays inside its folder (relative, no ``..``)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    parts = PurePosixPath(name).parts
+    return (bool(name) and not PurePosixPath(name).is_absolute() and not PureWindowsPath(name).is_absolute()
+            and not PureWindowsPath(name).drive and ".." not in parts and ".." not in PureWindowsPath(name).parts)
 
 
 def _entry_source(entry: WeightsEntry, path: Path) -> WeightsSource:
