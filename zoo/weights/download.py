@@ -415,5 +415,5 @@ def fetch_weights(entry: WeightsEntry, **kwargs) -> Path:
         raise WeightsIntegrityError(f"{entry.name}: {entry.package} does not match the manifest: "
                                     f"{'; '.join(problems)}. It was changed after installation; restore it "
                                     "(`git checkout` or reinstall zoo).")
-    _checked(path, "sha256 verified against the manifest (a file inside the package)")
+    _checked(path, "sha256 verified against the manifest")
     return path
