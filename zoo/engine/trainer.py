@@ -43,6 +43,7 @@ from zoo.data.images import Preprocess
 from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
 from zoo.engine import distributed
 from zoo.engine.reporting import make_reporter
+from zoo.checks import check_input_side
 from zoo.weights.checkpoint import load_torch_file, read_checkpoint
 
 __all__ = ["TrainConfig", "Trainer", "train", "find_checkpoint", "save_torch"]
@@ -109,6 +110,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.input_size is not None:
+            check_input_side(self.input_size, "input_size")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {self.ema_decay!r}")
 

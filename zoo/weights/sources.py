@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from zoo.checks import check_model_args, check_pretrained_cfg
 from zoo.registry import model_entrypoint, resolve_model_name
 from zoo.weights.checkpoint import CheckpointError, check_fit, read_checkpoint
 from zoo.weights.download import (WeightsIntegrityError, WeightsNotFoundError, fetch_file, fetch_weights, hash_policy,
@@ -163,11 +164,20 @@ def _build_from_config(config: Mapping[str, Any], source: WeightsSource, kwargs:
         from zoo.weights.transformers_format import build_transformers
 
         return build_transformers(config, source, kwargs, options, processor)
-    model_args = dict(config.get("model_args", {}))
+    model_args = config.get("model_args", {})
+    if not isinstance(model_args, Mapping):
+        raise CheckpointError(f"{source.name}: config.json model_args must be an object, got {model_args!r}")
+    model_args = dict(model_args)
     source_classes = model_args.pop("num_classes", None)
     if not isinstance(source_classes, int):
         raise CheckpointError(f"{source.name}: config.json model_args has no num_classes")
     labels = config.get("label_names")
+    try:  # the one validation of config values (zoo.models.base), naming the file
+        check_model_args({**model_args, "num_classes": source_classes})
+        check_pretrained_cfg({"label_names": labels}, source_classes, "label_names")
+        check_pretrained_cfg(config.get("pretrained_cfg") or {}, None, "pretrained_cfg")
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source.name}: config.json: {exc}") from None
     source = replace(source, num_classes=source_classes, format="zoo",
                      label_names=tuple(labels) if labels else None, pretrained_cfg=config.get("pretrained_cfg", {}))
     architecture = resolve_model_name(config["architecture"])
