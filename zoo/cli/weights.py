@@ -67,15 +67,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=_trust)
 
 
-def _status(entry: WeightsEntry) -> str:
-    from zoo.registry import is_model
+def _status(entry: WeightsEntry, registered: set[str] | None = None) -> str:
+    """"registered", or "architecture not registered" (``registered``: the names, read once by the caller from the
+    families' declarations without importing them)."""
+    from zoo.registry import list_models
 
-    return "" if is_model(entry.architecture) else "architecture not registered"
+    names = registered if registered is not None else set(list_models(include_aliases=True))
+    return "registered" if entry.architecture in names else "architecture not registered"
 
 
 def _local_file(entry: WeightsEntry, cache_dir: str | None = None) -> Path | None:
     """The entry's file on this machine: in the Hub cache, or inside the package (None when absent)."""
-    from zoo.weights.download import cached_file
+    from zoo.weights.cache import cached_file
 
     if entry.package is not None:
         path = entry.package.local_path()
@@ -83,18 +86,20 @@ def _local_file(entry: WeightsEntry, cache_dir: str | None = None) -> Path | Non
     return cached_file(entry.hub, cache_dir)
 
 
-def _summary(entry: WeightsEntry) -> dict[str, Any]:
+def _summary(entry: WeightsEntry, registered: set[str]) -> dict[str, Any]:
     metric = next(iter(entry.metrics), None)
     return {"name": entry.name, "repo": entry.where, "format": entry.format,
             "dataset": entry.dataset, "metric": f"{metric['metric']} {metric['value']}" if metric else "",
             "params_m": entry.complexity["params_m"], "sha256": "pinned" if entry.sha256 else "unhashed",
-            "cached": _local_file(entry) is not None, "status": _status(entry)}
+            "cached": _local_file(entry) is not None, "status": _status(entry, registered)}
 
 
 def _list(args: argparse.Namespace) -> int:
+    from zoo.registry import list_models
     from zoo.weights.manifest import load_manifest
 
-    rows = [_summary(e) for e in load_manifest().select(args.patterns)]
+    registered = set(list_models(include_aliases=True))  # the families' declarations: no import, no torch
+    rows = [_summary(e, registered) for e in load_manifest().select(args.patterns)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -129,7 +134,7 @@ def _info(args: argparse.Namespace) -> int:
     else:
         loads_from = f"{hub_endpoint()}/{hub.repo_id}/resolve/{hub.revision}/{hub.filename} (into {hub_cache_dir()})"
     info = {
-        "name": entry.name, "architecture": entry.architecture, "status": _status(entry) or "registered",
+        "name": entry.name, "architecture": entry.architecture, "status": _status(entry),
         "default": entry.default, "hub" if hub else "package": asdict(entry.location), "loads_from": loads_from,
         "format": entry.format, "license": entry.license, "origin": dict(entry.origin), "dataset": entry.dataset,
         "pretrain_dataset": entry.pretrain_dataset, "num_classes": entry.num_classes,
@@ -201,6 +206,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Schema, then per entry: registered architecture, known layout, num_classes and parameter count."""
+    from zoo.registry import list_models
     from zoo.weights.manifest import ManifestError, load_manifest
 
     try:
@@ -209,9 +215,11 @@ def _check(args: argparse.Namespace) -> int:
         print(exc)
         return 1
     errors = 0
+    names = set(list_models(include_aliases=True))
     for entry in manifest.entries.values():
-        problems = _entry_problems(entry) if not _status(entry) else []
-        if _status(entry):
+        registered = _status(entry, names) == "registered"
+        problems = _entry_problems(entry) if registered else []
+        if not registered:
             line = f"{entry.name}: architecture not registered" + (" (error: --strict)" if args.strict else "")
             errors += args.strict
         else:

@@ -19,6 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from zoo.weights.cache import cached_file, hub_cache_dir
 from zoo.weights.checkpoint import CheckpointError
 from zoo.weights.manifest import HubFile, WeightsEntry
 from zoo.weights.hashing import file_sha256, sha256_file, verify_file
@@ -89,29 +90,9 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def hub_cache_dir() -> Path:
-    """The huggingface_hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else huggingface_hub's default."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: only the cache is used."""
     return _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE")
-
-
-def cached_file(hub: HubFile, cache_dir: str | os.PathLike | None = None) -> Path | None:
-    """Where ``hub`` lies in the cache for its revision, or None when it is not cached (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(hub.repo_id, hub.filename, cache_dir=str(cache_dir or hub_cache_dir()),
-                                   revision=hub.revision)
-    return Path(found) if isinstance(found, str) and os.path.exists(found) else None
 
 
 def _remove(path: Path) -> None:
