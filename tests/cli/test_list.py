@@ -32,3 +32,23 @@ def test_weights_list_imports_no_family_and_fills_the_status():
     assert status == 0, done.stderr[-2000:]
     assert rows and {row["status"] for row in rows} == {"registered"}
     assert not [m for m in modules if m.split(".")[0] in ("torch", "torchvision", "timm") or m == "zoo.models"]
+
+
+def test_info_remembers_the_flop_count(tmp_path, monkeypatch, capsys):
+    """Issue 21 item 22: `zoo info` counted FLOPs (a meta-device forward pass, seconds) on every call; the figures
+    are remembered in the zoo cache for as long as the model code is unchanged."""
+    from zoo.models import complexity
+
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
+    calls = []
+    counted = complexity.model_complexity
+    monkeypatch.setattr(complexity, "model_complexity", lambda *a, **k: calls.append(a) or counted(*a, **k))
+    assert main(["info", "rtdetr_mnv3", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["info", "rtdetr_mobilenetv3_large", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert len(calls) == 1 and (tmp_path / "complexity.json").is_file()
+    expected = counted("rtdetr_mobilenetv3_large")
+    for info in (first, second):
+        assert (info["params_m"], info["gflops"], info["input_size"]) == (
+            expected["params_m"], expected["gflops"], expected["input_size"])

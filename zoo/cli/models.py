@@ -47,15 +47,16 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def model_summary(name: str, size: int | None = None) -> dict:
-    """Parameters, GFLOPs (:func:`zoo.models.complexity.model_complexity`), config and preprocessing."""
+    """Parameters, GFLOPs (:func:`zoo.models.complexity.model_complexity`, remembered in the zoo cache while the
+    model code is unchanged), config and preprocessing."""
     import torch
 
     from zoo.factory import create_model
-    from zoo.models.complexity import model_complexity
+    from zoo.models.complexity import cached_complexity
 
     with torch.device("meta"):  # config and preprocessing only: no weights
         model = create_model(name)
-    return {"name": name, **model_complexity(name, size), "config": model.config,
+    return {"name": name, **cached_complexity(model.config["architecture"], size), "config": model.config,
             "pretrained_cfg": model.pretrained_cfg}
 
 
