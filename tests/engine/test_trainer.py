@@ -169,3 +169,40 @@ def test_a_full_disk_says_so(tmp_path):
     with pytest.raises(OSError, match="No space left on device") as info:
         save_torch({"x": torch.zeros(100_000)}, "/dev/full")
     assert info.value.errno == 28
+
+
+def test_pretrained_backbone_flag(data, tmp_path, monkeypatch, capsys):
+    """Issue 21 item 24: `zoo train --pretrained-backbone` (before: only --model-args '{"pretrained_backbone": true}',
+    which a resumed run would load again); ImageNet backbone weights for a new run, none for a resumed one."""
+    import types
+
+    from zoo.cli import main
+    from zoo.weights import sources
+    from zoo.weights.load import PretrainedReport
+
+    given = []
+    monkeypatch.setattr("zoo.engine.trainer.train", lambda config, **kw: given.append(config) or types.SimpleNamespace(
+        rank=0, epoch=0, best_ap=0.0, cfg=config))
+    root = str(Path(data["train_ann"]).parent)
+    assert main(["train", "rtdetr_mobilenetv3_small", "--data", root, "--output", str(tmp_path / "x"),
+                 "--pretrained-backbone"]) == 0
+    assert main(["train", "rtdetr_mobilenetv3_small", "--data", root, "--output", str(tmp_path / "y"),
+                 "--pretrained-backbone", "lamb_in1k"]) == 0
+    assert [c.pretrained_backbone for c in given] == [True, "lamb_in1k"]
+    monkeypatch.undo()
+
+    loads = []
+
+    def fake_backbone(model, weights=True, verify_cache=None):  # no network in tests: record the request
+        loads.append(weights)
+        return PretrainedReport(source="imagenet", weights=f"backbone {weights}")
+
+    monkeypatch.setattr(sources, "load_pretrained_backbone", fake_backbone)
+    trainer = Trainer(tiny_config(data, tmp_path, pretrained_backbone=True, val_ann=None, val_images=None))
+    assert loads == [True]
+    trainer.save_checkpoint()
+    Trainer(tiny_config(data, tmp_path, pretrained_backbone=True, val_ann=None, val_images=None),
+            resume=tmp_path / "last")
+    assert loads == [True]  # the resumed run's backbone comes from its checkpoint
+    with pytest.raises(ValueError, match="include their backbone"):
+        Trainer(tiny_config(data, tmp_path / "z", pretrained_backbone=True, weights="shapes_demo"))

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help="architecture, e.g. rtdetr_r18vd (see `zoo list`)")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (train.json + train/, val.json + val/)")
     p.add_argument("--weights", metavar="TAG", default=None, help="fine-tune from these pretrained weights")
+    p.add_argument("--pretrained-backbone", nargs="?", const=True, default=False, metavar="TAG",
+                   help="start from ImageNet weights for the timm backbone (from the manifest; optionally a tag, "
+                        "e.g. ra_in1k); the rest of the detector starts from its initialisation")
     p.add_argument("--num-classes", type=int_at_least(1), default=None,
                    help="classes (default: the dataset's categories)")
     p.add_argument("--output", default="runs/train", metavar="DIR", help="checkpoints and metrics.jsonl")
@@ -81,6 +84,7 @@ def _train(args: argparse.Namespace) -> int:
     settings = {  # TrainConfig field: (value, the option that sets it)
         "model": (args.name, "name"), **{k: (v, "data") for k, v in _data_paths(args.data).items()},
         "output_dir": (args.output, "output"), "weights": (args.weights, "weights"),
+        "pretrained_backbone": (args.pretrained_backbone, "pretrained_backbone"),
         "num_classes": (args.num_classes, "num_classes"), "model_args": (model_args, "model_args"),
         "input_size": (args.size, "size"), "lr_drops": (tuple(args.lr_drops), "lr_drops"),
         "augment": (not args.no_augment, "no_augment"), "multiscale": (not args.no_multiscale, "no_multiscale"),

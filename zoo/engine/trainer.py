@@ -71,6 +71,7 @@ class TrainConfig:
     val_images: str | None = None
     output_dir: str = "runs/train"
     weights: str | None = None            # pretrained tag to fine-tune from (head adapted to num_classes)
+    pretrained_backbone: bool | str = False  # ImageNet weights for a timm backbone (True: its default tag)
     num_classes: int | None = None        # default: the training set's category count
     model_args: dict[str, Any] = field(default_factory=dict)  # architecture overrides (create_model kwargs)
     input_size: int | None = None         # square training/eval size; default: the model's pretrained_cfg
@@ -189,6 +190,7 @@ class Trainer:
         distributed.init_distributed(config.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.out = Path(config.output_dir)
+        self._resuming = resume is not None
         self._replaced = [] if resume is not None else self._check_output(overwrite)
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
@@ -256,8 +258,17 @@ class Trainer:
         among the weights' labels keep their pretrained rows, the others start from the prior-probability init."""
         from zoo.factory import create_model
 
+        # ImageNet backbone weights for a new run; a resumed one takes every weight from its checkpoint
+        backbone = {"pretrained_backbone": self.cfg.pretrained_backbone} \
+            if self.cfg.pretrained_backbone and not self._resuming else {}
         if not self.cfg.weights:
-            return create_model(self.cfg.model, num_classes=num_classes, **self.cfg.model_args)
+            model = create_model(self.cfg.model, num_classes=num_classes, **backbone, **self.cfg.model_args)
+            if backbone and self.rank == 0:
+                print(f"backbone from {model.load_report}")
+            return model
+        if self.cfg.pretrained_backbone:
+            raise ValueError("pretrained_backbone (--pretrained-backbone) with weights (--weights): the detector "
+                             "weights include their backbone; pass one of them")
         names = list(self.train_set.class_names)
         if len(names) != num_classes:
             raise ValueError(f"num_classes={num_classes} but {self.cfg.train_ann} has {len(names)} categories")
