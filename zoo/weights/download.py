@@ -189,13 +189,14 @@ def _check_bundle(hub: HubFile, path: Path, name: str, cache: Path, full: bool, 
     if found is None:
         return None
     record_path, record = found
-    problems = verify_file(path, record.get("sha256"), record.get("size"), full=True, reuse=reuse and not full)
+    problems = verify_file(path, record.get("sha256"), record.get("size"), full=full, reuse=reuse)
     if problems:
         raise WeightsIntegrityError(
             f"{name}: {path} does not match the sha256 and size recorded for it in {record_path}: "
             f"{'; '.join(problems)}. The bundled file was changed after `zoo weights bundle` wrote it; bundle it "
             "again (or copy the bundle again).")
-    return f"sha256 verified against the bundle's record ({record_path})"
+    return (f"sha256 verified against the bundle's record ({record_path})" if full else
+            f"size checked against the bundle's record ({record_path}; not hashed: verify_cache=False)")
 
 
 def _snapshot_commit(path: Path, filename: str) -> str | None:
