@@ -74,3 +74,12 @@ def test_conflicting_weight_requests():
 def test_create_model_from_config_requires_an_architecture():
     with pytest.raises(ValueError, match="architecture"):
         zoo.create_model_from_config({"model_args": {}})
+
+
+@pytest.mark.parametrize("location", ["local-dir:/nowhere/model", "hf-hub:org/repo"])
+@pytest.mark.parametrize("argument", [{"checkpoint_path": "x.safetensors"}, {"pretrained": "coco"},
+                                      {"pretrained_backbone": True}], ids=lambda a: next(iter(a)))
+def test_a_location_refuses_other_weight_arguments(location, argument):
+    """Issue 21 item 12: create_model("local-dir:X", checkpoint_path=..., pretrained=...) dropped both silently."""
+    with pytest.raises(ValueError, match=f"{next(iter(argument))}=.*cannot apply"):
+        zoo.create_model(location, **argument)

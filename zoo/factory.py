@@ -40,7 +40,8 @@ def create_model(
 
     Args:
         model_name: a registered name or alias (``zoo.list_models()``), optionally ``name.tag`` to pick
-            pretrained weights, ``hf-hub:org/repo[@revision]`` or ``local-dir:/path`` (a ``save_pretrained`` folder).
+            pretrained weights, ``hf-hub:org/repo[@revision]`` or ``local-dir:/path`` (a ``save_pretrained`` folder;
+            these load their own weights: ``checkpoint_path``, ``pretrained_backbone`` or a tag are errors).
         pretrained: ``True`` for the default weights, or a tag such as ``"coco_o365"``.
         num_classes: number of classes; with pretrained weights for another count, the class heads are adapted.
         checkpoint_path: a local checkpoint in any known layout (zoo, official, transformers), loaded strictly.
@@ -51,6 +52,13 @@ def create_model(
     """
     source, location, tag = parse_model_name(model_name)
     if source != "zoo":
+        ignored = [f"{k}={v!r}" for k, v in (("pretrained", pretrained), ("checkpoint_path", checkpoint_path),
+                                              ("pretrained_backbone", pretrained_backbone))
+                   if v not in (None, False) and not (k == "pretrained" and v is True)]
+        if ignored:  # the location names the weights; these would be dropped silently
+            raise ValueError(f"{model_name!r} loads the weights it names; {', '.join(ignored)} cannot apply to it. "
+                             "Pass only the name (pretrained=True is accepted and changes nothing), or build the "
+                             "architecture by its registered name to load other weights.")
         from zoo.weights.sources import create_from_location
 
         return create_from_location(source, location, tag, num_classes=num_classes, **kwargs)

@@ -275,8 +275,8 @@ def model_entrypoint(name: str) -> Callable:
 
 
 def model_aliases() -> dict[str, str]:
-    load_families()
-    return dict(_model_aliases)
+    """alias -> model name (read from the families' declarations while they are not imported)."""
+    return _model_names()[1]
 
 
 _pretrained_tags_provider: Callable[[], Iterable[str]] | None = None

@@ -106,13 +106,24 @@ def _complexity(c: dict[str, Any]) -> str:
     return f"{c['params_m']:.1f} M / {c['gflops']:.1f} at {size} ({c.get('provenance', '')})"
 
 
+def _tag(entry: Any) -> str:
+    """A weight tag in the architectures table; weights of another config than the architecture's default (their
+    ``model_args``, e.g. the narrow shapes demo) carry their own figures, since the row's are the default's."""
+    c = dict(entry.complexity)
+    if not entry.model_args or not c:
+        return f"`{entry.tag}`"
+    size = "x".join(str(v) for v in c.get("input_size", []))
+    return f"`{entry.tag}` (its own config: {c['params_m']:.2f} M params, {c['gflops']:g} GFLOPs at {size})"
+
+
 def architecture_row(name: str, manifest: Any, aliases: list[str], measure: bool) -> str:
     """One row of the architectures table; ``measure`` builds the model to count parameters and FLOPs."""
     from zoo.cli.models import model_summary
     from zoo.registry import model_entrypoint
 
     doc = (model_entrypoint(name).__doc__ or "").strip().splitlines()[0]
-    tags = ", ".join(f"`{t}`" for t in manifest.tags(name)) if name in manifest.architectures() else ""
+    tags = ", ".join(_tag(manifest.entries[f"{name}.{t}"]) for t in manifest.tags(name)) \
+        if name in manifest.architectures() else ""
     params = gflops = size = "–"
     if measure:
         info = model_summary(name)

@@ -97,7 +97,9 @@ def test_demo_weights_are_small_fp16_and_registered(demo_model):
     assert demo_model.config["architecture"] == "rtdetr_mobilenetv3_small"
     assert tuple(demo_model.pretrained_cfg["input_size"]) == (3, 96, 96)
     assert demo_model.pretrained_cfg["label_names"] == list(SHAPE_CLASSES)
-    assert demo_model.load_report.weights == DEMO_NAME and not demo_model.load_report.notes  # hashed, nothing adapted
+    assert demo_model.load_report.weights == DEMO_NAME  # hashed (the report says so), nothing adapted
+    assert demo_model.load_report.notes == [
+        "zoo/assets/shapes_demo/model.safetensors (in the package): sha256 verified against the manifest"]
     # the save_pretrained folder beside the file (config.json, model card) describes the same model
     from_folder = zoo.create_model(f"local-dir:{DEMO_WEIGHTS}")
     assert from_folder.config == demo_model.config

@@ -76,3 +76,17 @@ def test_api_pages(site):
     video = (site / "api" / "zoo.engine" / "index.html").read_text()
     assert "predict_stream" in video and "in constant" in video  # the docstring, rendered
     assert "create_model" in (site / "api" / "zoo" / "index.html").read_text()
+
+
+def test_a_tag_of_another_config_shows_its_own_figures():
+    """Issue 21 item 24: the shapes_demo tag of rtdetr_mobilenetv3_small (a 1.37M-parameter narrow variant) was shown
+    only beside the default architecture's 9.8M parameters / 26 GFLOPs."""
+    from zoo.weights.manifest import load_manifest
+
+    manifest = load_manifest()
+    demo = manifest.entries["rtdetr_mobilenetv3_small.shapes_demo"]
+    row = _hook().architecture_row("rtdetr_mobilenetv3_small", manifest, [], measure=False)
+    assert (f"`shapes_demo` (its own config: {demo.complexity['params_m']:.2f} M params, "
+            f"{demo.complexity['gflops']:g} GFLOPs at 96x96)") in row
+    plain = _hook().architecture_row("rtdetr_r18vd", manifest, [], measure=False)
+    assert "`coco`," in plain and "its own config" not in plain  # same config as the default: no extra figures

@@ -107,3 +107,78 @@ def test_every_group_learning_rate_is_logged(data_dir, tmp_path):
     Trainer(tiny_config(data, tmp_path, epochs=1, backbone_lr_mult=0.1, warmup_steps=0)).fit()
     steps = [r for r in _records(tmp_path) if "loss" in r]
     assert steps and all(r["lr"] == pytest.approx(1e-3) and r["lr_backbone"] == pytest.approx(1e-4) for r in steps)
+
+
+def test_an_output_folder_holding_a_run_is_refused(data_dir, tmp_path, capsys):
+    """Issue 21 item 2: a second run into the same --output used to overwrite last/ and best.safetensors and append
+    its epochs to metrics.jsonl; it needs --resume or --overwrite."""
+    out = tmp_path / "run"
+    assert _train(data_dir, out, *SETTINGS, "--epochs", "1") == 0
+    before = {p: p.read_bytes() for p in [out / "metrics.jsonl", out / "best.safetensors", *(out / "last").iterdir()]}
+    capsys.readouterr()
+    assert _train(data_dir, out, *SETTINGS, "--epochs", "1") == 1
+    err = capsys.readouterr().err
+    assert "holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in before} == before  # nothing touched
+    with pytest.raises(SystemExit) as info:  # both is a contradiction: a usage error
+        _train(data_dir, out, *SETTINGS, "--overwrite", "--resume", str(out / "last"))
+    assert info.value.code == 2
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + json.dumps({"epoch": 9, "step": 99}) + "\n")
+    assert _train(data_dir, out, *SETTINGS, "--epochs", "1", "--overwrite") == 0
+    assert [r["step"] for r in _records(out)] == [2]  # the new run's records only
+
+
+def _epoch(trainer: Trainer) -> None:
+    for images, targets in trainer._loader(trainer.epoch):
+        trainer.train_step(images, targets)
+    trainer.epoch += 1
+
+
+@pytest.mark.parametrize("kill_at", [1, 2], ids=["before-last-to-old", "between-the-renames"])
+def test_a_kill_while_rotating_checkpoints_resumes_from_the_newest(data_dir, tmp_path, monkeypatch, capsys, kill_at):
+    """Issue 21 item 2: a kill between os.replace(last, last.old) and os.replace(last.tmp, last) left no last/;
+    --resume said "not a checkpoint folder" and the next save deleted last.old/, the only complete one."""
+    import os
+
+    from zoo.engine.trainer import checkpoint_step, find_checkpoint
+
+    data = {"train_ann": str(data_dir / "train.json"), "train_images": str(data_dir / "train")}
+    trainer = Trainer(tiny_config(data, tmp_path, epochs=3))
+    _epoch(trainer)
+    trainer.save_checkpoint()
+    _epoch(trainer)
+    replace, calls = os.replace, []
+
+    def killed(*args):
+        calls.append(args)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt("killed while rotating")
+        return replace(*args)
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+    assert (tmp_path / "last").exists() == (kill_at == 1)
+    assert checkpoint_step(tmp_path / "last.tmp") == 4  # the new checkpoint is complete
+    assert find_checkpoint(tmp_path / "last") == tmp_path / "last.tmp"
+    capsys.readouterr()
+    resumed = Trainer(tiny_config(data, tmp_path, epochs=3), resume=tmp_path / "last")
+    assert resumed.global_step == 4 and "resuming from" in capsys.readouterr().out
+    # a damaged newest one: the older complete one is used, and never deleted
+    (tmp_path / "last.tmp" / "complete.json").unlink()
+    newest = find_checkpoint(tmp_path / "last")
+    assert checkpoint_step(newest) == 2
+    resumed = Trainer(tiny_config(data, tmp_path, epochs=3), resume=tmp_path / "last")
+    assert resumed.global_step == 2
+    _epoch(resumed)
+    resumed.save_checkpoint()
+    assert checkpoint_step(tmp_path / "last") == 4
+    assert not (tmp_path / "last.tmp").exists() and not (tmp_path / "last.old").exists()
+
+
+def test_a_run_with_no_complete_checkpoint_says_what_it_looked_at(data_dir, tmp_path):
+    data = {"train_ann": str(data_dir / "train.json"), "train_images": str(data_dir / "train")}
+    (tmp_path / "last.tmp").mkdir()
+    with pytest.raises(FileNotFoundError, match="nor is any of .*last.tmp"):
+        Trainer(tiny_config(data, tmp_path), resume=tmp_path / "last")

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from trainer_setup import TINY_ARGS, make_data, tiny_config  # noqa: E402
 
-from zoo.engine.trainer import Trainer  # noqa: E402
+from zoo.engine.trainer import TrainConfig, Trainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,72 @@ def test_amp_losses_match_fp32(data, tmp_path):
             assert losses[amp][name] == pytest.approx(value, rel=rel, abs=1e-3), (amp, name)
     with pytest.raises(ValueError, match="amp must be"):
         Trainer(tiny_config(data, tmp_path / "bad", amp="int8"))
+
+
+@pytest.mark.parametrize("option", [["--epochs", "-1"], ["--epochs", "0"], ["--num-classes", "0"],
+                                    ["--batch-size", "0"], ["--size", "0"], ["--workers", "-1"],
+                                    ["--warmup-steps", "-5"]], ids=" ".join)
+def test_train_usage_errors_exit_2(option, tmp_path, capsys):
+    """Issue 21 item 9: --epochs -1 exited 0 claiming weights that were never written, --num-classes 0 was replaced
+    by the dataset's count, --batch-size/--size 0 and --workers -1 gave ZeroDivisionError (exit 1)."""
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "rtdetr_mobilenetv3_small", "--data", str(tmp_path), *option])
+    assert info.value.code == 2
+    assert option[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value", [("epochs", -1), ("num_classes", 0), ("batch_size", 0), ("input_size", 0),
+                                          ("num_workers", -1), ("lr", float("nan")), ("ema_decay", 1.0)])
+def test_train_config_refuses_unusable_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_a_full_disk_says_so(tmp_path):
+    """Issue 21 item 13: torch.save into a full disk raised "unexpected pos ..."; say "No space left on device"."""
+    from zoo.engine.trainer import save_torch
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with pytest.raises(OSError, match="No space left on device") as info:
+        save_torch({"x": torch.zeros(100_000)}, "/dev/full")
+    assert info.value.errno == 28
+
+
+def test_pretrained_backbone_flag(data, tmp_path, monkeypatch, capsys):
+    """Issue 21 item 24: `zoo train --pretrained-backbone` (before: only --model-args '{"pretrained_backbone": true}',
+    which a resumed run would load again); ImageNet backbone weights for a new run, none for a resumed one."""
+    import types
+
+    from zoo.cli import main
+    from zoo.weights import sources
+    from zoo.weights.load import PretrainedReport
+
+    given = []
+    monkeypatch.setattr("zoo.engine.trainer.train", lambda config, **kw: given.append(config) or types.SimpleNamespace(
+        rank=0, epoch=0, best_ap=0.0, cfg=config))
+    root = str(Path(data["train_ann"]).parent)
+    assert main(["train", "rtdetr_mobilenetv3_small", "--data", root, "--output", str(tmp_path / "x"),
+                 "--pretrained-backbone"]) == 0
+    assert main(["train", "rtdetr_mobilenetv3_small", "--data", root, "--output", str(tmp_path / "y"),
+                 "--pretrained-backbone", "lamb_in1k"]) == 0
+    assert [c.pretrained_backbone for c in given] == [True, "lamb_in1k"]
+    monkeypatch.undo()
+
+    loads = []
+
+    def fake_backbone(model, weights=True, verify_cache=None):  # no network in tests: record the request
+        loads.append(weights)
+        return PretrainedReport(source="imagenet", weights=f"backbone {weights}")
+
+    monkeypatch.setattr(sources, "load_pretrained_backbone", fake_backbone)
+    trainer = Trainer(tiny_config(data, tmp_path, pretrained_backbone=True, val_ann=None, val_images=None))
+    assert loads == [True]
+    trainer.save_checkpoint()
+    Trainer(tiny_config(data, tmp_path, pretrained_backbone=True, val_ann=None, val_images=None),
+            resume=tmp_path / "last")
+    assert loads == [True]  # the resumed run's backbone comes from its checkpoint
+    with pytest.raises(ValueError, match="include their backbone"):
+        Trainer(tiny_config(data, tmp_path / "z", pretrained_backbone=True, weights="shapes_demo"))

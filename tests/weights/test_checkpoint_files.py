@@ -100,3 +100,27 @@ def test_nonfinite_weights_are_named(tiny, tmp_path):
     assert "2 with NaN/Inf" in str(model.load_report)
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         build_with_weights(ARCH, TINY, source, strict=True)
+
+
+def test_an_integer_tensor_for_a_float_weight_is_named_not_cast(tiny, tmp_path):
+    """Issue 21 item 13: an int8 tensor in place of a float weight was cast silently."""
+    state = _state(tiny)
+    key = "decoder.dec_score_head.0.weight"
+    state[key] = state[key].to(torch.int8)
+    path = tmp_path / "quantised.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=rf"dtype mismatch.*{key}: file torch.int8 vs model torch.float32"):
+        zoo.create_model(ARCH, num_classes=3, checkpoint_path=path, **TINY)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in _state(tiny).items()}
+    save_file(half, str(path))  # fp16 weights are cast, as intended
+    assert zoo.create_model(ARCH, num_classes=3, checkpoint_path=path, **TINY)
+
+
+def test_safetensors_named_pth_is_read_as_safetensors(tiny, tmp_path):
+    """Issue 21 item 13: a safetensors file named .pth was refused with a message about pickles."""
+    path = tmp_path / "model.pth"
+    save_file(_state(tiny), str(path))
+    model = zoo.create_model(ARCH, num_classes=3, checkpoint_path=path, **TINY)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in tiny.state_dict().items())
+    torch.save(_state(tiny), tmp_path / "real.pth")  # and a torch file is still read by torch
+    assert read_checkpoint(tmp_path / "real.pth").keys() == tiny.state_dict().keys()

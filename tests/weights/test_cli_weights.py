@@ -138,3 +138,39 @@ def test_package_file_that_does_not_match_is_refused(shipped, use_manifest):
         zoo.create_model("rtdetr_mobilenetv3_small.size", pretrained=True)
     with pytest.raises(WeightsNotFoundError, match="absent.safetensors .*is missing.*reinstall"):
         zoo.create_model("rtdetr_mobilenetv3_small.missing", pretrained=True)
+
+
+def test_a_tampered_bundle_is_refused_and_bundles_accumulate(local_hub, hub_env, use_manifest, tiny_weights, repo_id,
+                                                            tmp_path, capsys, monkeypatch):
+    """Issue 21 items 5 and 8: a bundle of unpinned weights with one flipped byte loaded (the sha256 recorded in
+    zoo-bundle.json was never read) and the report claimed a check against the Hub's LFS sha256; a second bundle
+    into the same folder dropped the first one's records; a pattern that matched nothing created an empty folder."""
+    import zoo
+    from zoo.weights.download import WeightsIntegrityError
+
+    a, b = tiny_weights
+    local_hub.commit(repo_id + "-a", {"model.safetensors": a.path})
+    local_hub.commit(repo_id + "-b", {"model.safetensors": b.path})
+    use_manifest({f"{ARCH}.a": a.entry(repo_id + "-a", sha256=None, size=None, fmt="official-rtdetr"),
+                  f"{ARCH}.b": b.entry(repo_id + "-b", sha256=None, size=None, fmt="official-rtdetr")})
+    bundle = tmp_path / "bundle"
+    assert main(["weights", "bundle", str(bundle), "no_such_model*"]) == 1
+    assert "no manifest entry matches no_such_model*" in capsys.readouterr().err and not bundle.exists()
+    assert main(["weights", "bundle", str(bundle), f"{ARCH}.a"]) == 0
+    assert main(["weights", "bundle", str(bundle), f"{ARCH}.b"]) == 0
+    records = json.loads((bundle / "zoo-bundle.json").read_text())
+    assert {k: v["sha256"] for k, v in records.items()} == {f"{ARCH}.a": a.sha256, f"{ARCH}.b": b.sha256}
+    # the offline machine: the bundle, an empty zoo cache, no Hub
+    monkeypatch.setenv("HF_HUB_CACHE", str(bundle))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "empty-zoo-cache"))
+    model = zoo.create_model(f"{ARCH}.b")
+    assert_same_state(model, b.model)
+    notes = " ".join(model.load_report.notes)
+    assert "verified against the bundle's record" in notes and "LFS" not in notes
+    blob = next((bundle / f"models--{repo_id.replace('/', '--')}-a" / "blobs").iterdir())
+    blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 0xFF]))  # one byte, same size
+    with pytest.raises(WeightsIntegrityError, match=r"does not match the sha256 and size recorded for it in .*"
+                                                    r"zoo-bundle.json: sha256 [0-9a-f]{64}, expected " + a.sha256):
+        zoo.create_model(f"{ARCH}.a")

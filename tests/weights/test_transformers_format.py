@@ -180,3 +180,15 @@ def test_detr_with_transformers_auxiliary_loss_is_refused(exported, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "auxiliary_loss": True}))
     with pytest.raises(UnrepresentableConfigError, match="auxiliary_loss"):
         zoo.create_model(f"local-dir:{tmp_path}")
+
+
+@pytest.mark.parametrize("exported", ["rtdetr_r18vd"], indirect=True)
+def test_the_unverified_warning_gives_advice_that_helps(exported, caplog):
+    """Issue 21 item 21: loading save_pretrained(format="transformers")'s folder said "save it again with
+    save_pretrained to record one", which writes the same folder again."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="zoo.weights"):
+        zoo.create_model(f"local-dir:{exported[2]}")
+    assert "loaded unverified" in caplog.text
+    assert "save it again" not in caplog.text and "zoo's layout" in caplog.text

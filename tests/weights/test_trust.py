@@ -178,3 +178,38 @@ def test_a_damaged_lock_file_is_an_error_not_a_fresh_start(tmp_path, monkeypatch
     (tmp_path / "weights.lock.json").write_text("{ not json")
     with pytest.raises(ValueError, match=r"weights.lock.json is not valid JSON .*delete it to start afresh"):
         weights_lock().get("org/repo", "model.safetensors", "main")
+
+
+def test_a_wrong_lock_record_says_so_and_keeps_the_file(local_hub, hub_env, tiny_weights, repo_id, capsys):
+    """Issue 21 item 6: a lock record with another sha256 made every load download, compare, delete and say the file
+    was "damaged in the cache". The Hub vouches for the file: the record is wrong; point at `zoo weights trust`."""
+    a = tiny_weights[0]
+    local_hub.commit(repo_id, {"model.safetensors": a.path})
+    hub = HubFile(repo_id, "main", "model.safetensors", None, None)
+    fetch_file(hub, name=f"hf-hub:{repo_id}")
+    with weights_lock().store.update() as data:
+        (record,) = data["files"].values()
+        record["sha256"] = "0" * 64
+    for _ in range(2):  # the cached file, and again: no loop of downloads
+        with pytest.raises(WeightsIntegrityError, match=rf"(?s)lock record disagrees with the Hub.*"
+                                                        rf"`zoo weights trust hf-hub:{repo_id}`"):
+            fetch_file(hub, name=f"hf-hub:{repo_id}")
+        assert cached_file(hub) is not None  # the good file is kept
+    assert main(["weights", "trust", f"hf-hub:{repo_id}"]) == 0
+    assert sha256_file(fetch_file(hub)) == a.sha256
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.bin", "sub/../../outside.bin"])
+def test_local_dir_files_outside_the_folder_are_refused(tmp_path, tiny_weights, name):
+    """Issue 21 item 7: a config.json 'files' entry naming /etc/passwd made zoo read and hash it (and print the hash)."""
+    from zoo.weights.checkpoint import CheckpointError
+
+    folder = tmp_path / "model"
+    zoo.save_pretrained(tiny_weights[0].model, folder)
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    config = json.loads((folder / "config.json").read_text())
+    config["files"][name] = {"sha256": "0" * 64, "size": 6}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="outside the folder") as info:
+        zoo.create_model(f"local-dir:{folder}")
+    assert sha256_file(tmp_path / "outside.bin") not in str(info.value)

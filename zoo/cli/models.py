@@ -22,29 +22,41 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from zoo.registry import list_models
+    import sys
+
+    from zoo.registry import list_models, model_aliases
 
     names = list_models(args.pattern, exclude_filters=args.exclude, pretrained=args.pretrained)
+    aliases = {} if args.pretrained or args.table else {  # an alias names a model: list it, saying which
+        alias: target for alias, target in model_aliases().items()
+        if alias in list_models(args.pattern, exclude_filters=args.exclude, include_aliases=True)}
+    if not names and not aliases:
+        kind = "weight tag" if args.pretrained else "registered model"
+        print(f"no {kind} matches {args.pattern!r}" + (f" (excluding {', '.join(args.exclude)})" if args.exclude
+                                                          else "") + "; `zoo list` shows them all", file=sys.stderr)
+        return 1
     if args.table:
         from zoo.models.complexity import model_table
 
         print(model_table(names))
         return 0
-    for name in names:
-        print(name)
+    lines = {name: name for name in names} | {alias: f"{alias} (alias of {target})" for alias, target in aliases.items()}
+    for name in sorted(lines):
+        print(lines[name])
     return 0
 
 
 def model_summary(name: str, size: int | None = None) -> dict:
-    """Parameters, GFLOPs (:func:`zoo.models.complexity.model_complexity`), config and preprocessing."""
+    """Parameters, GFLOPs (:func:`zoo.models.complexity.model_complexity`, remembered in the zoo cache while the
+    model code is unchanged), config and preprocessing."""
     import torch
 
     from zoo.factory import create_model
-    from zoo.models.complexity import model_complexity
+    from zoo.models.complexity import cached_complexity
 
     with torch.device("meta"):  # config and preprocessing only: no weights
         model = create_model(name)
-    return {"name": name, **model_complexity(name, size), "config": model.config,
+    return {"name": name, **cached_complexity(model.config["architecture"], size), "config": model.config,
             "pretrained_cfg": model.pretrained_cfg}
 
 

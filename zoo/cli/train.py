@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from zoo.cli.predict import int_at_least
+
 
 def _data_paths(data: str) -> dict[str, str | None]:
     """``--data DIR`` layouts: ``DIR/{train,val}.json`` + ``DIR/{train,val}/`` (zoo.data.synthetic), or COCO's
@@ -29,28 +31,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help="architecture, e.g. rtdetr_r18vd (see `zoo list`)")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (train.json + train/, val.json + val/)")
     p.add_argument("--weights", metavar="TAG", default=None, help="fine-tune from these pretrained weights")
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the dataset's categories)")
+    p.add_argument("--pretrained-backbone", nargs="?", const=True, default=False, metavar="TAG",
+                   help="start from ImageNet weights for the timm backbone (from the manifest; optionally a tag, "
+                        "e.g. ra_in1k); the rest of the detector starts from its initialisation")
+    p.add_argument("--num-classes", type=int_at_least(1), default=None,
+                   help="classes (default: the dataset's categories)")
     p.add_argument("--output", default="runs/train", metavar="DIR", help="checkpoints and metrics.jsonl")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue from a checkpoint folder (OUTPUT/last)")
-    p.add_argument("--epochs", type=int, default=72)
-    p.add_argument("--batch-size", type=int, default=16, help="global batch size")
+    again = p.add_mutually_exclusive_group()  # an OUTPUT that holds a run needs one of these
+    again.add_argument("--resume", default=None, metavar="DIR",
+                       help="continue from a checkpoint folder (OUTPUT/last; the newest complete one of its run)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start again in an OUTPUT that holds a run, deleting its checkpoints, metrics and final/ "
+                            "(without it such a folder is refused)")
+    p.add_argument("--epochs", type=int_at_least(1), default=72)
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, help="global batch size")
     p.add_argument("--lr", type=float, default=None, help="default: the family's recipe (1e-4)")
     p.add_argument("--backbone-lr-mult", type=float, default=None, help="default: the family's recipe (0.1)")
     p.add_argument("--weight-decay", type=float, default=None, help="default: the family's recipe (1e-4)")
-    p.add_argument("--warmup-steps", type=int, default=2000)
+    p.add_argument("--warmup-steps", type=int_at_least(0), default=2000)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     p.add_argument("--lr-drops", type=int, nargs="*", default=[], metavar="EPOCH",
                    help="epochs after which the lr is multiplied by 0.1")
     p.add_argument("--clip-max-norm", type=float, default=None, help="default: the family's recipe (0.1)")
     p.add_argument("--ema-decay", type=float, default=0.9999, help="0 disables EMA")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=int_at_least(1), default=None,
                    help="input size: the square side (models resized to a square) or the shortest side "
                         "(models that keep the aspect ratio); default: the model's")
     p.add_argument("--no-augment", action="store_true", help="resize only")
     p.add_argument("--no-multiscale", action="store_true")
-    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (0: at the end)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--eval-every", type=int_at_least(0), default=1, help="epochs between evaluations (0: at the end)")
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="data loading processes (0: in the main one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--model-args", default="{}", metavar="JSON",
@@ -74,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
     settings = {  # TrainConfig field: (value, the option that sets it)
         "model": (args.name, "name"), **{k: (v, "data") for k, v in _data_paths(args.data).items()},
         "output_dir": (args.output, "output"), "weights": (args.weights, "weights"),
+        "pretrained_backbone": (args.pretrained_backbone, "pretrained_backbone"),
         "num_classes": (args.num_classes, "num_classes"), "model_args": (model_args, "model_args"),
         "input_size": (args.size, "size"), "lr_drops": (tuple(args.lr_drops), "lr_drops"),
         "augment": (not args.no_augment, "no_augment"), "multiscale": (not args.no_multiscale, "no_multiscale"),
@@ -86,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
             given = _given_options(args)
             trainer = train(resume=args.resume, **{k: v for k, (v, option) in settings.items() if option in given})
         else:
-            trainer = train(TrainConfig(**{k: v for k, (v, _) in settings.items()}))
+            trainer = train(TrainConfig(**{k: v for k, (v, _) in settings.items()}), overwrite=args.overwrite)
     if trainer.rank == 0:
         print(f"done: {trainer.epoch} epochs, best AP {trainer.best_ap:.4f}; "
               f"weights in {trainer.cfg.output_dir}/best.safetensors")

@@ -67,15 +67,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=_trust)
 
 
-def _status(entry: WeightsEntry) -> str:
-    from zoo.registry import is_model
+def _status(entry: WeightsEntry, registered: set[str] | None = None) -> str:
+    """"registered", or "architecture not registered" (``registered``: the names, read once by the caller from the
+    families' declarations without importing them)."""
+    from zoo.registry import list_models
 
-    return "" if is_model(entry.architecture) else "architecture not registered"
+    names = registered if registered is not None else set(list_models(include_aliases=True))
+    return "registered" if entry.architecture in names else "architecture not registered"
 
 
 def _local_file(entry: WeightsEntry, cache_dir: str | None = None) -> Path | None:
     """The entry's file on this machine: in the Hub cache, or inside the package (None when absent)."""
-    from zoo.weights.download import cached_file
+    from zoo.weights.cache import cached_file
 
     if entry.package is not None:
         path = entry.package.local_path()
@@ -83,18 +86,20 @@ def _local_file(entry: WeightsEntry, cache_dir: str | None = None) -> Path | Non
     return cached_file(entry.hub, cache_dir)
 
 
-def _summary(entry: WeightsEntry) -> dict[str, Any]:
+def _summary(entry: WeightsEntry, registered: set[str]) -> dict[str, Any]:
     metric = next(iter(entry.metrics), None)
     return {"name": entry.name, "repo": entry.where, "format": entry.format,
             "dataset": entry.dataset, "metric": f"{metric['metric']} {metric['value']}" if metric else "",
             "params_m": entry.complexity["params_m"], "sha256": "pinned" if entry.sha256 else "unhashed",
-            "cached": _local_file(entry) is not None, "status": _status(entry)}
+            "cached": _local_file(entry) is not None, "status": _status(entry, registered)}
 
 
 def _list(args: argparse.Namespace) -> int:
+    from zoo.registry import list_models
     from zoo.weights.manifest import load_manifest
 
-    rows = [_summary(e) for e in load_manifest().select(args.patterns)]
+    registered = set(list_models(include_aliases=True))  # the families' declarations: no import, no torch
+    rows = [_summary(e, registered) for e in load_manifest().select(args.patterns)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -129,7 +134,7 @@ def _info(args: argparse.Namespace) -> int:
     else:
         loads_from = f"{hub_endpoint()}/{hub.repo_id}/resolve/{hub.revision}/{hub.filename} (into {hub_cache_dir()})"
     info = {
-        "name": entry.name, "architecture": entry.architecture, "status": _status(entry) or "registered",
+        "name": entry.name, "architecture": entry.architecture, "status": _status(entry),
         "default": entry.default, "hub" if hub else "package": asdict(entry.location), "loads_from": loads_from,
         "format": entry.format, "license": entry.license, "origin": dict(entry.origin), "dataset": entry.dataset,
         "pretrain_dataset": entry.pretrain_dataset, "num_classes": entry.num_classes,
@@ -147,16 +152,24 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _fetch_all(patterns: list[str], cache_dir: str | None) -> list[tuple[WeightsEntry, Path]]:
-    from zoo.weights.download import fetch_weights
-    from zoo.weights.manifest import load_manifest
+    from zoo.weights.download import fetch_weights, how_checked
 
     done = []
-    for entry in load_manifest().select(patterns):
+    for entry in _select(patterns):
         path = fetch_weights(entry, cache_dir=cache_dir, verify_cache=True)
-        check = "sha256 verified" if entry.sha256 else "checked against the Hub's LFS sha256 and the zoo lock file"
-        print(f"{entry.name}: {path} ({check})")
+        print(f"{entry.name}: {path} ({how_checked(path)})")
         done.append((entry, path))
     return done
+
+
+def _select(patterns: list[str]) -> list[WeightsEntry]:
+    """The entries the patterns name; a pattern that names none is an error (a typo would otherwise pass)."""
+    from zoo.weights.manifest import load_manifest
+
+    manifest = load_manifest()
+    for pattern in patterns:
+        manifest.select(pattern)  # KeyError naming the pattern when it matches nothing
+    return manifest.select(patterns)
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -193,6 +206,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Schema, then per entry: registered architecture, known layout, num_classes and parameter count."""
+    from zoo.registry import list_models
     from zoo.weights.manifest import ManifestError, load_manifest
 
     try:
@@ -201,9 +215,11 @@ def _check(args: argparse.Namespace) -> int:
         print(exc)
         return 1
     errors = 0
+    names = set(list_models(include_aliases=True))
     for entry in manifest.entries.values():
-        problems = _entry_problems(entry) if not _status(entry) else []
-        if _status(entry):
+        registered = _status(entry, names) == "registered"
+        problems = _entry_problems(entry) if registered else []
+        if not registered:
             line = f"{entry.name}: architecture not registered" + (" (error: --strict)" if args.strict else "")
             errors += args.strict
         else:
@@ -242,17 +258,34 @@ def _entry_problems(entry: WeightsEntry) -> list[str]:
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from zoo.weights.download import sha256_file
+    """Fetch the entries into DIR and record their sha256 in DIR/zoo-bundle.json (kept with earlier bundles' records:
+    loading from the bundle checks every bundled file against it)."""
+    from zoo.weights.download import BUNDLE_RECORD, sha256_file
 
     folder = Path(args.directory)
+    entries = _select(args.patterns)  # before creating anything: a pattern that names no entry is an error
+    if all(entry.hub is None for entry in entries):
+        raise ValueError(f"{', '.join(e.name for e in entries)}: inside the zoo package (every installation has "
+                         "them), nothing to bundle")
+    record_path = folder / BUNDLE_RECORD
+    records = {}
+    if record_path.is_file():
+        try:
+            records = json.loads(record_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{record_path} is not valid JSON ({exc}); it records the sha256 of the files already "
+                             "bundled there: restore it, or bundle into a new folder") from None
     folder.mkdir(parents=True, exist_ok=True)
     done = [(entry, path) for entry, path in _fetch_all(args.patterns, str(folder)) if entry.hub is not None]
-    record = {entry.name: {"repo_id": entry.hub.repo_id, "revision": entry.hub.revision,
-                           "filename": entry.hub.filename, "sha256": sha256_file(path), "size": path.stat().st_size}
-              for entry, path in done}
-    (folder / "zoo-bundle.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"bundled {len(done)} weight files in {folder}. On the offline machine copy the folder and set "
-          f"HF_HUB_CACHE={folder} HF_HUB_OFFLINE=1 (or copy its models--* folders into your Hugging Face cache).")
+    records.update({entry.name: {"repo_id": entry.hub.repo_id, "revision": entry.hub.revision,
+                                 "filename": entry.hub.filename, "sha256": sha256_file(path),
+                                 "size": path.stat().st_size} for entry, path in done})
+    tmp = record_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=2) + "\n")
+    os.replace(tmp, record_path)
+    print(f"bundled {len(done)} weight files in {folder} ({len(records)} in all). On the offline machine copy the "
+          f"folder and set HF_HUB_CACHE={folder} HF_HUB_OFFLINE=1 (files are checked against {BUNDLE_RECORD} there; "
+          "or copy its models--* folders into your Hugging Face cache).")
     return 0
 
 

@@ -7,6 +7,8 @@ a ``metrics.jsonl`` log and checkpoints that resume exactly:
     output_dir/last/model.safetensors   training weights
     output_dir/last/state.pt            optimizer, EMA, scheduler, scaler, epoch/step and RNG states
                                         (plain tensors and numbers: loads with torch.load(weights_only=True))
+    output_dir/last/complete.json       written last: the folder is complete (a save rotates it through
+                                        last.tmp/ and last.old/; resuming takes the newest complete one)
     output_dir/best.safetensors         EMA weights with the best validation AP (or the last EMA without val)
     output_dir/final/                   ``save_pretrained`` of the final EMA model (config.json,
                                         model.safetensors, README.md model card with the measured metrics)
@@ -41,13 +43,21 @@ from zoo.data.images import Preprocess
 from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
 from zoo.engine import distributed
 from zoo.engine.reporting import make_reporter
+from zoo.checks import check_input_side
 from zoo.weights.checkpoint import load_torch_file, read_checkpoint
 
-__all__ = ["TrainConfig", "Trainer", "train"]
+__all__ = ["TrainConfig", "Trainer", "train", "find_checkpoint", "save_torch"]
 
 
 #: training settings a resumed run cannot change: the checkpoint's weights were made for them
 FIXED_ON_RESUME = ("model", "model_args", "num_classes", "weights")
+#: the checkpoint folders of a run: ``last/``, and the two names a save rotates it through
+CHECKPOINT_NAMES = ("last", "last.tmp", "last.old")
+#: written last into a checkpoint folder: the folder is complete (model and state of one step)
+COMPLETE_MARKER = "complete.json"
+#: what a run writes into its output folder; any of them but config.json means the folder holds a run
+RUN_FILES = (*CHECKPOINT_NAMES, "best.safetensors", "best.safetensors.tmp", "metrics.jsonl", "final", "tensorboard",
+             "config.json")
 
 
 @dataclass
@@ -61,6 +71,7 @@ class TrainConfig:
     val_images: str | None = None
     output_dir: str = "runs/train"
     weights: str | None = None            # pretrained tag to fine-tune from (head adapted to num_classes)
+    pretrained_backbone: bool | str = False  # ImageNet weights for a timm backbone (True: its default tag)
     num_classes: int | None = None        # default: the training set's category count
     model_args: dict[str, Any] = field(default_factory=dict)  # architecture overrides (create_model kwargs)
     input_size: int | None = None         # square training/eval size; default: the model's pretrained_cfg
@@ -85,6 +96,25 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     report_to: str = "none"               # experiment logging: "none" or "tensorboard" (zoo.engine.reporting)
+
+    def __post_init__(self) -> None:
+        """Refuse values no run can use (a ValueError naming the setting) instead of failing later or oddly."""
+        minimum = {"epochs": 1, "batch_size": 1, "num_classes": 1, "input_size": 1, "warmup_steps": 0,
+                   "eval_every": 0, "num_workers": 0, "log_every": 0}
+        for name, least in minimum.items():
+            value = getattr(self, name)
+            if value is None and name in ("num_classes", "input_size"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        for name in ("lr", "backbone_lr_mult", "weight_decay", "clip_max_norm"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.input_size is not None:
+            check_input_side(self.input_size, "input_size")
+        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {self.ema_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,12 +181,17 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 class Trainer:
     """Build model, data, optimizer and EMA from a :class:`TrainConfig` (or pass ``model`` to train a module
-    you built) and run :meth:`fit`. ``resume`` is a ``.../last`` checkpoint folder to continue from."""
+    you built) and run :meth:`fit`. ``resume`` is a ``.../last`` checkpoint folder to continue from. Without it,
+    an output folder that holds a run is refused unless ``overwrite`` (which deletes that run's files)."""
 
-    def __init__(self, config: TrainConfig, model: nn.Module | None = None, resume: str | os.PathLike | None = None):
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None, resume: str | os.PathLike | None = None,
+                 overwrite: bool = False):
         self.cfg = config
         distributed.init_distributed(config.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.out = Path(config.output_dir)
+        self._resuming = resume is not None
+        self._replaced = [] if resume is not None else self._check_output(overwrite)
         if config.batch_size % self.world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {self.world} processes")
         self.device = distributed.rank_device(config.device)
@@ -202,18 +237,38 @@ class Trainer:
                                             else None, find_unused_parameters=True)
                     if self.world > 1 else None)
         self.epoch, self.global_step, self.best_ap = 0, 0, -1.0
-        self.out = Path(config.output_dir)
         self.reporter = make_reporter(config, self.rank)
         if resume is not None:
             self.load_checkpoint(resume)
+
+    def _check_output(self, overwrite: bool) -> list[str]:
+        """The files of an earlier run in the output folder (deleted by :meth:`fit` when ``overwrite``): a new run
+        would mix its metrics and checkpoints with them, so without ``overwrite`` they are an error."""
+        held = [name for name in RUN_FILES if name != "config.json" and (self.out / name).exists()]
+        held = distributed.broadcast_object(held if self.rank == 0 else None)  # rank 0's folder decides
+        if held and not overwrite:
+            raise FileExistsError(
+                f"{self.out} holds a run ({', '.join(held)}); starting again there would overwrite it. Continue it "
+                f"with --resume {self.out / 'last'} (train(resume=...)), delete it with --overwrite "
+                "(overwrite=True), or choose another --output")
+        return [name for name in RUN_FILES if (self.out / name).exists()] if held else []
 
     def _create_model(self, num_classes: int) -> nn.Module:
         """A fresh model, or the pretrained one with its class heads adapted to the dataset: classes whose name is
         among the weights' labels keep their pretrained rows, the others start from the prior-probability init."""
         from zoo.factory import create_model
 
+        # ImageNet backbone weights for a new run; a resumed one takes every weight from its checkpoint
+        backbone = {"pretrained_backbone": self.cfg.pretrained_backbone} \
+            if self.cfg.pretrained_backbone and not self._resuming else {}
         if not self.cfg.weights:
-            return create_model(self.cfg.model, num_classes=num_classes, **self.cfg.model_args)
+            model = create_model(self.cfg.model, num_classes=num_classes, **backbone, **self.cfg.model_args)
+            if backbone and self.rank == 0:
+                print(f"backbone from {model.load_report}")
+            return model
+        if self.cfg.pretrained_backbone:
+            raise ValueError("pretrained_backbone (--pretrained-backbone) with weights (--weights): the detector "
+                             "weights include their backbone; pass one of them")
         names = list(self.train_set.class_names)
         if len(names) != num_classes:
             raise ValueError(f"num_classes={num_classes} but {self.cfg.train_ann} has {len(names)} categories")
@@ -281,6 +336,10 @@ class Trainer:
 
         cfg, metrics = self.cfg, {}
         if self.rank == 0:
+            for name in self._replaced:  # overwrite=True: the earlier run's files
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            self._replaced = []
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         while self.epoch < cfg.epochs:
@@ -391,20 +450,23 @@ class Trainer:
     def save_checkpoint(self, ap: float | None = None) -> None:
         """Write ``last/`` (and ``best.safetensors`` when ``ap`` improves, or always without validation).
 
-        Atomic: the files are written to ``last.tmp/`` (``best.safetensors.tmp``) and renamed into place, so that a
-        kill during a save leaves the previous checkpoint whole, never a model and a state of different steps."""
+        Crash-safe: the files are written to ``last.tmp/``, completed by a marker file written last, and rotated into
+        place (``last/`` -> ``last.old/``, ``last.tmp/`` -> ``last/``). A kill at any point leaves a complete
+        checkpoint under one of the three names (:func:`find_checkpoint` resumes from the newest), and nothing
+        deletes the only complete one."""
         rng = self._rng_states()
         if self.rank == 0:
-            last, tmp = self.out / "last", self.out / "last.tmp"
+            settle_checkpoints(self.out)  # last/ is now the newest complete checkpoint (if any)
+            last, tmp, old = (self.out / name for name in CHECKPOINT_NAMES)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
             best = ap is None or ap > self.best_ap
             if best and ap is not None:
                 self.best_ap = ap
-            torch.save(self._state(rng), tmp / "state.pt")
-            old = self.out / "last.old"
-            shutil.rmtree(old, ignore_errors=True)
+            save_torch(self._state(rng), tmp / "state.pt")
+            (tmp / COMPLETE_MARKER).write_text(json.dumps({"epoch": self.epoch, "global_step": self.global_step}))
+            shutil.rmtree(old, ignore_errors=True)  # last/ and last.tmp/ are complete
             if last.exists():
                 os.replace(last, old)
             os.replace(tmp, last)
@@ -419,10 +481,9 @@ class Trainer:
         distributed.barrier()
 
     def load_checkpoint(self, folder: str | os.PathLike) -> None:
-        """Restore weights and the full training state from a ``last/`` folder, to continue exactly."""
-        folder = Path(folder)
-        if not (folder / "model.safetensors").is_file() or not (folder / "state.pt").is_file():
-            raise FileNotFoundError(f"{folder} is not a checkpoint folder (model.safetensors + state.pt)")
+        """Restore weights and the full training state from a ``last/`` folder (the newest complete checkpoint of
+        its run: :func:`find_checkpoint`), to continue exactly."""
+        folder = find_checkpoint(folder, announce=self.rank == 0)
         state = load_torch_file(folder / "state.pt")
         saved = json.loads(state.get("config", "{}"))
         current = json.loads(json.dumps(self.cfg.to_dict()))  # as saved: tuples become lists
@@ -456,9 +517,7 @@ def resume_config(folder: str | os.PathLike, overrides: dict[str, Any]) -> tuple
     """The settings of the run that wrote the checkpoint ``folder``, with ``overrides`` (settings given explicitly)
     on top; returns ``(config, {setting: (saved, new)} for those that change)``. Settings the checkpoint's weights
     depend on (:data:`FIXED_ON_RESUME`) cannot change."""
-    folder = Path(folder)
-    if not (folder / "state.pt").is_file():
-        raise FileNotFoundError(f"{folder} is not a checkpoint folder (model.safetensors + state.pt)")
+    folder = find_checkpoint(folder)
     saved = json.loads(load_torch_file(folder / "state.pt").get("config", "{}"))
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
@@ -476,12 +535,85 @@ def resume_config(folder: str | os.PathLike, overrides: dict[str, Any]) -> tuple
     return dataclasses.replace(config, **{k: new for k, (_, new) in changes.items()}), changes
 
 
-def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None, **kwargs: Any) -> Trainer:
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that reports a failed write as the OSError it is, naming the file (torch's own error for a
+    full disk says "unexpected pos ...")."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except (RuntimeError, OSError) as exc:
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if isinstance(cause, OSError) and cause.errno:
+            raise OSError(cause.errno, f"could not write {path}: {os.strerror(cause.errno)}") from exc
+        raise
+
+
+def checkpoint_step(folder: str | os.PathLike) -> int | None:
+    """The global step of the complete checkpoint in ``folder``; None when it holds none. A folder without the
+    completion marker (written by zoo before it had one) is complete when it has both files and is not a
+    ``last.tmp/`` (which is written in place); it ranks below every marked one."""
+    folder = Path(folder)
+    marker = folder / COMPLETE_MARKER
+    if marker.is_file():
+        try:
+            return int(json.loads(marker.read_text())["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    if folder.name != "last.tmp" and (folder / "model.safetensors").is_file() and (folder / "state.pt").is_file():
+        return -1
+    return None
+
+
+def find_checkpoint(folder: str | os.PathLike, announce: bool = False) -> Path:
+    """The checkpoint folder to resume from ``folder``. For a run's ``last/`` (or ``last.tmp/``, ``last.old/``):
+    the newest complete of the three, since a run killed while it rotated them leaves the newest under another name;
+    ``announce`` prints which one when it is not ``folder``."""
+    folder = Path(folder)
+    names = CHECKPOINT_NAMES if folder.name in CHECKPOINT_NAMES else (folder.name,)
+    steps = {name: checkpoint_step(folder.parent / name) for name in names}
+    complete = {name: step for name, step in steps.items() if step is not None}
+    if not complete:
+        others = (f"; nor is any of {', '.join(str(folder.parent / n) for n in names if n != folder.name)}"
+                  if len(names) > 1 else "")
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder (model.safetensors + state.pt, written by "
+                                f"zoo train){others}")
+    newest = max(complete, key=lambda name: complete[name])  # ties: last/ first
+    if newest != folder.name and announce:
+        print(f"{folder} is incomplete or older (a run killed while saving): resuming from {folder.parent / newest}, "
+              f"the newest complete checkpoint (step {complete[newest]})")
+    return folder.parent / newest
+
+
+def settle_checkpoints(output_dir: str | os.PathLike) -> None:
+    """Make ``last/`` the newest complete checkpoint of the run in ``output_dir`` (after a kill between the renames
+    of a save it is under ``last.tmp/`` or ``last.old/``). Every step keeps that checkpoint under some name."""
+    out = Path(output_dir)
+    last, tmp, old = (out / name for name in CHECKPOINT_NAMES)
+    complete = {p: s for p in (last, tmp, old) if (s := checkpoint_step(p)) is not None}
+    if not complete:
+        return
+    newest = max(complete, key=lambda p: complete[p])
+    if newest == last:
+        return
+    if newest == tmp:
+        if last.exists():  # incomplete or older; last.old/ is not the newest
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(last, old)
+        os.replace(tmp, last)
+    else:  # last.old/ is the newest: last.tmp/ and last/ are incomplete or older
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(last, ignore_errors=True)
+        os.replace(old, last)
+
+
+def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None, overwrite: bool = False,
+          **kwargs: Any) -> Trainer:
     """``train(model="rtdetr_r18vd", train_ann=..., train_images=..., epochs=12)``: build a :class:`Trainer`,
     run it, and return it (``trainer.eval_model`` is the model to keep).
 
     ``train(resume="runs/a/last", epochs=20)`` continues a run with its saved settings; keyword arguments change
-    them (printed), ``config`` replaces them."""
+    them (printed), ``config`` replaces them. Without ``resume``, an output folder that holds a run is refused
+    unless ``overwrite`` (which deletes that run's files)."""
     if resume is not None and config is None:
         config, changes = resume_config(resume, kwargs)
         if changes and distributed.rank() == 0:
@@ -489,6 +621,6 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
                   + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
     else:
         config = dataclasses.replace(config or TrainConfig(), **kwargs)
-    trainer = Trainer(config, resume=resume)
+    trainer = Trainer(config, resume=resume, overwrite=overwrite)
     trainer.fit()
     return trainer

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
+from zoo.checks import check_model_args, check_num_classes, check_pretrained_cfg  # check_num_classes: public here
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
 if TYPE_CHECKING:
@@ -21,15 +22,6 @@ __all__ = ["Detector", "ClassHead", "build_detector", "build_component", "part_b
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict
-
-
-def check_num_classes(num_classes: Any) -> int:
-    """Validate ``num_classes``: a positive int (bools and floats are refused, not truncated)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be a positive int, got {num_classes!r} ({type(num_classes).__name__})")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return num_classes
 
 
 @dataclass(frozen=True)
@@ -225,8 +217,7 @@ def resolve_model_args(
                 valid = sorted(own | {a for k, spec in args.items() if _component_kind(k) and isinstance(spec, Mapping)
                                       for a in _accepted_args(part_builder(cls, k, spec))})
                 raise TypeError(f"{architecture} got an unexpected argument {key!r}. Valid arguments: {', '.join(valid)}")
-    if "num_classes" in args:
-        check_num_classes(args["num_classes"])
+    check_model_args(args)
     return args
 
 
@@ -242,6 +233,7 @@ def build_detector(
     model = cls(**copy.deepcopy(args))
     # JSON round trip: the config must serialise, and tuples become lists as they will in config.json
     model.config = json.loads(json.dumps({"architecture": architecture, "model_args": args}))
+    check_pretrained_cfg(pretrained_cfg, args.get("num_classes"), f"{architecture} pretrained_cfg")
     model.pretrained_cfg = dict(pretrained_cfg)
     return model
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["model_complexity", "model_table", "update_readme", "update_manifest"]
+__all__ = ["model_complexity", "cached_complexity", "model_table", "update_readme", "update_manifest"]
 
 #: the README's model table starts with this header row and ends at the first line that is not a table row
 TABLE_HEADER = "| model | params (M) | GFLOPs | input | description |"
@@ -48,6 +48,45 @@ def _complexity(name: str, size: tuple[int, int] | None, args: str) -> tuple[tup
         model(torch.zeros(1, 3, height, width, device="meta"))
     return (("params_m", round(sum(p.numel() for p in model.parameters()) / 1e6, 3)),
             ("gflops", round(counter.get_total_flops() / 1e9, 2)), ("input_size", [height, width]))
+
+
+def _code_fingerprint() -> str:
+    """Identifies the model code and torch: the sizes and modification times of zoo's model and layer sources."""
+    import hashlib
+
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted([*(root / "models").rglob("*.py"), *(root / "layers").rglob("*.py")]):
+        st = path.stat()
+        digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_complexity(name: str, input_size: int | tuple[int, int] | None = None,
+                      model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`model_complexity`, remembered in the zoo cache (``complexity.json``) for as long as the model code and
+    torch are unchanged: counting FLOPs runs the model (on the meta device), seconds that ``zoo info`` then saves."""
+    from zoo.weights.cache import JsonStore, zoo_cache_dir
+
+    key = json.dumps([_code_fingerprint(), name, input_size, model_args or {}], sort_keys=True)
+    store = JsonStore(zoo_cache_dir() / "complexity.json")
+    try:
+        known = store.read().get(key)
+    except (OSError, ValueError):  # the cache only saves time
+        known = None
+    if isinstance(known, dict):
+        return known
+    figures = model_complexity(name, input_size, model_args)
+    try:
+        with store.update() as data:
+            for old in [k for k in data if json.loads(k)[0] != json.loads(key)[0]]:  # other code: never used again
+                del data[old]
+            data[key] = figures
+    except (OSError, ValueError):
+        pass
+    return figures
 
 
 def model_table(names: list[str]) -> str:

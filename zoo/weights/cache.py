@@ -4,6 +4,8 @@ The folder is ``$ZOO_CACHE``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo`
 weight files: the trust-on-first-use lock (``weights.lock.json``, :mod:`zoo.weights.lock`) and the hashes of files
 already verified (``verified.json``, :mod:`zoo.weights.hashing`). It is separate from the Hugging Face cache, whose
 root huggingface_hub expects to hold repositories only; trust follows the user, whichever Hub cache is in use.
+Where a file lies in the Hugging Face cache (:func:`cached_file`) is answered here too, without torch (``zoo weights
+list``).
 """
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-__all__ = ["zoo_cache_dir", "JsonStore"]
+if TYPE_CHECKING:
+    from zoo.weights.manifest import HubFile
+
+__all__ = ["zoo_cache_dir", "JsonStore", "hub_cache_dir", "cached_file"]
 
 
 def zoo_cache_dir() -> Path:
@@ -62,3 +67,23 @@ class JsonStore:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+
+
+def hub_cache_dir() -> Path:
+    """The huggingface_hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else huggingface_hub's default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_file(hub: "HubFile", cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """Where ``hub`` lies in the cache for its revision, or None when it is not cached (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub.repo_id, hub.filename, cache_dir=str(cache_dir or hub_cache_dir()),
+                                   revision=hub.revision)
+    return Path(found) if isinstance(found, str) and os.path.exists(found) else None

@@ -70,7 +70,7 @@ def read_checkpoint(path: str | os.PathLike) -> StateDict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes); was the download or "
                               "the save interrupted? Save or download it again.")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or is_safetensors(path):  # by content too: a safetensors file named .pth
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -81,6 +81,16 @@ def read_checkpoint(path: str | os.PathLike) -> StateDict:
                 f"cannot read checkpoint {path} ({path.stat().st_size} bytes): not a valid safetensors file ({exc}). "
                 "It is probably truncated or corrupt: save or download it again.") from exc
     return unwrap_checkpoint(load_torch_file(path), str(path))
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a safetensors file: an 8-byte little-endian header length that fits the file,
+    then the header's JSON object (a torch zip starts with ``PK``, a legacy pickle with ``0x80``)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8
 
 
 def load_torch_file(path: str | os.PathLike) -> object:
@@ -173,16 +183,22 @@ def check_fit(report: LoadReport, state_dict: dict[str, torch.Tensor], expected:
                what: str, strict: bool = True) -> dict[str, torch.Tensor]:
     """Fit ``state_dict`` (zoo keys) to a model's ``expected`` state dict: BatchNorm counters are filled or dropped,
     missing / unexpected / mis-shaped keys are recorded in ``report`` and, when ``strict``, raised naming them.
-    Returns what fits, in the model's dtypes. Keys listed in ``getattr(report, "dropped", ())`` are expected extras."""
+    Returns what fits, in the model's dtypes. Keys listed in ``getattr(report, "dropped", ())`` are expected extras.
+    Floating-point tensors are cast to the model's dtype (e.g. fp16 weights); an integer tensor where the model has
+    floating point (or the reverse) is a mismatch, never cast: its values would not be the weights' values."""
     _fill_counters(state_dict, expected)
     report.missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected and k not in getattr(report, "dropped", ())]
     mismatched = [k for k in state_dict if k in expected and state_dict[k].shape != expected[k].shape]
-    report.unexpected = unexpected + mismatched
+    retyped = [k for k in state_dict if k in expected and k not in mismatched
+               and state_dict[k].is_floating_point() != expected[k].is_floating_point()]
+    report.unexpected = unexpected + mismatched + retyped
     if strict and (report.missing or report.unexpected):
         lines = [f"{(getattr(report, 'weights', '') or report.source)} ({report.format} layout) does not fit {what}:"]
         shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}" for k in mismatched]
-        for title, keys in (("missing", report.missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        dtypes = [f"{k}: file {state_dict[k].dtype} vs model {expected[k].dtype}" for k in retyped]
+        for title, keys in (("missing", report.missing), ("unexpected", unexpected), ("shape mismatch", shapes),
+                            ("dtype mismatch (not cast: a quantised or damaged file?)", dtypes)):
             if keys:
                 lines.append(f"  {len(keys)} {title}: " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
         lines.append("  Are these weights for another architecture or model_args? To change the classes pass "
@@ -190,7 +206,7 @@ def check_fit(report: LoadReport, state_dict: dict[str, torch.Tensor], expected:
         raise CheckpointError("\n".join(lines))
     fit = {}
     for key, value in state_dict.items():
-        if key in expected and value.shape == expected[key].shape:
+        if key in expected and value.shape == expected[key].shape and key not in retyped:
             dtype = expected[key].dtype
             fit[key] = value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
     check_finite(report, fit, strict)

@@ -19,6 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from zoo.weights.cache import cached_file, hub_cache_dir
 from zoo.weights.checkpoint import CheckpointError
 from zoo.weights.manifest import HubFile, WeightsEntry
 from zoo.weights.hashing import file_sha256, sha256_file, verify_file
@@ -26,11 +27,44 @@ from zoo.weights.hub_metadata import HubMetadataError, hub_file_info, hub_proble
 from zoo.weights.lock import LockRecord, weights_lock
 
 __all__ = ["fetch_file", "fetch_weights", "cached_file", "verify_file", "sha256_file", "hash_policy", "hub_endpoint",
-           "hub_cache_dir", "hub_offline", "WeightsIntegrityError", "WeightsNotFoundError", "WeightsNotCachedError"]
+           "hub_cache_dir", "hub_offline", "how_checked", "bundle_record", "BUNDLE_RECORD", "WeightsIntegrityError",
+           "WeightsNotFoundError", "WeightsNotCachedError"]
 
 log = logging.getLogger("zoo.weights")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+#: the record ``zoo weights bundle`` writes into its folder: the sha256 and size of every file it bundled
+BUNDLE_RECORD = "zoo-bundle.json"
+#: what the last fetch of each file checked it against (for the load report): resolved path -> sentence
+_CHECKED: dict[str, str] = {}
+
+
+def how_checked(path: str | os.PathLike) -> str | None:
+    """What zoo checked the file at ``path`` against when it last fetched it (None: not fetched here)."""
+    return _CHECKED.get(str(Path(path).resolve()))
+
+
+def _checked(path: Path, how: str) -> None:
+    _CHECKED[str(path.resolve())] = how
+
+
+def bundle_record(cache: Path, hub: HubFile) -> tuple[Path, dict] | None:
+    """The record of ``hub`` in the bundle whose folder is the cache ``cache`` (``zoo weights bundle``), if any."""
+    import json
+
+    path = cache / BUNDLE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsIntegrityError(f"{path} is not valid JSON ({exc}); it records the sha256 of the bundled "
+                                    "files: restore it or bundle again") from exc
+    for record in records.values() if isinstance(records, dict) else ():
+        if isinstance(record, dict) and (record.get("repo_id"), record.get("filename"), record.get("revision")) == (
+                hub.repo_id, hub.filename, hub.revision):
+            return path, record
+    return None
 
 
 class WeightsIntegrityError(CheckpointError):
@@ -56,29 +90,9 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def hub_cache_dir() -> Path:
-    """The huggingface_hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else huggingface_hub's default."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set: only the cache is used."""
     return _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE")
-
-
-def cached_file(hub: HubFile, cache_dir: str | os.PathLike | None = None) -> Path | None:
-    """Where ``hub`` lies in the cache for its revision, or None when it is not cached (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(hub.repo_id, hub.filename, cache_dir=str(cache_dir or hub_cache_dir()),
-                                   revision=hub.revision)
-    return Path(found) if isinstance(found, str) and os.path.exists(found) else None
 
 
 def _remove(path: Path) -> None:
@@ -151,7 +165,10 @@ def fetch_file(hub: HubFile, *, name: str | None = None, verify_cache: bool | No
         path = _download(hub, name, cache, offline)
         fresh = before is None or before.resolve() != path.resolve()
         if hub.sha256 is None and warn_unhashed:
-            _trust_on_first_use(hub, path, name, fresh, offline, full, reuse)
+            bundled = _check_bundle(hub, path, name, cache, full, reuse) if not fresh else None
+            _checked(path, _trust_on_first_use(hub, path, name, fresh, offline, full, reuse, bundled))
+        elif hub.sha256 is None:
+            _checked(path, "not checked (no sha256 recorded for it)")
         elif problems := verify_file(path, hub.sha256, hub.size, full=fresh or full, reuse=reuse and not fresh):
             _remove(path)
             where = "downloaded" if fresh else "cached"
@@ -159,7 +176,27 @@ def fetch_file(hub: HubFile, *, name: str | None = None, verify_cache: bool | No
                 f"{name}: the {where} file {hub} does not match the manifest: {'; '.join(problems)}. "
                 "The file was removed from the cache; loading again downloads it afresh. If it fails again, the "
                 "file on the Hub differs from the manifest (a changed revision or a corrupted upload).")
+        else:
+            _checked(path, "sha256 verified against the manifest" if fresh or full
+                     else "size checked against the manifest (not hashed: verify_cache=False)")
     return path
+
+
+def _check_bundle(hub: HubFile, path: Path, name: str, cache: Path, full: bool, reuse: bool) -> str | None:
+    """A cached file of a bundle (``zoo weights bundle``) is held to the sha256 the bundle recorded; returns what
+    was checked (None when the cache is not a bundle or does not record this file)."""
+    found = bundle_record(cache, hub)
+    if found is None:
+        return None
+    record_path, record = found
+    problems = verify_file(path, record.get("sha256"), record.get("size"), full=full, reuse=reuse)
+    if problems:
+        raise WeightsIntegrityError(
+            f"{name}: {path} does not match the sha256 and size recorded for it in {record_path}: "
+            f"{'; '.join(problems)}. The bundled file was changed after `zoo weights bundle` wrote it; bundle it "
+            "again (or copy the bundle again).")
+    return (f"sha256 verified against the bundle's record ({record_path})" if full else
+            f"size checked against the bundle's record ({record_path}; not hashed: verify_cache=False)")
 
 
 def _snapshot_commit(path: Path, filename: str) -> str | None:
@@ -169,22 +206,27 @@ def _snapshot_commit(path: Path, filename: str) -> str | None:
 
 
 def _trust_on_first_use(hub: HubFile, path: Path, name: str, fresh: bool, offline: bool, full: bool,
-                        reuse: bool) -> None:
-    """Check a weight file the manifest does not hash: against the Hub's LFS sha256 when it is new to zoo, then
-    against the file first used for the same repo, file and revision (recorded in the zoo lock file)."""
+                        reuse: bool, bundled: str | None = None) -> str:
+    """Check a weight file the manifest does not hash: against the Hub's LFS sha256 when it is new to zoo (or the
+    bundle's record, ``bundled``), then against the file first used for the same repo, file and revision (recorded
+    in the zoo lock file). Returns what it was checked against."""
     lock = weights_lock()
     commit = _snapshot_commit(path, hub.filename)
     record = lock.get(hub.repo_id, hub.filename, hub.revision)
     if record is not None and not fresh:
         # a cache hit of the recorded file; a cache hit of another commit (the branch moved) is always hashed
-        problems = verify_file(path, record.sha256, record.size, full=full or commit != record.commit,
-                               reuse=reuse)
+        hashed = full or commit != record.commit
+        problems = verify_file(path, record.sha256, record.size, full=hashed, reuse=reuse)
         if problems:
             _refuse(hub, path, name, record, commit)
-        return
+        origin = {"hub": "checked against the Hub's LFS sha256 then", "bundle": "checked against a bundle's record then",
+                  "cache": "NOT checked then: found in the cache offline"}.get(record.checked, record.checked)
+        return ((f"sha256 verified against the file zoo first used (zoo lock file; {origin})" if hashed else
+                 "size checked against the file zoo first used (not hashed: verify_cache=False)")
+                + (f"; {bundled}" if bundled else ""))
     sha256 = file_sha256(path, reuse=reuse and not fresh)
-    checked = "cache"
-    if not offline:
+    checked = "bundle" if bundled else "cache"
+    if not offline and not bundled:
         try:
             info = hub_file_info(hub.repo_id, hub.filename, commit or hub.revision, hub_endpoint())
         except HubMetadataError as exc:
@@ -201,39 +243,63 @@ def _trust_on_first_use(hub: HubFile, path: Path, name: str, fresh: bool, offlin
                     f"{'; '.join(problems)}. The file was removed from the cache; loading again downloads it "
                     f"afresh. If it fails again, the server ({hub_endpoint()}) or the network alters the file.")
             checked = "hub"
+    how = {"hub": f"checked against the Hub's LFS sha256 (commit {commit})", "bundle": bundled,
+           "cache": "NOT checked against any sha256: found in the cache without reaching the Hub, and the manifest "
+                    "records none"}[checked]
     mine = LockRecord(hub.repo_id, hub.filename, hub.revision, commit, sha256, path.stat().st_size, checked, name)
     try:
         stored = lock.record(mine)
     except (OSError, ValueError) as exc:
         log.warning("%s: could not record %s in the lock file %s (%s); it is checked against the Hub only",
                     name, hub, lock.path, exc)
-        return
-    if stored.sha256 != sha256:  # another process recorded another file first
-        _refuse(hub, path, name, stored, commit)
+        return how
+    if stored.sha256 != sha256:  # another process recorded another file first (or the record is wrong)
+        _refuse(hub, path, name, stored, commit, vouched=checked == "hub")
     if record is None and checked == "hub":
         log.info("%s: first use of %s (commit %s, sha256 %s, as on the Hub); recorded in %s", name, hub, commit,
                  sha256, lock.path)
-    elif record is None:
+    elif record is None and checked == "cache":
         log.warning("%s: first use of %s from the cache without reaching the Hub, so it is not checked against the "
                     "Hub's sha256 (and has none in the manifest); recorded as found (commit %s, sha256 %s) in %s",
                     name, hub, commit, sha256, lock.path)
+    return how + "; recorded in the zoo lock file" if record is None else how
 
 
-def _refuse(hub: HubFile, path: Path, name: str, record: LockRecord, commit: str | None) -> None:
-    """A file other than the one first used: an upstream change (kept in the cache, unused) or a damaged cache file
-    (same commit: removed). The message names both files' hashes."""
-    now = f"commit {commit}, sha256 {file_sha256(path)}, {path.stat().st_size} bytes"
+def _refuse(hub: HubFile, path: Path, name: str, record: LockRecord, commit: str | None,
+            vouched: bool = False) -> None:
+    """A file other than the one first used: an upstream change (kept in the cache, unused), a damaged cache file
+    (same commit: removed), or a wrong lock record (same commit, and the Hub vouches for the file: ``vouched`` or
+    asked here; the file is kept). The message names both files' hashes."""
+    sha256 = file_sha256(path)
+    now = f"commit {commit}, sha256 {sha256}, {path.stat().st_size} bytes"
     if commit == record.commit:
+        if vouched or _hub_vouches(hub, path, sha256, commit):
+            raise WeightsIntegrityError(
+                f"{name}: the zoo lock file {weights_lock().path} records {record.describe()} for {hub}, but the "
+                f"Hub's own LFS sha256 for that commit is {sha256}, as is the file: the lock record disagrees with "
+                f"the Hub (it was edited or damaged), the file is fine. `zoo weights trust {name}` forgets the "
+                "record; the next load records the file the Hub vouches for.")
         _remove(path)
         raise WeightsIntegrityError(
             f"{name}: the cached file {hub} ({now}) is not the file zoo first used ({record.describe()}; lock file "
             f"{weights_lock().path}). It was damaged in the cache and has been removed; loading again downloads it "
-            "afresh.")
+            f"afresh. (If the fresh download is refused too, the lock record is wrong: `zoo weights trust {name}`.)")
     raise WeightsIntegrityError(
         f"{name}: {hub} changed upstream: it is now {now}, but zoo first used {record.describe()} (lock file "
         f"{weights_lock().path}). A changed file is refused (trust on first use). To keep the weights you had, load "
         f"revision {record.commit!r}. If you trust the new file, `zoo weights trust {name}` forgets the old one and "
         "the next load records the new one.")
+
+
+def _hub_vouches(hub: HubFile, path: Path, sha256: str, commit: str | None) -> bool:
+    """Whether the Hub's metadata for ``commit`` matches the file (False offline or when the Hub cannot say)."""
+    if hub_offline():
+        return False
+    try:
+        info = hub_file_info(hub.repo_id, hub.filename, commit or hub.revision, hub_endpoint())
+    except HubMetadataError:
+        return False
+    return not hub_problems(path, sha256, info)
 
 
 def _download(hub: HubFile, name: str, cache: Path, offline: bool) -> Path:
@@ -331,4 +397,5 @@ def fetch_weights(entry: WeightsEntry, **kwargs) -> Path:
         raise WeightsIntegrityError(f"{entry.name}: {entry.package} does not match the manifest: "
                                     f"{'; '.join(problems)}. It was changed after installation; restore it "
                                     "(`git checkout` or reinstall zoo).")
+    _checked(path, "sha256 verified against the manifest")
     return path

@@ -22,6 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from zoo.layers.init import prior_prob_bias
+from zoo.checks import check_pretrained_cfg
 from zoo.registry import model_entrypoint
 from zoo.weights.checkpoint import (CheckpointError, LoadReport, check_fit, convert_state_dict, layout_names,
                                    read_checkpoint)
@@ -92,6 +93,7 @@ def build_with_weights(architecture: str, model_args: Mapping[str, Any], source:
                                  if k not in ("weights", "label_names")})
     names = list(class_names) if class_names is not None else source.label_names if rows is None else None
     model.pretrained_cfg["label_names"] = list(names) if names is not None else None
+    check_pretrained_cfg(model.pretrained_cfg, target_classes, f"{source.name}: preprocessing")
     model.pretrained_cfg["weights" if rows is None else "base_weights"] = source.name
     if source.hub_id:
         model.pretrained_cfg["hf_hub_id"] = source.hub_id

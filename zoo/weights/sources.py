@@ -14,10 +14,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from zoo.checks import check_model_args, check_pretrained_cfg
 from zoo.registry import model_entrypoint, resolve_model_name
 from zoo.weights.checkpoint import CheckpointError, check_fit, read_checkpoint
 from zoo.weights.download import (WeightsIntegrityError, WeightsNotFoundError, fetch_file, fetch_weights, hash_policy,
-                                  verify_file)
+                                  how_checked, verify_file)
 from zoo.weights.load import PretrainedReport, WeightsSource, attach_report, build_with_weights
 from zoo.weights.manifest import HubFile, WeightsEntry, load_manifest
 
@@ -89,10 +90,9 @@ def create_from_location(source: str, location: str, tag: str | None, num_classe
         if tag in (None, entry.hub.revision):
             return create_pretrained(entry.architecture, entry.tag, verify_cache=verify_cache, **options, **kwargs)
         hub = replace(entry.hub, revision=tag, sha256=None, size=None)  # the manifest hashes its revision only
-        note = (f"{name}: another revision than the manifest's {entry.hub.revision!r}: checked against the Hub's "
-                "LFS sha256 and the file zoo first used")
-        source_ = replace(_entry_source(entry, fetch_file(hub, name=name, verify_cache=verify_cache)), name=name,
-                          notes=(note,))
+        path = fetch_file(hub, name=name, verify_cache=verify_cache)
+        note = f"{name}: another revision than the manifest's {entry.hub.revision!r}: {how_checked(path)}"
+        source_ = replace(_entry_source(entry, path), name=name, notes=(note,))
         return build_with_weights(entry.architecture, {**entry.model_args, **kwargs}, source_, **options)
     config_path = fetch_file(HubFile(location, tag or "main", CONFIG_NAME, None, None), name=name, warn_unhashed=False)
     # a branch may move: take the weights from the very commit that config.json came from
@@ -108,7 +108,10 @@ def create_from_location(source: str, location: str, tag: str | None, num_classe
                                    warn_unhashed=False)
         except WeightsNotFoundError:
             pass
-    return _build_from_config(config, WeightsSource(name, path, 0, hub_id=location), kwargs, options, processor)
+    checked = (f"{path}: {how_checked(path)}" + ("" if recorded.get("sha256") else
+               " (its config.json records no sha256)"),)
+    return _build_from_config(config, WeightsSource(name, path, 0, hub_id=location, notes=checked), kwargs, options,
+                              processor)
 
 
 def load_pretrained_backbone(model: nn.Module, weights: bool | str = True, verify_cache: bool | None = None
@@ -138,7 +141,8 @@ def load_pretrained_backbone(model: nn.Module, weights: bool | str = True, verif
     path = fetch_weights(entry, verify_cache=verify_cache)
     target = model.backbone.model
     state_dict, expected = read_checkpoint(path), target.state_dict()
-    report = PretrainedReport(source=str(path), format=entry.format, weights=entry.name, notes=_hash_notes(entry))
+    report = PretrainedReport(source=str(path), format=entry.format, weights=entry.name,
+                              notes=_hash_notes(entry, path))
     report.dropped = [k for k in state_dict if k not in expected]
     fit = check_fit(report, state_dict, expected, f"the {arch} backbone of {model.config['architecture']}")
     target.load_state_dict(fit, assign=True)
@@ -160,11 +164,20 @@ def _build_from_config(config: Mapping[str, Any], source: WeightsSource, kwargs:
         from zoo.weights.transformers_format import build_transformers
 
         return build_transformers(config, source, kwargs, options, processor)
-    model_args = dict(config.get("model_args", {}))
+    model_args = config.get("model_args", {})
+    if not isinstance(model_args, Mapping):
+        raise CheckpointError(f"{source.name}: config.json model_args must be an object, got {model_args!r}")
+    model_args = dict(model_args)
     source_classes = model_args.pop("num_classes", None)
     if not isinstance(source_classes, int):
         raise CheckpointError(f"{source.name}: config.json model_args has no num_classes")
     labels = config.get("label_names")
+    try:  # the one validation of config values (zoo.models.base), naming the file
+        check_model_args({**model_args, "num_classes": source_classes})
+        check_pretrained_cfg({"label_names": labels}, source_classes, "label_names")
+        check_pretrained_cfg(config.get("pretrained_cfg") or {}, None, "pretrained_cfg")
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source.name}: config.json: {exc}") from None
     source = replace(source, num_classes=source_classes, format="zoo",
                      label_names=tuple(labels) if labels else None, pretrained_cfg=config.get("pretrained_cfg", {}))
     architecture = resolve_model_name(config["architecture"])
@@ -197,9 +210,19 @@ def _verify_folder(folder: Path, config: Mapping[str, Any], verify_cache: bool |
     if not isinstance(files, dict) or not all(isinstance(r, dict) for r in files.values()):
         raise CheckpointError(f"local-dir:{folder}: config.json 'files' must map file names to {{sha256, size}}, "
                               f"got {files!r}")
+    outside = [name for name in files if not _inside(name)]
+    if outside:
+        raise CheckpointError(f"local-dir:{folder}: config.json 'files' names paths outside the folder: "
+                              f"{', '.join(map(repr, outside))}; only files inside it can be recorded (nothing "
+                              "was read)")
     if not files.get(WEIGHTS_NAME, {}).get("sha256"):
         note = f"{folder / WEIGHTS_NAME}: its config.json records no sha256, so it is loaded unverified"
-        log.warning("local-dir:%s: %s (save it again with save_pretrained to record one)", folder, note)
+        if "architecture" in config:
+            advice = "save_pretrained records one: save the model again with it"
+        else:  # the transformers layout has no place for a hash; zoo's own layout has
+            advice = ("the transformers layout has no place for one; zoo.save_pretrained(model, folder) in zoo's "
+                      "layout (the default format) records it")
+        log.warning("local-dir:%s: %s (%s)", folder, note, advice)
         return (note,)
     full, reuse = hash_policy(verify_cache)
     for filename, record in files.items():
@@ -214,16 +237,26 @@ def _verify_folder(folder: Path, config: Mapping[str, Any], verify_cache: bool |
     return ()
 
 
+def _inside(name: str) -> bool:
+    """Whether a file name recorded in config.json stays inside its folder (relative, no ``..``)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    parts = PurePosixPath(name).parts
+    return (bool(name) and not PurePosixPath(name).is_absolute() and not PureWindowsPath(name).is_absolute()
+            and not PureWindowsPath(name).drive and ".." not in parts and ".." not in PureWindowsPath(name).parts)
+
+
 def _entry_source(entry: WeightsEntry, path: Path) -> WeightsSource:
     return WeightsSource(entry.name, path, entry.num_classes, entry.label_names, entry.format,
-                         entry.pretrained_cfg(), entry.hub_id, tuple(_hash_notes(entry)))
+                         entry.pretrained_cfg(), entry.hub_id, tuple(_hash_notes(entry, path)))
 
 
-def _hash_notes(entry: WeightsEntry) -> list[str]:
+def _hash_notes(entry: WeightsEntry, path: Path) -> list[str]:
+    """What the file was checked against, as this fetch did it (manifest, bundle, Hub, lock file or nothing)."""
+    how = how_checked(path) or "not checked"
     if entry.sha256 is None:
-        return [f"{entry.location} has no sha256 in the manifest: checked against the Hub's LFS sha256 and the file "
-                "zoo first used (the zoo lock file)"]
-    return []
+        return [f"{entry.location} has no sha256 in the manifest: {how}"]
+    return [f"{entry.location}: {how}"]
 
 
 def _timm_architectures(manifest: Any) -> list[str]:
