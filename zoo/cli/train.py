@@ -1,33 +1,19 @@
-"""``zoo train``: train or fine-tune a detector on a COCO-format dataset (single process or under torchrun)."""
+"""``zoo train``: train or fine-tune a detector on a dataset folder (COCO, Roboflow, YOLO or VOC; single process or
+under torchrun)."""
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-
-def _data_paths(data: str) -> dict[str, str | None]:
-    """``--data DIR`` layouts: ``DIR/{train,val}.json`` + ``DIR/{train,val}/`` (zoo.data.synthetic), or COCO's
-    ``DIR/annotations/instances_{train,val}2017.json`` + ``DIR/{train,val}2017/``."""
-    root = Path(data)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data {data}: no such folder")
-    for ann, img in (("{}.json", "{}"), ("annotations/instances_{}2017.json", "{}2017")):
-        if (root / ann.format("train")).is_file():
-            val_ann, val_img = root / ann.format("val"), root / img.format("val")
-            has_val = val_ann.is_file() and val_img.is_dir()
-            return {"train_ann": str(root / ann.format("train")), "train_images": str(root / img.format("train")),
-                    "val_ann": str(val_ann) if has_val else None, "val_images": str(val_img) if has_val else None}
-    raise FileNotFoundError(f"--data {data}: expected train.json + train/ (and val.json + val/) or "
-                            "annotations/instances_train2017.json + train2017/")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a detector",
-                       description="Train NAME on a COCO-format dataset. Multi-GPU / multi-process: "
+                       description="Train NAME on a dataset folder (COCO, Roboflow, YOLO or VOC). Multi-GPU / multi-process: "
                                    "torchrun --nproc_per_node N -m zoo train ...")
     p.add_argument("name", metavar="NAME", help="architecture, e.g. rtdetr_r18vd (see `zoo list`)")
-    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (train.json + train/, val.json + val/)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset folder: COCO (train.json + train/, val.json + val/, or COCO's own layout), a Roboflow "
+                        "COCO export, YOLO (data.yaml) or Pascal VOC; the format is detected (see `zoo data check`)")
     p.add_argument("--weights", metavar="TAG", default=None, help="fine-tune from these pretrained weights")
     p.add_argument("--num-classes", type=int, default=None, help="classes (default: the dataset's categories)")
     p.add_argument("--output", default="runs/train", metavar="DIR", help="checkpoints and metrics.jsonl")
@@ -71,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     if not isinstance(model_args, dict):
         raise ValueError("--model-args must be a JSON object")
     settings = {  # TrainConfig field: (value, the option that sets it)
-        "model": (args.name, "name"), **{k: (v, "data") for k, v in _data_paths(args.data).items()},
+        "model": (args.name, "name"), "data": (args.data, "data"),
         "output_dir": (args.output, "output"), "weights": (args.weights, "weights"),
         "num_classes": (args.num_classes, "num_classes"), "model_args": (model_args, "model_args"),
         "input_size": (args.size, "size"), "lr_drops": (tuple(args.lr_drops), "lr_drops"),

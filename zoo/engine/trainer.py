@@ -59,6 +59,7 @@ class TrainConfig:
     train_images: str = ""
     val_ann: str | None = None
     val_images: str | None = None
+    data: str | None = None               # a dataset folder in any format (zoo.data.formats), instead of *_ann
     output_dir: str = "runs/train"
     weights: str | None = None            # pretrained tag to fine-tune from (head adapted to num_classes)
     num_classes: int | None = None        # default: the training set's category count
@@ -163,11 +164,11 @@ class Trainer:
         torch.manual_seed(config.seed + self.rank)  # ranks draw different denoising noise and augmentations
         random.seed(config.seed + self.rank)
 
-        self.train_set = CocoDetection(config.train_images, config.train_ann)
+        self.train_set, self.val_data, self.data_source = _training_data(config)
         num_classes = config.num_classes or self.train_set.num_classes
         self.model = model if model is not None else self._create_model(num_classes)
         if self.model.num_classes != self.train_set.num_classes:
-            raise ValueError(f"the model predicts {self.model.num_classes} classes but {config.train_ann} has "
+            raise ValueError(f"the model predicts {self.model.num_classes} classes but {self.data_source} has "
                              f"{self.train_set.num_classes} categories; pass num_classes={self.train_set.num_classes}")
         self.cfg = config = _with_recipe(config, self.model)
         # the model's own resize rule (stretch for RT-DETR, shortest edge for DETR), at the training size
@@ -216,7 +217,7 @@ class Trainer:
             return create_model(self.cfg.model, num_classes=num_classes, **self.cfg.model_args)
         names = list(self.train_set.class_names)
         if len(names) != num_classes:
-            raise ValueError(f"num_classes={num_classes} but {self.cfg.train_ann} has {len(names)} categories")
+            raise ValueError(f"num_classes={num_classes} but {self.data_source} has {len(names)} categories")
         model = create_model(self.cfg.model, pretrained=self.cfg.weights, class_names=names, **self.cfg.model_args)
         if self.rank == 0:
             print(f"fine-tuning from {model.load_report}")
@@ -302,7 +303,7 @@ class Trainer:
                          **{f"train_{k}": v / max(1, len(loader)) for k, v in sums.items()
                             if k.count("_") <= 1}}  # total and last-layer terms
             last = self.epoch == cfg.epochs
-            if cfg.val_ann and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
+            if self.val_data and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
                 metrics = self.evaluate()
                 epoch_log.update({f"val_{k}": v for k, v in metrics.items()})
             self._log(epoch_log)
@@ -330,7 +331,7 @@ class Trainer:
 
         model = self.eval_model
         distributed.broadcast_module(model)
-        result = evaluate(model, self.cfg.val_ann, self.cfg.val_images, batch_size=8, num_workers=0,
+        result = evaluate(model, *self.val_data, batch_size=8, num_workers=0,
                           device=self.device, input_size=self.input_size,
                           label_map=[self.train_set.label_to_category[i] for i in range(self.model.num_classes)],
                           progress=False, verbose=False)
@@ -342,9 +343,10 @@ class Trainer:
         from zoo.weights.publish import save_pretrained
 
         records = []
-        if metrics and self.cfg.val_ann:
-            dataset = Path(self.cfg.val_ann).stem
-            source = f"zoo.engine.trainer evaluation on {self.cfg.val_ann} after {self.epoch} epochs"
+        if metrics and self.val_data:
+            val_source = self.cfg.val_ann or f"{self.cfg.data} (val)"
+            dataset = Path(self.cfg.val_ann).stem if self.cfg.val_ann else Path(self.cfg.data).name
+            source = f"zoo.engine.trainer evaluation on {val_source} after {self.epoch} epochs"
             records = [{"task": "object-detection", "dataset": dataset, "metric": metric,
                         "value": round(100 * metrics[key], 2), "provenance": "measured by zoo", "source": source}
                        for metric, key in (("box_ap", "AP"), ("box_ap50", "AP50")) if key in metrics]
@@ -433,7 +435,7 @@ class Trainer:
         labels = state.get("label_names")
         if labels is not None and labels != list(self.train_set.class_names):
             raise ValueError(f"cannot resume {folder} on a dataset with other classes: the checkpoint has {labels}, "
-                             f"{self.cfg.train_ann} has {list(self.train_set.class_names)}")
+                             f"{self.data_source} has {list(self.train_set.class_names)}")
         self.model.load_state_dict(read_checkpoint(folder / "model.safetensors"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -450,6 +452,26 @@ class Trainer:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+def _training_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Any, Any] | None, str]:
+    """The training set, the validation (annotations, image folder) or None, and where the training set is from:
+    ``config.data`` (any format, checked: a set with errors is refused) or the COCO json paths."""
+    if not config.data:
+        val = (config.val_ann, config.val_images) if config.val_ann else None
+        return CocoDetection(config.train_images, config.train_ann), val, config.train_ann
+    from zoo.data.formats import list_splits, load_split
+
+    if config.train_ann or config.val_ann:
+        raise ValueError("pass data= (a dataset folder) or train_ann=/val_ann= (COCO json files), not both")
+    train = load_split(config.data, "train")
+    has_val = any(s in ("val", "valid", "validation") for s in list_splits(config.data, train.format))
+    val = load_split(config.data, "val", train.format) if has_val else None
+    if val is not None and val.class_names != train.class_names:
+        raise ValueError(f"{config.data}: the val split's classes {val.class_names} differ from train's "
+                         f"{train.class_names}")
+    return (CocoDetection(train.image_dir, train.to_coco()), (val.to_coco(), val.image_dir) if val else None,
+            f"{train.source} ({train.format} train split)")
 
 
 def resume_config(folder: str | os.PathLike, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
