@@ -19,11 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "pycocotools COCOeval. Prints the 12 standard numbers and a per-class table; "
                                    "--out also writes pr_curve.png and confusion_matrix.png (zoo[plots]).")
     add_model_arguments(p)
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="dataset folder (COCO, Roboflow, YOLO or Pascal VOC; format detected), instead of --ann/--images")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", default=None, metavar="DIR",
+                        help="dataset folder (COCO, Roboflow, YOLO or Pascal VOC; format detected)")
+    source.add_argument("--ann", default=None, metavar="FILE",
+                        help="COCO annotation file (instances_val2017.json), with --images")
+    p.add_argument("--images", default=None, metavar="DIR", help="folder with the images of --ann")
     p.add_argument("--split", default="val", help="the split of --data to evaluate (default: val)")
-    p.add_argument("--ann", default=None, metavar="FILE", help="COCO annotation file (instances_val2017.json)")
-    p.add_argument("--images", default=None, metavar="DIR", help="folder with the annotated images")
     p.add_argument("--plot-threshold", type=float, default=0.5, metavar="SCORE",
                    help="score threshold of the confusion matrix (default 0.5)")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="B", help="images per batch")
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model label -> category id, as JSON: a list ([1, 2, 3]: label i is id list[i]) or an object "
                         "({\"0\": 1, ...}), or a .json file holding one; needed when the model's classes are not the "
                         "annotations' categories in id order")
-    p.set_defaults(func=_eval)
+    p.set_defaults(func=_eval, parser=p)
 
 
 def _label_map(text: str) -> list[int] | dict[int, int]:
@@ -57,10 +59,8 @@ def _eval(args: argparse.Namespace) -> int:
     from zoo.engine.evaluate import format_per_class
     from zoo.engine.validate import score_threshold
 
-    if args.data is not None and (args.ann or args.images):
-        raise ValueError("pass --data DIR or --ann FILE --images DIR, not both")
-    if args.data is None and not (args.ann and args.images):
-        raise ValueError("say what to evaluate on: --data DIR (a dataset folder) or --ann FILE and --images DIR")
+    if (args.ann is None) != (args.images is None):
+        args.parser.error("--ann FILE and --images DIR go together (or use --data DIR)")
     threshold = score_threshold(args.plot_threshold)
     source = {"data": args.data, "split": args.split} if args.data else {"ann": args.ann, "images": args.images}
     with process_group(args.device):

@@ -59,6 +59,16 @@ class DetectionSplit:
     def class_names(self) -> list[str]:
         return [c["name"] for c in sorted(self.coco["categories"], key=lambda c: c["id"])]
 
+    def short_names(self) -> dict[int, str]:
+        """Image id -> its ``file_name`` without the folders all of the split's images share (``images/val/`` of a
+        YOLO split), the name writers give the copied image."""
+        import posixpath
+
+        names = {im["id"]: Path(im["file_name"]).as_posix() for im in self.coco["images"]}
+        parents = {posixpath.dirname(n) for n in names.values()}
+        common = posixpath.commonpath(list(parents)) if parents and "" not in parents else ""
+        return {i: n[len(common):].lstrip("/") if common else n for i, n in names.items()}
+
     def to_coco(self) -> Any:
         """A ``pycocotools.coco.COCO`` over :attr:`coco` (what :class:`zoo.data.coco.CocoDetection` and
         :func:`zoo.engine.evaluate.evaluate` take in place of an annotation file)."""

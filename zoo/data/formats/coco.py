@@ -141,12 +141,15 @@ def read_roboflow(root: Path, split: str) -> DetectionSplit:
 
 
 def write_coco(splits: dict[str, DetectionSplit], dst: Path) -> None:
-    """zoo's layout: ``dst/<split>.json`` + ``dst/<split>/`` (images copied, file names kept)."""
+    """zoo's layout: ``dst/<split>.json`` + ``dst/<split>/`` (images copied; ids, categories and annotations kept,
+    file names without the folders all images of the split share)."""
     for name, data in splits.items():
-        folder = dst / name
+        folder, short = dst / name, data.short_names()
+        images = []
         for im in data.coco["images"]:
-            target = folder / im["file_name"]
+            target = folder / short[im["id"]]
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(data.image_dir / im["file_name"], target)
+            images.append(dict(im, file_name=short[im["id"]]))
         folder.mkdir(parents=True, exist_ok=True)
-        (dst / f"{name}.json").write_text(json.dumps(data.coco))
+        (dst / f"{name}.json").write_text(json.dumps(dict(data.coco, images=images)))

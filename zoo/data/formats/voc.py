@@ -127,16 +127,17 @@ def _element(parent: ET.Element, tag: str, text: str | None = None) -> ET.Elemen
 
 def write_voc(splits: dict[str, DetectionSplit], dst: Path) -> list[str]:
     """VOC layout with ``labels.txt`` (the class order); corners written 1-based inclusive (fractional pixels kept
-    to 4 decimals). Files whose names clash between splits are prefixed with the split (``val_000001.png``)."""
+    to 4 decimals). Images in sub-folders are named ``sub__name``; when names clash between splits every file is
+    prefixed with its split (``val_000001.png``)."""
     names = sorted(splits.values(), key=lambda d: d.split)[0].class_names if splits else []
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
     (dst / "labels.txt").write_text("".join(n + "\n" for n in names))
+    flat = {split: {i: n.replace("/", "__") for i, n in data.short_names().items()} for split, data in splits.items()}
     stems: dict[str, int] = {}
-    for data in splits.values():
-        for im in data.coco["images"]:
-            stem = Path(im["file_name"].replace("/", "__")).stem
-            stems[stem] = stems.get(stem, 0) + 1
+    for names in flat.values():
+        for name in names.values():
+            stems[Path(name).stem] = stems.get(Path(name).stem, 0) + 1
     clash = any(count > 1 for count in stems.values())
     for split, data in splits.items():
         cats = {c["id"]: c["name"] for c in data.coco["categories"]}
@@ -145,7 +146,7 @@ def write_voc(splits: dict[str, DetectionSplit], dst: Path) -> list[str]:
             by_image.setdefault(ann["image_id"], []).append(ann)
         ids = []
         for im in data.coco["images"]:
-            file_name = (f"{split}_" if clash else "") + im["file_name"].replace("/", "__")
+            file_name = (f"{split}_" if clash else "") + flat[split][im["id"]]
             stem = Path(file_name).stem
             ids.append(stem)
             shutil.copy2(data.image_dir / im["file_name"], dst / "JPEGImages" / file_name)

@@ -170,9 +170,9 @@ def write_yolo(splits: dict[str, DetectionSplit], dst: Path) -> list[str]:
         by_image: dict[int, list[dict]] = {}
         for ann in data.coco["annotations"]:
             by_image.setdefault(ann["image_id"], []).append(ann)
-        crowd = 0
+        crowd, short = 0, data.short_names()
         for im in data.coco["images"]:
-            image = dst / "images" / name / im["file_name"]
+            image = dst / "images" / name / short[im["id"]]
             image.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(data.image_dir / im["file_name"], image)
             lines = []
