@@ -20,6 +20,7 @@ _PUBLIC = {
     "list_models": "zoo.registry", "is_model": "zoo.registry", "model_entrypoint": "zoo.registry",
     "register_model": "zoo.registry", "register_component": "zoo.registry", "get_component": "zoo.registry",
     "list_components": "zoo.registry", "draw": "zoo.engine.draw", "evaluate": "zoo.engine.evaluate",
+    "train": "zoo.engine.finetune",
     "push_to_hub": "zoo.weights.publish", "save_pretrained": "zoo.weights.publish",
 }
 

@@ -43,6 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report-to", choices=("none", "tensorboard"), default="none",
                    help="experiment logging: tensorboard writes OUTPUT/tensorboard (needs zoo[logging])")
+    tune = p.add_argument_group("fine-tuning")
+    tune.add_argument("--accumulate", type=int, default=1, metavar="N",
+                      help="batches per optimisation step (gradient accumulation: N x --batch-size per step)")
+    tune.add_argument("--patience", type=int, default=0, metavar="N",
+                      help="stop after N epochs without a better validation AP (0: never); best.safetensors keeps "
+                           "the best")
+    tune.add_argument("--mosaic", type=float, default=0.0, metavar="P", help="probability of a 4-image mosaic")
+    tune.add_argument("--mixup", type=float, default=0.0, metavar="P", help="probability of mixing in another image")
+    tune.add_argument("--no-aug-epochs", type=int, default=0, metavar="N",
+                      help="the last N epochs without mosaic, mixup, random augmentation or multi-scale")
     p.set_defaults(func=_train)
 
 
@@ -65,7 +75,8 @@ def _train(args: argparse.Namespace) -> int:
         "num_workers": (args.workers, "workers"), "progress": (not args.no_progress, "no_progress"),
         **{k: (getattr(args, k), k) for k in ("epochs", "batch_size", "lr", "backbone_lr_mult", "weight_decay",
                                               "warmup_steps", "schedule", "clip_max_norm", "ema_decay", "amp",
-                                              "eval_every", "seed", "device", "report_to")}}
+                                              "eval_every", "seed", "device", "report_to", "accumulate", "patience",
+                                              "mosaic", "mixup", "no_aug_epochs")}}
     with process_group(args.device):  # torchrun's group, destroyed at the end
         if args.resume:  # the checkpoint's settings, except those given on this command line
             given = _given_options(args)
@@ -73,8 +84,9 @@ def _train(args: argparse.Namespace) -> int:
         else:
             trainer = train(TrainConfig(**{k: v for k, (v, _) in settings.items()}))
     if trainer.rank == 0:
-        print(f"done: {trainer.epoch} epochs, best AP {trainer.best_ap:.4f}; "
-              f"weights in {trainer.cfg.output_dir}/best.safetensors")
+        print(f"done: {trainer.epoch} epochs{' (stopped early)' if trainer.stopped_early else ''}, best AP "
+              f"{trainer.best_ap:.4f}" + (f" at epoch {trainer.best_epoch}" if trainer.val_data else "")
+              + f"; weights in {trainer.cfg.output_dir}/best.safetensors")
     return 0
 
 

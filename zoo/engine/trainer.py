@@ -17,6 +17,7 @@ sharded too (:mod:`zoo.engine.distributed`, as ``zoo eval`` under torchrun).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,9 +39,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from zoo.data.coco import CocoDetection
 from zoo.data.collate import collate_detection
 from zoo.data.images import Preprocess
-from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
+from zoo.data.transforms import SampleMixing, default_scales, eval_transforms, multiscale_resize, train_transforms
 from zoo.engine import distributed
 from zoo.engine.reporting import make_reporter
+from zoo.losses.targets import box_count
 from zoo.weights.checkpoint import load_torch_file, read_checkpoint
 
 __all__ = ["TrainConfig", "Trainer", "train"]
@@ -86,6 +88,12 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     report_to: str = "none"               # experiment logging: "none" or "tensorboard" (zoo.engine.reporting)
+    # fine-tuning (zoo.engine.trainer.Trainer.accumulated_step, fit)
+    accumulate: int = 1                   # batches per optimisation step (gradient accumulation)
+    patience: int = 0                     # stop after this many epochs without a better validation AP (0: never)
+    mosaic: float = 0.0                   # probability of a 4-image mosaic per sample (zoo.data.transforms.Mosaic)
+    mixup: float = 0.0                    # probability of mixing in a second image (zoo.data.transforms.MixUp)
+    no_aug_epochs: int = 0                # the last N epochs: no mosaic, mixup, random augmentation or multi-scale
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,6 +185,7 @@ class Trainer:
         scales = default_scales(self.input_size) if config.multiscale else None
         self.train_set.transforms = (train_transforms(self.preprocess, scales=scales) if config.augment
                                      else eval_transforms(self.preprocess))
+        self.train_data = self._mixing(config)
         # what inference needs to use the trained model as trained
         self.model.pretrained_cfg = {**self.model.pretrained_cfg, **self.preprocess.pretrained_cfg(),
                                      "label_names": list(self.train_set.class_names)}
@@ -185,9 +194,13 @@ class Trainer:
         self.criterion = self.model.criterion()
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.lr, config.backbone_lr_mult, config.weight_decay), lr=config.lr)
-        self.steps_per_epoch = len(self.train_set) // config.batch_size
+        if isinstance(config.accumulate, bool) or not isinstance(config.accumulate, int) or config.accumulate < 1:
+            raise ValueError(f"accumulate must be a positive int (batches per optimisation step), "
+                             f"got {config.accumulate!r}")
+        self.steps_per_epoch = len(self.train_set) // (config.batch_size * config.accumulate)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.train_set)} training images is fewer than one batch of {config.batch_size}")
+            raise ValueError(f"{len(self.train_set)} training images is fewer than one batch of {config.batch_size}"
+                             + (f" x {config.accumulate} accumulated" if config.accumulate > 1 else ""))
         self.total_steps = self.steps_per_epoch * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(config.warmup_steps, self.total_steps, config.schedule,
@@ -203,6 +216,7 @@ class Trainer:
                                             else None, find_unused_parameters=True)
                     if self.world > 1 else None)
         self.epoch, self.global_step, self.best_ap = 0, 0, -1.0
+        self.best_epoch, self.stopped_early, self.per_class = 0, False, {}
         self.out = Path(config.output_dir)
         self.reporter = make_reporter(config, self.rank)
         if resume is not None:
@@ -229,13 +243,15 @@ class Trainer:
                                      seed=self.cfg.seed, drop_last=True)
         sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch * self.world + self.rank)
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size // self.world, sampler=sampler,
+        if self.train_data is not self.train_set:  # mosaic / mixup until the last no_aug_epochs
+            self.train_data.enabled = not self._no_aug(epoch)
+        return DataLoader(self.train_data, batch_size=self.cfg.batch_size // self.world, sampler=sampler,
                           num_workers=self.cfg.num_workers, collate_fn=collate_detection, drop_last=True,
                           generator=generator, persistent_workers=False)
 
     def _step_size(self) -> int:
         """Batch-level multi-scale size for stretch-resize models (shortest-edge models draw it per image)."""
-        if not self.cfg.multiscale or self.preprocess.resize_mode != "stretch":
+        if not self.cfg.multiscale or self.preprocess.resize_mode != "stretch" or self._no_aug(self.epoch):
             return self.input_size
         scales = default_scales(self.input_size)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.global_step)  # same on every rank
@@ -243,23 +259,45 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
         """One optimisation step on a (per-process) batch; returns the loss terms averaged over processes."""
+        return self.accumulated_step([(images, targets)])
+
+    def accumulated_step(self, batches: Sequence[tuple[torch.Tensor, list[dict]]]) -> dict[str, float]:
+        """One optimisation step on the gradients of several batches (``--accumulate``): the losses are normalised
+        by the boxes per batch averaged over all of them and each batch's loss is divided by their number, as DDP
+        does across processes, so that N batches of B give the gradient of one batch of N*B. Returns the loss
+        terms averaged over batches and processes."""
         model = self.ddp or self.model
         model.train()
-        images = images.to(self.device, non_blocking=True)
-        if self.preprocess.resize_mode == "stretch":
-            images = multiscale_resize(images, self._step_size())
-        targets = [{k: t[k].to(self.device) for k in ("labels", "boxes", "size") if k in t} for t in targets]
-        extra = self.model.training_inputs(images, targets)  # e.g. denoising queries, pixel mask
-        amp = self.amp_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            outputs = model(images, **extra)
-        losses = self.criterion(outputs, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+        size = self._step_size()  # one size for the whole step
+        amp, n = self.amp_dtype is not None, len(batches)
+        boxes = None
+        if n > 1:  # the normaliser of the N*B batch (count_boxes averages over processes itself)
+            boxes = torch.tensor([float(sum(len(t["labels"]) for _, ts in batches for t in ts)) / n])
+            if self.world > 1:
+                boxes = boxes.to(self.device)
+                dist.all_reduce(boxes)
+                boxes /= self.world
+            boxes = float(boxes.item())
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        log = None
+        for i, (images, targets) in enumerate(batches):
+            images = images.to(self.device, non_blocking=True)
+            if self.preprocess.resize_mode == "stretch":
+                images = multiscale_resize(images, size)
+            targets = [{k: t[k].to(self.device) for k in ("labels", "boxes", "size") if k in t} for t in targets]
+            extra = self.model.training_inputs(images, targets)  # e.g. denoising queries, pixel mask
+            sync = self.ddp.no_sync() if self.ddp is not None and i < n - 1 else contextlib.nullcontext()
+            with sync, box_count(boxes):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
+                    outputs = model(images, **extra)
+                losses = self.criterion(outputs, targets)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: "
+                                             + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+                self.scaler.scale(loss / n if n > 1 else loss).backward()
+            terms = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()])
+            log = terms if log is None else log + terms
         if self.cfg.clip_max_norm > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_max_norm)
@@ -269,12 +307,41 @@ class Trainer:
         self.global_step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
-        log = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()])
+        log = log / n if n > 1 else log
         if self.world > 1:
             dist.all_reduce(log)
             log /= self.world
         names = ["loss"] + list(losses)
         return dict(zip(names, log.tolist()))
+
+    def _steps(self, loader: DataLoader):
+        """The loader's batches in groups of ``accumulate`` (one optimisation step each; a last incomplete group is
+        left out, as the loader leaves out a last incomplete batch)."""
+        group = []
+        for batch in loader:
+            group.append(batch)
+            if len(group) == self.cfg.accumulate:
+                yield group
+                group = []
+
+    def _no_aug(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) is one of the last ``no_aug_epochs``: plain resized images only."""
+        return self.cfg.no_aug_epochs > 0 and epoch >= self.cfg.epochs - self.cfg.no_aug_epochs
+
+    def _mixing(self, config: TrainConfig) -> Any:
+        """The training data: the dataset itself, or with mosaic / mixup (zoo.data.transforms.SampleMixing); the
+        last ``no_aug_epochs`` use plain resized images (:meth:`_loader` switches)."""
+        for name in ("mosaic", "mixup"):
+            value = getattr(config, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} is a probability in [0, 1], got {value!r}")
+        if isinstance(config.no_aug_epochs, bool) or not isinstance(config.no_aug_epochs, int) \
+                or config.no_aug_epochs < 0:
+            raise ValueError(f"no_aug_epochs must be a non-negative int, got {config.no_aug_epochs!r}")
+        if not config.no_aug_epochs and not config.mosaic and not config.mixup:
+            return self.train_set
+        return SampleMixing(self.train_set, mosaic=config.mosaic, mixup=config.mixup,
+                            plain=eval_transforms(self.preprocess), mosaic_size=self.input_size)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``cfg.epochs``; returns the last evaluation metrics (or {})."""
@@ -286,11 +353,11 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         while self.epoch < cfg.epochs:
             loader = self._loader(self.epoch)
-            bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress or self.rank,
-                       unit="it", dynamic_ncols=True)
+            bar = tqdm(self._steps(loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="it",
+                       total=len(loader) // cfg.accumulate, disable=not cfg.progress or self.rank, dynamic_ncols=True)
             start, sums = time.time(), {}
-            for images, targets in bar:
-                logs = self.train_step(images, targets)
+            for batches in bar:
+                logs = self.accumulated_step(batches)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 rates = learning_rates(self.optimizer)
@@ -300,19 +367,38 @@ class Trainer:
                     self.reporter.log_step(self.global_step, logs, self.optimizer)
             self.epoch += 1
             epoch_log = {"epoch": self.epoch, "step": self.global_step, "time_s": round(time.time() - start, 2),
-                         **{f"train_{k}": v / max(1, len(loader)) for k, v in sums.items()
+                         **{f"train_{k}": v / max(1, len(loader) // cfg.accumulate) for k, v in sums.items()
                             if k.count("_") <= 1}}  # total and last-layer terms
             last = self.epoch == cfg.epochs
             if self.val_data and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
                 metrics = self.evaluate()
                 epoch_log.update({f"val_{k}": v for k, v in metrics.items()})
+                epoch_log["per_class"] = self.per_class
             self._log(epoch_log)
             self.reporter.log_epoch(self.global_step, epoch_log, self.eval_model)
+            improved = bool(metrics) and metrics["AP"] > self.best_ap
             self.save_checkpoint(metrics.get("AP") if metrics else None)
+            if improved:
+                self.best_epoch = self.epoch
+            if self._patience_ran_out(metrics):
+                break
         if self.rank == 0:
             self.export(self.out / "final", metrics)
         self.reporter.close()
         return metrics
+
+    def _patience_ran_out(self, metrics: dict[str, float]) -> bool:
+        """Early stopping: ``patience`` epochs since the best validation AP (best.safetensors keeps its weights)."""
+        if not self.cfg.patience or not metrics or self.epoch - self.best_epoch < self.cfg.patience:
+            return False
+        self.stopped_early = True
+        if self.rank == 0:
+            print(f"early stop after epoch {self.epoch}: no better validation AP for {self.epoch - self.best_epoch} "
+                  f"epochs (patience {self.cfg.patience}); best AP {self.best_ap:.4f} at epoch {self.best_epoch}, "
+                  f"weights in {self.out / 'best.safetensors'}")
+        self._log({"epoch": self.epoch, "step": self.global_step, "early_stop": True, "best_epoch": self.best_epoch,
+                   "best_AP": self.best_ap})
+        return True
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
     @property
@@ -335,6 +421,7 @@ class Trainer:
                           device=self.device, input_size=self.input_size,
                           label_map=[self.train_set.label_to_category[i] for i in range(self.model.num_classes)],
                           progress=False, verbose=False)
+        self.per_class = result.per_class
         return result.metrics
 
     def export(self, folder: str | os.PathLike, metrics: dict[str, float] | None = None) -> Path:
@@ -383,6 +470,7 @@ class Trainer:
 
     def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         state = {"epoch": self.epoch, "global_step": self.global_step, "best_ap": self.best_ap,
+                 "best_epoch": self.best_epoch,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "config": json.dumps(self.cfg.to_dict()), "rng": rng,
                  "label_names": list(self.train_set.class_names)}
@@ -443,6 +531,7 @@ class Trainer:
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.global_step, self.best_ap = state["epoch"], state["global_step"], state["best_ap"]
+        self.best_epoch = int(state.get("best_epoch", self.epoch))
         self._drop_records_after(self.global_step)
         if len(state["rng"]) != self.world:
             raise ValueError(f"checkpoint was written by {len(state['rng'])} processes, this run has {self.world}: "
