@@ -254,3 +254,13 @@ def test_zoo_data_stats_and_convert(layouts, tmp_path, capsys):
     assert (tmp_path / "stats.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["data", "convert", str(layouts["roboflow"]), str(tmp_path / "y"), "--to", "yolo"]) == 0
     assert detect_format(tmp_path / "y") == "yolo" and "roboflow -> yolo" in capsys.readouterr().out
+
+
+def test_relative_dataset_paths(layouts, tmp_path, monkeypatch):
+    """A dataset named by a relative path reads the same (the yaml's folder is not applied twice)."""
+    for fmt in ("yolo", "voc", "coco", "roboflow"):
+        shutil.copytree(layouts[fmt], tmp_path / fmt)
+    monkeypatch.chdir(tmp_path)
+    for fmt in ("yolo", "voc", "coco", "roboflow"):
+        data = load_split(fmt, "val")
+        assert len(data.coco["images"]) == 8 and check(data) == [], fmt

@@ -48,7 +48,10 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def _base(path: Path, data: dict[str, Any]) -> Path:
-    base = Path(data["path"]) if data.get("path") else path.parent
+    """The folder the split paths are relative to: ``path`` (relative to the yaml's folder), else that folder."""
+    if not data.get("path"):
+        return path.parent
+    base = Path(data["path"])
     return base if base.is_absolute() else path.parent / base
 
 
