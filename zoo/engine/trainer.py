@@ -357,7 +357,7 @@ class Trainer:
                        total=len(loader) // cfg.accumulate, disable=not cfg.progress or self.rank, dynamic_ncols=True)
             start, sums = time.time(), {}
             for batches in bar:
-                logs = self.accumulated_step(batches)
+                logs = self.train_step(*batches[0]) if len(batches) == 1 else self.accumulated_step(batches)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 rates = learning_rates(self.optimizer)
