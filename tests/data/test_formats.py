@@ -264,3 +264,24 @@ def test_relative_dataset_paths(layouts, tmp_path, monkeypatch):
     for fmt in ("yolo", "voc", "coco", "roboflow"):
         data = load_split(fmt, "val")
         assert len(data.coco["images"]) == 8 and check(data) == [], fmt
+
+
+def test_coco_json_problems_are_reported_not_dropped(layouts, tmp_path):
+    root = tmp_path / "coco"
+    shutil.copytree(layouts["coco"], root)
+    data = json.loads((root / "val.json").read_text())
+    anns = data["annotations"]
+    anns[1]["id"] = anns[0]["id"]                       # duplicate annotation id
+    anns[2]["category_id"] = 9                          # no such category
+    anns[3]["bbox"] = [1, 2, 3]                         # not 4 numbers
+    anns[4].pop("id")                                   # no id
+    data["images"].append(dict(data["images"][0]))      # duplicate image id
+    data["images"].append({"id": 99, "file_name": "gone.png", "width": 96, "height": 96})
+    (root / "val.json").write_text(json.dumps(data))
+    messages = [p.message for p in check(read_split(root, "val"))]
+    for expected in (f"duplicate annotation id {anns[0]['id']}", "has category id 9, not one of the categories [1, 2, 3]",
+                     "bbox [1, 2, 3] is not 4 numbers", "annotation without an integer 'id'",
+                     f"duplicate image id {data['images'][0]['id']}", "image not found"):
+        assert any(expected in m for m in messages), (expected, messages)
+    assert len(messages) == 6
+    assert main(["data", "check", str(root), "--split", "train"]) == 0  # the other split is fine

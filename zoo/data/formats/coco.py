@@ -61,7 +61,9 @@ def read_coco_file(ann_file: str | Path, image_dir: str | Path, split: str = "",
             problems.append(Problem(src, f"annotation {ann!r} is not an object"))
             continue
         bbox, what = ann.get("bbox"), f"annotation {ann.get('id')!r}"
-        if ann.get("id") in ann_ids:
+        if not isinstance(ann.get("id"), int) or isinstance(ann.get("id"), bool):
+            problems.append(Problem(src, f"annotation without an integer 'id' (image {ann.get('image_id')!r})"))
+        elif ann.get("id") in ann_ids:
             problems.append(Problem(src, f"duplicate annotation id {ann.get('id')!r}"))
         elif ann.get("image_id") not in image_ids:
             problems.append(Problem(src, f"{what} refers to image id {ann.get('image_id')!r}, which is not in 'images'"))
