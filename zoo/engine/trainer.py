@@ -271,7 +271,7 @@ class Trainer:
         size = self._step_size()  # one size for the whole step
         amp, n = self.amp_dtype is not None, len(batches)
         boxes = None
-        if n > 1:  # the normaliser of the N*B batch (count_boxes averages over processes itself)
+        if n > 1:  # boxes per batch over the step's batches and processes (count_boxes takes it as given)
             boxes = torch.tensor([float(sum(len(t["labels"]) for _, ts in batches for t in ts)) / n])
             if self.world > 1:
                 boxes = boxes.to(self.device)
