@@ -75,8 +75,16 @@ def test_every_layout_gets_the_same_ap(layouts, tmp_path):
     import zoo
 
     model = zoo.create_model("rtdetr_mobilenetv3_small.shapes_demo")
+    # the YOLO set again with its classes listed in another order: labels are matched to the model's by name
+    reordered = tmp_path / "reordered"
+    shutil.copytree(layouts["yolo"], reordered)
+    (reordered / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [square, triangle, circle]\n")
+    for label in (reordered / "labels").rglob("*.txt"):
+        lines = [line.split() for line in label.read_text().splitlines()]
+        label.write_text("".join(" ".join([str((int(c) + 2) % 3), *rest]) + "\n" for c, *rest in lines))
+    layouts = {**layouts, "reordered": reordered}
     results = {fmt: zoo.evaluate(model, data=layouts[fmt], split="val", num_workers=0, progress=False,
-                                 verbose=False).metrics for fmt in ("coco", "roboflow", "yolo")}
+                                 verbose=False).metrics for fmt in ("coco", "roboflow", "yolo", "reordered")}
     out = tmp_path / "eval"
     assert main(["eval", "rtdetr_mobilenetv3_small.shapes_demo", "--data", str(layouts["voc"]), "--workers", "0",
                  "--out", str(out)]) == 0

@@ -33,7 +33,7 @@ from zoo.engine.inference import inference_model
 from zoo.engine.predict import run_detector
 
 __all__ = ["evaluate", "evaluate_detections", "per_class_metrics", "format_per_class", "label_to_category_ids",
-           "EvalResult", "COCO_METRIC_NAMES"]
+           "label_map_by_name", "EvalResult", "COCO_METRIC_NAMES"]
 
 #: names of the 12 numbers ``COCOeval.summarize()`` prints, in its order
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -179,6 +179,23 @@ def label_to_category_ids(num_classes: int, category_ids: Sequence[int],
                      "on the command line `zoo eval --label-map`)")
 
 
+def label_map_by_name(model: torch.nn.Module, coco: Any) -> list[int] | None:
+    """Model label -> category id by class name, when the model records its label names
+    (``pretrained_cfg["label_names"]``), every one of them names exactly one category and they are not already the
+    categories in id order; else None (the rule of :func:`label_to_category_ids` applies). So a model trained
+    on ``[circle, square, triangle]`` scores a dataset that lists ``[square, triangle, circle]`` correctly."""
+    names = list((getattr(model, "pretrained_cfg", None) or {}).get("label_names") or [])
+    if len(names) != int(model.num_classes):
+        return None
+    by_name: dict[str, list[int]] = {}
+    for cat_id in sorted(coco.getCatIds()):
+        by_name.setdefault(coco.cats[cat_id]["name"], []).append(cat_id)
+    if any(len(by_name.get(n, [])) != 1 for n in names) or len(set(names)) != len(names):
+        return None
+    mapping = [by_name[n][0] for n in names]
+    return None if mapping == sorted(coco.getCatIds()) else mapping
+
+
 class _CocoImages(Dataset):
     """Reads and resizes the images of a COCO annotation file (in DataLoader workers)."""
 
@@ -210,7 +227,9 @@ def evaluate(model: torch.nn.Module, ann_file: str | os.PathLike | Any = None, i
     ``image_dir``, or of the ``split`` of the dataset folder ``data`` (any format of :mod:`zoo.data.formats`;
     a set with errors is refused), and score it with pycocotools.
 
-    Preprocessing comes from ``model.pretrained_cfg`` (``input_size`` overrides the size); the model runs fused,
+    Model labels become category ids by ``label_map``, else by class name (:func:`label_map_by_name`), else by
+    :func:`label_to_category_ids`' rule. Preprocessing comes from ``model.pretrained_cfg`` (``input_size``
+    overrides the size); the model runs fused,
     as in ``predict`` (:func:`zoo.engine.inference.inference_model`). Returns an
     :class:`EvalResult` with the 12 numbers (also printed when ``verbose``) and the detections list.
     In a process group each rank evaluates its shard and all ranks return the same metrics (see module docstring).
@@ -236,6 +255,8 @@ def evaluate(model: torch.nn.Module, ann_file: str | os.PathLike | Any = None, i
     lead = distributed.rank() == 0
     verbose, progress = verbose and lead, progress and lead
     coco = _load_coco(ann_file, verbose)
+    if label_map is None:
+        label_map = label_map_by_name(model, coco)
     to_category = label_to_category_ids(int(model.num_classes), coco.getCatIds(), label_map)
     device = resolve_device(device, model)
     preprocess = Preprocess.from_model(model, input_size)
