@@ -75,7 +75,9 @@ def plot_box_sizes(stats: dict[str, dict[str, Any]], path: str | os.PathLike) ->
             bins = np.geomspace(max(1.0, sizes.min()), max(2.0, sizes.max()), 40)
             row[1].hist(sizes, bins=bins, color="tab:orange")
             row[1].set_xscale("log")
-            row[1].xaxis.set_major_formatter(ticker.ScalarFormatter())
+            plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 20, not 2 x 10^1
+            row[1].xaxis.set_major_formatter(plain)
+            row[1].xaxis.set_minor_formatter(plain)
         row[1].yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         row[0].xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         for limit in COCO_AREA_LIMITS:
