@@ -156,6 +156,17 @@ def test_yolo_names_dict_path_key_and_images_without_labels(tmp_path):
     assert boxes == [(1, 2, pytest.approx([40, 15, 20, 20])), (1, 1, pytest.approx([0, 0, 50, 50]))]
 
 
+def test_yolo_roboflow_export_paths(tmp_path):
+    """Roboflow's YOLO exports write ``train: ../train/images`` next to train/ in the same folder as data.yaml."""
+    root = _yolo(tmp_path / "rf", "train: ../train/images\nval: ../valid/images\nnc: 1\nnames: ['cat']\n",
+                 {"train/images/a.jpg": "0 0.5 0.5 0.2 0.2\n", "valid/images/b.jpg": "0 0.5 0.5 0.4 0.2\n"})
+    assert sorted(list_splits(root)) == ["train", "val"]
+    assert [a["bbox"] for a in load_split(root, "val").coco["annotations"]] == [pytest.approx([30, 20, 40, 10])]
+    with pytest.raises(ValueError, match="nc is 2 but 'names' has 1"):
+        (root / "data.yaml").write_text("train: ../train/images\nnc: 2\nnames: ['cat']\n")
+        read_split(root, "train")
+
+
 def test_check_reports_every_problem_with_file_and_line(tmp_path):
     root = _yolo(tmp_path / "set", "train: images/train\nnames: [cat, dog]\n", {
         "images/train/a.jpg": "0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.2 0.2\n1 0.5 0.5\nx 0.5 0.5 0.1 0.1\n"

@@ -1,5 +1,6 @@
 """YOLO datasets: ``data.yaml`` (``names`` a list or a ``{id: name}`` dict; ``train`` / ``val`` / ``test`` a folder,
-a list of folders or a .txt list of images, relative to ``path`` when given, else to the yaml's folder), images
+a list of folders or a .txt list of images, relative to ``path`` when given, else to the yaml's folder; a
+``../x`` that does not exist is read as ``x``, as ultralytics does for Roboflow's exports), images
 under ``.../images/...`` and one ``.../labels/.../<stem>.txt`` per image with ``class cx cy w h`` normalised to
 [0, 1]. An image without a label file has no objects. Class ``k`` becomes category id ``k + 1``."""
 from __future__ import annotations
@@ -76,6 +77,8 @@ def _images(base: Path, entry: Any, problems: list[Problem], yaml_path: Path) ->
     found: list[Path] = []
     for item in entry if isinstance(entry, list) else [entry]:
         where = Path(str(item)) if Path(str(item)).is_absolute() else base / str(item)
+        if not where.exists() and str(item).startswith("../"):  # Roboflow's YOLO exports: relative to the root
+            where = base / str(item)[3:]
         if where.is_dir():
             found += sorted(p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif where.is_file() and where.suffix == ".txt":
