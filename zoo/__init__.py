@@ -21,6 +21,7 @@ _PUBLIC = {
     "register_model": "zoo.registry", "register_component": "zoo.registry", "register_family": "zoo.registry",
     "get_component": "zoo.registry",
     "list_components": "zoo.registry", "draw": "zoo.engine.draw", "evaluate": "zoo.engine.evaluate",
+    "train": "zoo.engine.finetune",
     "push_to_hub": "zoo.weights.publish", "save_pretrained": "zoo.weights.publish",
 }
 

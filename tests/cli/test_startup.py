@@ -31,6 +31,8 @@ print(json.dumps([code, sorted({m.split(".")[0] for m in sys.modules})]))
     (["weights", "--help"], ()),
     (["export", "--help"], ()),
     (["train", "--help"], ()),
+    (["data", "--help"], ()),
+    (["data", "check", "--help"], ()),
     (["list"], ()),
     (["list", "rtdetr_*", "--pretrained"], ()),
     (["info", "rtdetr_r18vd"], ("torch", "torchvision")),

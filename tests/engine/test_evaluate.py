@@ -174,3 +174,77 @@ def test_input_errors(dataset, model, tmp_path):
     twenty_classes = SimpleNamespace(num_classes=20, pretrained_cfg=model.pretrained_cfg)
     with pytest.raises(ValueError, match="20 classes but the annotations have 80 categories"):
         zoo.evaluate(twenty_classes, ANN, IMAGE_DIR, verbose=False)
+
+
+def test_per_class_metrics_equal_pycocotools_one_class_at_a_time(dataset):
+    """per_class_metrics reads COCOeval's precision array; the reference evaluates each class on its own."""
+    from pycocotools.coco import COCO as Coco
+    from pycocotools.cocoeval import COCOeval
+
+    from zoo.engine.evaluate import format_per_class, per_class_metrics
+
+    detections = _perturbed(dataset["annotations"], [c["id"] for c in dataset["categories"]])
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = Coco(str(ANN))
+        dt = gt.loadRes(detections)
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+    per_class = per_class_metrics(evaluator)
+    names = {c["id"]: c["name"] for c in dataset["categories"]}
+    assert list(per_class) == [names[c] for c in sorted(names)]
+    counts = {}
+    for ann in dataset["annotations"]:
+        if not ann["iscrowd"]:
+            counts[ann["category_id"]] = counts.get(ann["category_id"], 0) + 1
+    checked = 0
+    for cat_id in sorted(names):
+        row = per_class[names[cat_id]]
+        assert row["instances"] == counts.get(cat_id, 0)
+        if cat_id not in counts:
+            assert row["AP"] == row["AP50"] == -1.0
+            continue
+        if checked < 8:  # the reference costs a full COCOeval per class
+            with contextlib.redirect_stdout(io.StringIO()):
+                one = COCOeval(gt, dt, "bbox")
+                one.params.catIds = [cat_id]
+                one.evaluate()
+                one.accumulate()
+                one.summarize()
+            assert (row["AP"], row["AP50"]) == pytest.approx((one.stats[0], one.stats[1]), abs=1e-12), names[cat_id]
+            checked += 1
+    assert checked == 8 and any(0 < row["AP"] < 1 for row in per_class.values())
+    table = format_per_class(per_class).splitlines()
+    assert table[0].split() == ["class", "AP", "AP50", "instances"] and len(table) == 1 + len(names)
+
+
+def test_confusion_matrix_counts():
+    """Matched at IoU 0.5 regardless of class, highest score first; duplicates and misses go to background;
+    detections on crowd boxes and under the threshold are not counted."""
+    from pycocotools.coco import COCO as Coco
+
+    from zoo.engine.eval_plots import confusion_matrix
+
+    gt = Coco()
+    gt.dataset = {"images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+                  "categories": [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}],
+                  "annotations": [
+                      {"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+                      {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
+                      {"id": 3, "image_id": 1, "category_id": 3, "bbox": [0, 60, 30, 30], "area": 900, "iscrowd": 1},
+                      {"id": 4, "image_id": 2, "category_id": 7, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    dets = [{"image_id": 1, "category_id": 3, "bbox": [1, 1, 20, 20], "score": 0.9},     # a on a
+            {"image_id": 1, "category_id": 7, "bbox": [0, 0, 20, 21], "score": 0.8},     # duplicate: background
+            {"image_id": 1, "category_id": 3, "bbox": [51, 50, 20, 20], "score": 0.7},   # a on b
+            {"image_id": 1, "category_id": 7, "bbox": [0, 60, 30, 30], "score": 0.95},   # on the crowd: ignored
+            {"image_id": 1, "category_id": 7, "bbox": [80, 0, 10, 10], "score": 0.6},    # nothing there
+            {"image_id": 2, "category_id": 7, "bbox": [10, 10, 20, 20], "score": 0.3}]   # under the threshold
+    matrix, names = confusion_matrix(gt, dets, score_threshold=0.5)
+    assert names == ["a", "b"]
+    np.testing.assert_array_equal(matrix, [[1, 0, 0],     # true a: predicted a
+                                           [1, 0, 1],     # true b: predicted a once, missed once (image 2)
+                                           [0, 2, 0]])    # background: two b detections on nothing
+    matrix, _ = confusion_matrix(gt, dets, score_threshold=0.2)
+    assert matrix[1].tolist() == [1, 1, 0]  # image 2's b is found now

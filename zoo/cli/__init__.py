@@ -9,7 +9,7 @@ import sys
 __all__ = ["main", "build_parser"]
 
 #: sub-command modules under zoo.cli, in --help order
-COMMAND_MODULES = ["models", "predict", "evaluate", "benchmark", "train", "weights", "export"]
+COMMAND_MODULES = ["models", "predict", "evaluate", "benchmark", "train", "data", "weights", "export"]
 
 # exit codes scripts can rely on
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2

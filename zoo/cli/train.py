@@ -1,35 +1,20 @@
-"""``zoo train``: train or fine-tune a detector on a COCO-format dataset (single process or under torchrun)."""
+"""``zoo train``: train or fine-tune a detector on a dataset folder (COCO, Roboflow, YOLO or VOC; single process or
+under torchrun)."""
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
 from zoo.cli.predict import int_at_least
-
-
-def _data_paths(data: str) -> dict[str, str | None]:
-    """``--data DIR`` layouts: ``DIR/{train,val}.json`` + ``DIR/{train,val}/`` (zoo.data.synthetic), or COCO's
-    ``DIR/annotations/instances_{train,val}2017.json`` + ``DIR/{train,val}2017/``."""
-    root = Path(data)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data {data}: no such folder")
-    for ann, img in (("{}.json", "{}"), ("annotations/instances_{}2017.json", "{}2017")):
-        if (root / ann.format("train")).is_file():
-            val_ann, val_img = root / ann.format("val"), root / img.format("val")
-            has_val = val_ann.is_file() and val_img.is_dir()
-            return {"train_ann": str(root / ann.format("train")), "train_images": str(root / img.format("train")),
-                    "val_ann": str(val_ann) if has_val else None, "val_images": str(val_img) if has_val else None}
-    raise FileNotFoundError(f"--data {data}: expected train.json + train/ (and val.json + val/) or "
-                            "annotations/instances_train2017.json + train2017/")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a detector",
-                       description="Train NAME on a COCO-format dataset. Multi-GPU / multi-process: "
+                       description="Train NAME on a dataset folder (COCO, Roboflow, YOLO or VOC). Multi-GPU / multi-process: "
                                    "torchrun --nproc_per_node N -m zoo train ...")
     p.add_argument("name", metavar="NAME", help="architecture, e.g. rtdetr_r18vd (see `zoo list`)")
-    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (train.json + train/, val.json + val/)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset folder: COCO (train.json + train/, val.json + val/, or COCO's own layout), a Roboflow "
+                        "COCO export, YOLO (data.yaml) or Pascal VOC; the format is detected (see `zoo data check`)")
     p.add_argument("--weights", metavar="TAG", default=None, help="fine-tune from these pretrained weights")
     p.add_argument("--pretrained-backbone", nargs="?", const=True, default=False, metavar="TAG",
                    help="start from ImageNet weights for the timm backbone (from the manifest; optionally a tag, "
@@ -69,6 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report-to", choices=("none", "tensorboard"), default="none",
                    help="experiment logging: tensorboard writes OUTPUT/tensorboard (needs zoo[logging])")
+    tune = p.add_argument_group("fine-tuning")
+    tune.add_argument("--accumulate", type=int, default=1, metavar="N",
+                      help="batches per optimisation step (gradient accumulation: N x --batch-size per step)")
+    tune.add_argument("--patience", type=int, default=0, metavar="N",
+                      help="stop after N epochs without a better validation AP (0: never); best.safetensors keeps "
+                           "the best")
+    tune.add_argument("--mosaic", type=float, default=0.0, metavar="P", help="probability of a 4-image mosaic")
+    tune.add_argument("--mixup", type=float, default=0.0, metavar="P", help="probability of mixing in another image")
+    tune.add_argument("--no-aug-epochs", type=int, default=0, metavar="N",
+                      help="the last N epochs without mosaic, mixup, random augmentation or multi-scale")
     p.set_defaults(func=_train)
 
 
@@ -83,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     if not isinstance(model_args, dict):
         raise ValueError("--model-args must be a JSON object")
     settings = {  # TrainConfig field: (value, the option that sets it)
-        "model": (args.name, "name"), **{k: (v, "data") for k, v in _data_paths(args.data).items()},
+        "model": (args.name, "name"), "data": (args.data, "data"),
         "output_dir": (args.output, "output"), "weights": (args.weights, "weights"),
         "pretrained_backbone": (args.pretrained_backbone, "pretrained_backbone"),
         "num_classes": (args.num_classes, "num_classes"), "model_args": (model_args, "model_args"),
@@ -92,7 +87,8 @@ def _train(args: argparse.Namespace) -> int:
         "num_workers": (args.workers, "workers"), "progress": (not args.no_progress, "no_progress"),
         **{k: (getattr(args, k), k) for k in ("epochs", "batch_size", "lr", "backbone_lr_mult", "weight_decay",
                                               "warmup_steps", "schedule", "clip_max_norm", "ema_decay", "amp",
-                                              "eval_every", "seed", "device", "report_to")}}
+                                              "eval_every", "seed", "device", "report_to", "accumulate", "patience",
+                                              "mosaic", "mixup", "no_aug_epochs")}}
     with process_group(args.device):  # torchrun's group, destroyed at the end
         if args.resume:  # the checkpoint's settings, except those given on this command line
             given = _given_options(args)
@@ -100,8 +96,9 @@ def _train(args: argparse.Namespace) -> int:
         else:
             trainer = train(TrainConfig(**{k: v for k, (v, _) in settings.items()}), overwrite=args.overwrite)
     if trainer.rank == 0:
-        print(f"done: {trainer.epoch} epochs, best AP {trainer.best_ap:.4f}; "
-              f"weights in {trainer.cfg.output_dir}/best.safetensors")
+        print(f"done: {trainer.epoch} epochs{' (stopped early)' if trainer.stopped_early else ''}, best AP "
+              f"{trainer.best_ap:.4f}" + (f" at epoch {trainer.best_epoch}" if trainer.val_data else "")
+              + f"; weights in {trainer.cfg.output_dir}/best.safetensors")
     return 0
 
 

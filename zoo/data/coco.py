@@ -5,7 +5,7 @@ import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,20 +24,26 @@ class CocoDetection(torch.utils.data.Dataset):
     ``transforms`` is None), ``target`` = ``{"boxes": [n, 4] normalised cxcywh, "labels": [n] contiguous 0..C-1,
     "image_id": int, "orig_size": [h, w]}``. Crowd and zero-area annotations are skipped.
     ``label_to_category`` / ``category_to_label`` map labels to the json's category ids and back;
-    ``class_names`` lists the category names by label.
+    ``class_names`` lists the category names by label. ``ann_file`` may also be a ``pycocotools`` ``COCO`` object
+    (any format read by :mod:`zoo.data.formats`: ``CocoDetection(split.image_dir, split.to_coco())``).
     """
 
-    def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike,
+    def __init__(self, image_dir: str | os.PathLike, ann_file: str | os.PathLike | Any,
                  transforms: Callable | None = None):
         from pycocotools.coco import COCO
 
-        ann_file, self.image_dir = Path(ann_file), Path(image_dir)
-        if not ann_file.is_file():
-            raise FileNotFoundError(f"annotation file {ann_file} not found")
+        self.image_dir = Path(image_dir)
+        if isinstance(ann_file, (str, os.PathLike)):
+            ann_file = Path(ann_file)
+            if not ann_file.is_file():
+                raise FileNotFoundError(f"annotation file {ann_file} not found")
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {self.image_dir} not found")
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco = COCO(str(ann_file))
+        if isinstance(ann_file, Path):
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                self.coco = COCO(str(ann_file))
+        else:
+            self.coco, ann_file = ann_file, self.image_dir
         self.ann_file = ann_file
         self.ids = sorted(self.coco.imgs)
         cats = sorted(self.coco.cats)

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from zoo.data.images import Preprocess
 
 __all__ = ["train_transforms", "eval_transforms", "to_model_target", "multiscale_resize", "default_scales",
-           "ModelResize"]
+           "ModelResize", "Mosaic", "MixUp", "SampleMixing"]
 
 
 def _preprocess(resize: Preprocess | int | tuple[int, int], mean: Sequence[float] | None,
@@ -112,3 +112,102 @@ def multiscale_resize(images: torch.Tensor, size: int | tuple[int, int]) -> torc
     if tuple(images.shape[-2:]) == size:
         return images
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+Sample = tuple[torch.Tensor, dict]
+
+
+def _stretch(image: torch.Tensor, target: dict, height: int, width: int) -> Sample:
+    """Resize an image and its xyxy pixel boxes to ``height`` x ``width``."""
+    return TF.resize(image, [height, width], antialias=True), {
+        **target, "boxes": TF.resize(target["boxes"], [height, width])}
+
+
+def _combined(image: torch.Tensor, boxes: list[torch.Tensor], labels: list[torch.Tensor], first: dict) -> Sample:
+    from torchvision import tv_tensors
+
+    h, w = image.shape[-2:]
+    target = {**first, "boxes": tv_tensors.BoundingBoxes(torch.cat(boxes).reshape(-1, 4), format="XYXY",
+                                                         canvas_size=(h, w)),
+              "labels": torch.cat(labels), "orig_size": torch.tensor([h, w])}
+    return tv_tensors.Image(image), target
+
+
+class Mosaic:
+    """Four samples in a 2x2 mosaic (YOLO / DEIM): a random centre in the middle half of a ``size`` x ``size``
+    canvas splits it into four tiles, and each sample is resized into its tile, so that every box stays whole.
+    Takes ``num_samples`` raw samples (uint8 image, xyxy pixel boxes) and returns one; the first sample's
+    ``image_id`` is kept."""
+
+    num_samples = 4
+
+    def __init__(self, size: int = 640):
+        self.size = int(size)
+
+    def __call__(self, samples: Sequence[Sample]) -> Sample:
+        if len(samples) != 4:
+            raise ValueError(f"Mosaic takes 4 samples, got {len(samples)}")
+        s = self.size
+        xc, yc = (int(random.uniform(0.25 * s, 0.75 * s)) for _ in range(2))
+        canvas = torch.zeros((3, s, s), dtype=samples[0][0].dtype)
+        tiles = [(0, 0, xc, yc), (xc, 0, s, yc), (0, yc, xc, s), (xc, yc, s, s)]
+        boxes, labels = [], []
+        for (image, target), (x0, y0, x1, y1) in zip(samples, tiles):
+            image, target = _stretch(image, target, y1 - y0, x1 - x0)
+            canvas[:, y0:y1, x0:x1] = image
+            boxes.append(target["boxes"].as_subclass(torch.Tensor) + torch.tensor([x0, y0, x0, y0]))
+            labels.append(target["labels"])
+        return _combined(canvas, boxes, labels, samples[0][1])
+
+
+class MixUp:
+    """Two samples blended (mixup for detection): the second resized to the first's size, pixels mixed with a
+    weight drawn from Beta(``alpha``, ``alpha``), the boxes of both kept."""
+
+    num_samples = 2
+
+    def __init__(self, alpha: float = 32.0):
+        self.alpha = float(alpha)
+
+    def __call__(self, samples: Sequence[Sample]) -> Sample:
+        if len(samples) != 2:
+            raise ValueError(f"MixUp takes 2 samples, got {len(samples)}")
+        (a, ta), (b, tb) = samples
+        b, tb = _stretch(b, tb, *a.shape[-2:])
+        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+        mixed = (lam * a.float() + (1 - lam) * b.float()).round().clamp(0, 255).to(a.dtype)
+        return _combined(mixed, [ta["boxes"].as_subclass(torch.Tensor), tb["boxes"].as_subclass(torch.Tensor)],
+                         [ta["labels"], tb["labels"]], ta)
+
+
+class SampleMixing(torch.utils.data.Dataset):
+    """A detection dataset (one with ``load(i)`` -> raw sample and ``transforms``, as
+    :class:`zoo.data.coco.CocoDetection`) whose samples become a :class:`Mosaic` with probability ``mosaic`` and
+    are mixed with another with probability ``mixup``, before the dataset's own transforms. With ``enabled``
+    False (the last ``no_aug_epochs``) samples go through ``plain`` instead (resize only), unmixed."""
+
+    def __init__(self, dataset: Any, mosaic: float = 0.0, mixup: float = 0.0, plain: Any = None,
+                 mosaic_size: int | None = None, mixup_alpha: float = 32.0):
+        self.dataset, self.mosaic_p, self.mixup_p, self.plain = dataset, float(mosaic), float(mixup), plain
+        self.mosaic = Mosaic(mosaic_size or 640)
+        self.mixup = MixUp(mixup_alpha)
+        self.enabled = True
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _others(self, count: int) -> list[Sample]:
+        return [self.dataset.load(random.randrange(len(self.dataset))) for _ in range(count)]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        sample = self.dataset.load(index)
+        if not self.enabled:
+            transforms = self.plain
+        else:
+            transforms = self.dataset.transforms
+            if self.mosaic_p and random.random() < self.mosaic_p:
+                sample = self.mosaic([sample, *self._others(3)])
+            if self.mixup_p and random.random() < self.mixup_p:
+                sample = self.mixup([sample, *self._others(1)])
+        image, target = transforms(*sample) if transforms is not None else sample
+        return image, to_model_target(target)

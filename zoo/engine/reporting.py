@@ -99,5 +99,13 @@ def make_reporter(config: Any, rank: int = 0, num_images: int = 4) -> Reporter:
         raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}, got {config.report_to!r}")
     if config.report_to == "none" or rank != 0:
         return Reporter()
+    if getattr(config, "data", None):  # a dataset folder in any format (zoo.data.formats)
+        from zoo.data.formats import list_splits, read_split
+
+        splits = list_splits(config.data)
+        split = read_split(config.data, next((s for s in ("val", "valid", "validation") if s in splits), "train"))
+        ims = sorted(split.coco["images"], key=lambda im: im["id"])[:num_images]
+        return TensorBoardReporter(Path(config.output_dir) / "tensorboard",
+                                   [str(split.image_dir / im["file_name"]) for im in ims])
     ann, images = (config.val_ann, config.val_images) if config.val_ann else (config.train_ann, config.train_images)
     return TensorBoardReporter(Path(config.output_dir) / "tensorboard", _first_images(ann, images, num_images))

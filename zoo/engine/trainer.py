@@ -19,6 +19,7 @@ sharded too (:mod:`zoo.engine.distributed`, as ``zoo eval`` under torchrun).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,10 +41,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from zoo.data.coco import CocoDetection
 from zoo.data.collate import collate_detection
 from zoo.data.images import Preprocess
-from zoo.data.transforms import default_scales, eval_transforms, multiscale_resize, train_transforms
+from zoo.data.transforms import SampleMixing, default_scales, eval_transforms, multiscale_resize, train_transforms
 from zoo.engine import distributed
 from zoo.engine.reporting import make_reporter
 from zoo.checks import check_input_side
+from zoo.losses.targets import box_count
 from zoo.weights.checkpoint import load_torch_file, read_checkpoint
 
 __all__ = ["TrainConfig", "Trainer", "train", "find_checkpoint", "save_torch"]
@@ -69,6 +71,7 @@ class TrainConfig:
     train_images: str = ""
     val_ann: str | None = None
     val_images: str | None = None
+    data: str | None = None               # a dataset folder in any format (zoo.data.formats), instead of *_ann
     output_dir: str = "runs/train"
     weights: str | None = None            # pretrained tag to fine-tune from (head adapted to num_classes)
     pretrained_backbone: bool | str = False  # ImageNet weights for a timm backbone (True: its default tag)
@@ -96,6 +99,12 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     report_to: str = "none"               # experiment logging: "none" or "tensorboard" (zoo.engine.reporting)
+    # fine-tuning (zoo.engine.trainer.Trainer.accumulated_step, fit)
+    accumulate: int = 1                   # batches per optimisation step (gradient accumulation)
+    patience: int = 0                     # stop after this many epochs without a better validation AP (0: never)
+    mosaic: float = 0.0                   # probability of a 4-image mosaic per sample (zoo.data.transforms.Mosaic)
+    mixup: float = 0.0                    # probability of mixing in a second image (zoo.data.transforms.MixUp)
+    no_aug_epochs: int = 0                # the last N epochs: no mosaic, mixup, random augmentation or multi-scale
 
     def __post_init__(self) -> None:
         """Refuse values no run can use (a ValueError naming the setting) instead of failing later or oddly."""
@@ -198,11 +207,11 @@ class Trainer:
         torch.manual_seed(config.seed + self.rank)  # ranks draw different denoising noise and augmentations
         random.seed(config.seed + self.rank)
 
-        self.train_set = CocoDetection(config.train_images, config.train_ann)
+        self.train_set, self.val_data, self.data_source = _training_data(config)
         num_classes = config.num_classes or self.train_set.num_classes
         self.model = model if model is not None else self._create_model(num_classes)
         if self.model.num_classes != self.train_set.num_classes:
-            raise ValueError(f"the model predicts {self.model.num_classes} classes but {config.train_ann} has "
+            raise ValueError(f"the model predicts {self.model.num_classes} classes but {self.data_source} has "
                              f"{self.train_set.num_classes} categories; pass num_classes={self.train_set.num_classes}")
         self.cfg = config = _with_recipe(config, self.model)
         # the model's own resize rule (stretch for RT-DETR, shortest edge for DETR), at the training size
@@ -211,6 +220,7 @@ class Trainer:
         scales = default_scales(self.input_size) if config.multiscale else None
         self.train_set.transforms = (train_transforms(self.preprocess, scales=scales) if config.augment
                                      else eval_transforms(self.preprocess))
+        self.train_data = self._mixing(config)
         # what inference needs to use the trained model as trained
         self.model.pretrained_cfg = {**self.model.pretrained_cfg, **self.preprocess.pretrained_cfg(),
                                      "label_names": list(self.train_set.class_names)}
@@ -219,9 +229,13 @@ class Trainer:
         self.criterion = self.model.criterion()
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.lr, config.backbone_lr_mult, config.weight_decay), lr=config.lr)
-        self.steps_per_epoch = len(self.train_set) // config.batch_size
+        if isinstance(config.accumulate, bool) or not isinstance(config.accumulate, int) or config.accumulate < 1:
+            raise ValueError(f"accumulate must be a positive int (batches per optimisation step), "
+                             f"got {config.accumulate!r}")
+        self.steps_per_epoch = len(self.train_set) // (config.batch_size * config.accumulate)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.train_set)} training images is fewer than one batch of {config.batch_size}")
+            raise ValueError(f"{len(self.train_set)} training images is fewer than one batch of {config.batch_size}"
+                             + (f" x {config.accumulate} accumulated" if config.accumulate > 1 else ""))
         self.total_steps = self.steps_per_epoch * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(config.warmup_steps, self.total_steps, config.schedule,
@@ -237,6 +251,7 @@ class Trainer:
                                             else None, find_unused_parameters=True)
                     if self.world > 1 else None)
         self.epoch, self.global_step, self.best_ap = 0, 0, -1.0
+        self.best_epoch, self.stopped_early, self.per_class = 0, False, {}
         self.reporter = make_reporter(config, self.rank)
         if resume is not None:
             self.load_checkpoint(resume)
@@ -271,7 +286,7 @@ class Trainer:
                              "weights include their backbone; pass one of them")
         names = list(self.train_set.class_names)
         if len(names) != num_classes:
-            raise ValueError(f"num_classes={num_classes} but {self.cfg.train_ann} has {len(names)} categories")
+            raise ValueError(f"num_classes={num_classes} but {self.data_source} has {len(names)} categories")
         model = create_model(self.cfg.model, pretrained=self.cfg.weights, class_names=names, **self.cfg.model_args)
         if self.rank == 0:
             print(f"fine-tuning from {model.load_report}")
@@ -283,13 +298,15 @@ class Trainer:
                                      seed=self.cfg.seed, drop_last=True)
         sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch * self.world + self.rank)
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size // self.world, sampler=sampler,
+        if self.train_data is not self.train_set:  # mosaic / mixup until the last no_aug_epochs
+            self.train_data.enabled = not self._no_aug(epoch)
+        return DataLoader(self.train_data, batch_size=self.cfg.batch_size // self.world, sampler=sampler,
                           num_workers=self.cfg.num_workers, collate_fn=collate_detection, drop_last=True,
                           generator=generator, persistent_workers=False)
 
     def _step_size(self) -> int:
         """Batch-level multi-scale size for stretch-resize models (shortest-edge models draw it per image)."""
-        if not self.cfg.multiscale or self.preprocess.resize_mode != "stretch":
+        if not self.cfg.multiscale or self.preprocess.resize_mode != "stretch" or self._no_aug(self.epoch):
             return self.input_size
         scales = default_scales(self.input_size)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.global_step)  # same on every rank
@@ -297,23 +314,45 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
         """One optimisation step on a (per-process) batch; returns the loss terms averaged over processes."""
+        return self.accumulated_step([(images, targets)])
+
+    def accumulated_step(self, batches: Sequence[tuple[torch.Tensor, list[dict]]]) -> dict[str, float]:
+        """One optimisation step on the gradients of several batches (``--accumulate``): the losses are normalised
+        by the boxes per batch averaged over all of them and each batch's loss is divided by their number, as DDP
+        does across processes, so that N batches of B give the gradient of one batch of N*B. Returns the loss
+        terms averaged over batches and processes."""
         model = self.ddp or self.model
         model.train()
-        images = images.to(self.device, non_blocking=True)
-        if self.preprocess.resize_mode == "stretch":
-            images = multiscale_resize(images, self._step_size())
-        targets = [{k: t[k].to(self.device) for k in ("labels", "boxes", "size") if k in t} for t in targets]
-        extra = self.model.training_inputs(images, targets)  # e.g. denoising queries, pixel mask
-        amp = self.amp_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            outputs = model(images, **extra)
-        losses = self.criterion(outputs, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+        size = self._step_size()  # one size for the whole step
+        amp, n = self.amp_dtype is not None, len(batches)
+        boxes = None
+        if n > 1:  # boxes per batch over the step's batches and processes (count_boxes takes it as given)
+            boxes = torch.tensor([float(sum(len(t["labels"]) for _, ts in batches for t in ts)) / n])
+            if self.world > 1:
+                boxes = boxes.to(self.device)
+                dist.all_reduce(boxes)
+                boxes /= self.world
+            boxes = float(boxes.item())
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        log = None
+        for i, (images, targets) in enumerate(batches):
+            images = images.to(self.device, non_blocking=True)
+            if self.preprocess.resize_mode == "stretch":
+                images = multiscale_resize(images, size)
+            targets = [{k: t[k].to(self.device) for k in ("labels", "boxes", "size") if k in t} for t in targets]
+            extra = self.model.training_inputs(images, targets)  # e.g. denoising queries, pixel mask
+            sync = self.ddp.no_sync() if self.ddp is not None and i < n - 1 else contextlib.nullcontext()
+            with sync, box_count(boxes):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
+                    outputs = model(images, **extra)
+                losses = self.criterion(outputs, targets)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}: "
+                                             + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+                self.scaler.scale(loss / n if n > 1 else loss).backward()
+            terms = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()])
+            log = terms if log is None else log + terms
         if self.cfg.clip_max_norm > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_max_norm)
@@ -323,12 +362,41 @@ class Trainer:
         self.global_step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
-        log = torch.stack([loss.detach().float()] + [v.detach().float() for v in losses.values()])
+        log = log / n if n > 1 else log
         if self.world > 1:
             dist.all_reduce(log)
             log /= self.world
         names = ["loss"] + list(losses)
         return dict(zip(names, log.tolist()))
+
+    def _steps(self, loader: DataLoader):
+        """The loader's batches in groups of ``accumulate`` (one optimisation step each; a last incomplete group is
+        left out, as the loader leaves out a last incomplete batch)."""
+        group = []
+        for batch in loader:
+            group.append(batch)
+            if len(group) == self.cfg.accumulate:
+                yield group
+                group = []
+
+    def _no_aug(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) is one of the last ``no_aug_epochs``: plain resized images only."""
+        return self.cfg.no_aug_epochs > 0 and epoch >= self.cfg.epochs - self.cfg.no_aug_epochs
+
+    def _mixing(self, config: TrainConfig) -> Any:
+        """The training data: the dataset itself, or with mosaic / mixup (zoo.data.transforms.SampleMixing); the
+        last ``no_aug_epochs`` use plain resized images (:meth:`_loader` switches)."""
+        for name in ("mosaic", "mixup"):
+            value = getattr(config, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} is a probability in [0, 1], got {value!r}")
+        if isinstance(config.no_aug_epochs, bool) or not isinstance(config.no_aug_epochs, int) \
+                or config.no_aug_epochs < 0:
+            raise ValueError(f"no_aug_epochs must be a non-negative int, got {config.no_aug_epochs!r}")
+        if not config.no_aug_epochs and not config.mosaic and not config.mixup:
+            return self.train_set
+        return SampleMixing(self.train_set, mosaic=config.mosaic, mixup=config.mixup,
+                            plain=eval_transforms(self.preprocess), mosaic_size=self.input_size)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``cfg.epochs``; returns the last evaluation metrics (or {})."""
@@ -344,11 +412,11 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         while self.epoch < cfg.epochs:
             loader = self._loader(self.epoch)
-            bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress or self.rank,
-                       unit="it", dynamic_ncols=True)
+            bar = tqdm(self._steps(loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="it",
+                       total=len(loader) // cfg.accumulate, disable=not cfg.progress or self.rank, dynamic_ncols=True)
             start, sums = time.time(), {}
-            for images, targets in bar:
-                logs = self.train_step(images, targets)
+            for batches in bar:
+                logs = self.train_step(*batches[0]) if len(batches) == 1 else self.accumulated_step(batches)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 rates = learning_rates(self.optimizer)
@@ -358,19 +426,38 @@ class Trainer:
                     self.reporter.log_step(self.global_step, logs, self.optimizer)
             self.epoch += 1
             epoch_log = {"epoch": self.epoch, "step": self.global_step, "time_s": round(time.time() - start, 2),
-                         **{f"train_{k}": v / max(1, len(loader)) for k, v in sums.items()
+                         **{f"train_{k}": v / max(1, len(loader) // cfg.accumulate) for k, v in sums.items()
                             if k.count("_") <= 1}}  # total and last-layer terms
             last = self.epoch == cfg.epochs
-            if cfg.val_ann and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
+            if self.val_data and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
                 metrics = self.evaluate()
                 epoch_log.update({f"val_{k}": v for k, v in metrics.items()})
+                epoch_log["per_class"] = self.per_class
             self._log(epoch_log)
             self.reporter.log_epoch(self.global_step, epoch_log, self.eval_model)
+            improved = bool(metrics) and metrics["AP"] > self.best_ap
             self.save_checkpoint(metrics.get("AP") if metrics else None)
+            if improved:
+                self.best_epoch = self.epoch
+            if self._patience_ran_out(metrics):
+                break
         if self.rank == 0:
             self.export(self.out / "final", metrics)
         self.reporter.close()
         return metrics
+
+    def _patience_ran_out(self, metrics: dict[str, float]) -> bool:
+        """Early stopping: ``patience`` epochs since the best validation AP (best.safetensors keeps its weights)."""
+        if not self.cfg.patience or not metrics or self.epoch - self.best_epoch < self.cfg.patience:
+            return False
+        self.stopped_early = True
+        if self.rank == 0:
+            print(f"early stop after epoch {self.epoch}: no better validation AP for {self.epoch - self.best_epoch} "
+                  f"epochs (patience {self.cfg.patience}); best AP {self.best_ap:.4f} at epoch {self.best_epoch}, "
+                  f"weights in {self.out / 'best.safetensors'}")
+        self._log({"epoch": self.epoch, "step": self.global_step, "early_stop": True, "best_epoch": self.best_epoch,
+                   "best_AP": self.best_ap})
+        return True
 
     # ------------------------------------------------------------------ evaluation, logging, checkpoints
     @property
@@ -389,10 +476,11 @@ class Trainer:
 
         model = self.eval_model
         distributed.broadcast_module(model)
-        result = evaluate(model, self.cfg.val_ann, self.cfg.val_images, batch_size=8, num_workers=0,
+        result = evaluate(model, *self.val_data, batch_size=8, num_workers=0,
                           device=self.device, input_size=self.input_size,
                           label_map=[self.train_set.label_to_category[i] for i in range(self.model.num_classes)],
                           progress=False, verbose=False)
+        self.per_class = result.per_class
         return result.metrics
 
     def export(self, folder: str | os.PathLike, metrics: dict[str, float] | None = None) -> Path:
@@ -401,9 +489,10 @@ class Trainer:
         from zoo.weights.publish import save_pretrained
 
         records = []
-        if metrics and self.cfg.val_ann:
-            dataset = Path(self.cfg.val_ann).stem
-            source = f"zoo.engine.trainer evaluation on {self.cfg.val_ann} after {self.epoch} epochs"
+        if metrics and self.val_data:
+            val_source = self.cfg.val_ann or f"{self.cfg.data} (val)"
+            dataset = Path(self.cfg.val_ann).stem if self.cfg.val_ann else Path(self.cfg.data).name
+            source = f"zoo.engine.trainer evaluation on {val_source} after {self.epoch} epochs"
             records = [{"task": "object-detection", "dataset": dataset, "metric": metric,
                         "value": round(100 * metrics[key], 2), "provenance": "measured by zoo", "source": source}
                        for metric, key in (("box_ap", "AP"), ("box_ap50", "AP50")) if key in metrics]
@@ -440,6 +529,7 @@ class Trainer:
 
     def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         state = {"epoch": self.epoch, "global_step": self.global_step, "best_ap": self.best_ap,
+                 "best_epoch": self.best_epoch,
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "config": json.dumps(self.cfg.to_dict()), "rng": rng,
                  "label_names": list(self.train_set.class_names)}
@@ -494,7 +584,7 @@ class Trainer:
         labels = state.get("label_names")
         if labels is not None and labels != list(self.train_set.class_names):
             raise ValueError(f"cannot resume {folder} on a dataset with other classes: the checkpoint has {labels}, "
-                             f"{self.cfg.train_ann} has {list(self.train_set.class_names)}")
+                             f"{self.data_source} has {list(self.train_set.class_names)}")
         self.model.load_state_dict(read_checkpoint(folder / "model.safetensors"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -502,6 +592,7 @@ class Trainer:
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.global_step, self.best_ap = state["epoch"], state["global_step"], state["best_ap"]
+        self.best_epoch = int(state.get("best_epoch", self.epoch))
         self._drop_records_after(self.global_step)
         if len(state["rng"]) != self.world:
             raise ValueError(f"checkpoint was written by {len(state['rng'])} processes, this run has {self.world}: "
@@ -511,6 +602,26 @@ class Trainer:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+def _training_data(config: TrainConfig) -> tuple[CocoDetection, tuple[Any, Any] | None, str]:
+    """The training set, the validation (annotations, image folder) or None, and where the training set is from:
+    ``config.data`` (any format, checked: a set with errors is refused) or the COCO json paths."""
+    if not config.data:
+        val = (config.val_ann, config.val_images) if config.val_ann else None
+        return CocoDetection(config.train_images, config.train_ann), val, config.train_ann
+    from zoo.data.formats import list_splits, load_split
+
+    if config.train_ann or config.val_ann:
+        raise ValueError("pass data= (a dataset folder) or train_ann=/val_ann= (COCO json files), not both")
+    train = load_split(config.data, "train")
+    has_val = any(s in ("val", "valid", "validation") for s in list_splits(config.data, train.format))
+    val = load_split(config.data, "val", train.format) if has_val else None
+    if val is not None and val.class_names != train.class_names:
+        raise ValueError(f"{config.data}: the val split's classes {val.class_names} differ from train's "
+                         f"{train.class_names}")
+    return (CocoDetection(train.image_dir, train.to_coco()), (val.to_coco(), val.image_dir) if val else None,
+            f"{train.source} ({train.format} train split)")
 
 
 def resume_config(folder: str | os.PathLike, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:

@@ -1,12 +1,31 @@
 """What the DETR-family criteria share: target validation, gathering the matched pairs, and the box losses."""
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision.ops import box_convert, generalized_box_iou
 
-__all__ = ["check_targets", "count_boxes", "gather_matched", "box_losses"]
+__all__ = ["check_targets", "count_boxes", "box_count", "gather_matched", "box_losses"]
+
+#: the loss normaliser :func:`box_count` sets for gradient accumulation (None: count the batch's boxes)
+_BOX_COUNT: ContextVar[float | None] = ContextVar("box_count", default=None)
+
+
+@contextlib.contextmanager
+def box_count(boxes: float | None) -> Iterator[None]:
+    """Normalise the losses computed inside by ``boxes`` instead of the batch's own count: gradient accumulation
+    passes the boxes per micro-batch averaged over all micro-batches (and processes) of an optimisation step, as
+    DDP averages over processes, so that N accumulated batches of B equal one batch of N*B."""
+    token = _BOX_COUNT.set(boxes)
+    try:
+        yield
+    finally:
+        _BOX_COUNT.reset(token)
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -23,7 +42,10 @@ def check_targets(targets: list[dict[str, torch.Tensor]], batch_size: int, num_c
 
 
 def count_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device) -> float:
-    """Boxes in the batch, averaged over processes under torch.distributed, at least 1 (the loss normaliser)."""
+    """Boxes in the batch, averaged over processes under torch.distributed, at least 1 (the loss normaliser);
+    inside :func:`box_count`, the count given there."""
+    if _BOX_COUNT.get() is not None:
+        return max(float(_BOX_COUNT.get()), 1.0)
     n = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(n)
