@@ -182,7 +182,7 @@ def test_pretrained_backbone_flag(data, tmp_path, monkeypatch, capsys):
 
     given = []
     monkeypatch.setattr("zoo.engine.trainer.train", lambda config, **kw: given.append(config) or types.SimpleNamespace(
-        rank=0, epoch=0, best_ap=0.0, cfg=config))
+        rank=0, epoch=0, best_ap=0.0, cfg=config, stopped_early=False, best_epoch=0, val_data=None))
     root = str(Path(data["train_ann"]).parent)
     assert main(["train", "rtdetr_mobilenetv3_small", "--data", root, "--output", str(tmp_path / "x"),
                  "--pretrained-backbone"]) == 0
