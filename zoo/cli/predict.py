@@ -144,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch")
     p.add_argument("--recursive", action="store_true", help="also read the images in sub-folders of a folder")
     p.add_argument("--no-draw", action="store_true", help="write detections.json only")
+    p.add_argument("--track", nargs="?", const="bytetrack", default=None, choices=("bytetrack", "sort", "ocsort"),
+                   help="videos: follow each object with a tracker (default bytetrack; needs zoo[track]): track ids "
+                        "in the JSON lines, drawn with a trail per object")
     p.set_defaults(func=_predict)
 
 
@@ -176,6 +179,10 @@ def _predict(args: argparse.Namespace) -> int:
     from zoo.engine.predict_files import predict_files
 
     videos = [source for source in args.images if is_video_source(source)]
+    if args.track and len(videos) < len(args.images):
+        raise ValueError(f"--track follows objects over the frames of a video; {len(args.images) - len(videos)} "
+                         "source(s) are not videos (file suffixes: see zoo.data.video.VIDEO_SUFFIXES, webcam "
+                         "indices, stream URLs): predict images without --track")
     with process_group(args.device):  # under torchrun the ranks share the images; rank 0 writes detections.json
         if videos and world_size() > 1:
             raise ValueError(f"videos are not sharded under torchrun ({', '.join(videos)}): run zoo predict on "
@@ -205,9 +212,14 @@ def _predict_video(args: argparse.Namespace, model, device, source: str) -> None
     from zoo.data.video import annotate_video
     from zoo.engine.predict_files import count_summary
 
+    make_tracker = None
+    if args.track:
+        from zoo.engine.track import Tracker
+
+        make_tracker = lambda frame_rate: Tracker(args.track, frame_rate=frame_rate)  # noqa: E731
     summary = annotate_video(model, source, args.out, draw_boxes=not args.no_draw, progress=True,
                              score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                             device=device, input_size=args.size)
+                             device=device, input_size=args.size, make_tracker=make_tracker)
     found = count_summary(summary["detections"])
     print(f"{summary['source']}: {summary['frames']} frames at {summary['fps']:.2f} fps"
           + (" (interrupted)" if summary["interrupted"] else "") + (f", detections: {found}" if found else ""))

@@ -123,6 +123,19 @@ class Detector(nn.Module):
             raise ValueError("videos are predicted one at a time (model.predict('clip.mp4')), not in a list of images")
         return predict(self, images, **options)
 
+    def track(self, source: Any, tracker: Any = "bytetrack", stream: bool = False, score_threshold: float = 0.3,
+              top_k: int = 100, batch_size: int = 8, device: Any = None,
+              input_size: int | tuple[int, int] | None = None, tracker_args: dict[str, Any] | None = None) -> Any:
+        """Detect and track objects in a video, webcam, stream URL or list of frames: per-frame ``Detections`` whose
+        ``track_ids`` follow each object (a list, or with ``stream=True`` a generator). ``tracker`` is
+        "bytetrack", "sort", "ocsort" (Roboflow's ``trackers``, the ``track`` extra) or a
+        ``zoo.engine.track.Tracker``; see :func:`zoo.engine.track.track`."""
+        from zoo.engine.track import track
+
+        frames = track(self, source, tracker=tracker, tracker_args=tracker_args, score_threshold=score_threshold,
+                       top_k=top_k, batch_size=batch_size, device=device, input_size=input_size)
+        return frames if stream else list(frames)
+
 
 def build_component(kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.Module:
     """Build a registered component from its spec ``{"name": ..., **args}`` plus arguments the detector injects."""
