@@ -16,7 +16,7 @@ from zoo.data.images import ImageInput, Preprocess, load_image
 from zoo.engine.device import resolve_device
 from zoo.engine.validate import score_threshold as check_score_threshold
 
-__all__ = ["Detections", "predict", "run_detector", "label_names_for"]
+__all__ = ["Detections", "predict", "run_detector", "label_names_for", "detections_from_output"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,6 +159,15 @@ def run_detector(model: torch.nn.Module, preprocess: Preprocess, images: Sequenc
         return model.postprocess(outputs, target_sizes, score_threshold=score_threshold, top_k=top_k)
 
 
+def detections_from_output(output: dict[str, torch.Tensor], names: Sequence[str], image_size: tuple[int, int],
+                           source: str | None = None) -> Detections:
+    """:class:`Detections` (on the CPU, float32) from one image's ``model.postprocess`` output."""
+    labels = output["labels"].cpu().long()
+    return Detections(boxes=output["boxes"].float().cpu(), scores=output["scores"].float().cpu(), labels=labels,
+                      label_names=[names[i] if i < len(names) else f"class_{i}" for i in labels.tolist()],
+                      image_size=image_size, source=source)
+
+
 def _as_items(images: ImageInput | Sequence[ImageInput]) -> tuple[list[tuple[Any, str]], bool]:
     """-> ([(image, name used in errors)], whether a single image was passed)."""
     def name(image: Any, i: int | None) -> str:
@@ -217,12 +226,8 @@ def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], s
                 outputs = run_detector(runner, preprocess, [preprocess.resize(t) for t in loaded], sizes, device,
                                        float(score_threshold), top_k)
                 for (chunk_image, image_name), size, out in zip(chunk, sizes, outputs):
-                    labels = out["labels"].cpu().long()
-                    results.append(Detections(
-                        boxes=out["boxes"].float().cpu(), scores=out["scores"].float().cpu(), labels=labels,
-                        label_names=[names[i] if i < len(names) else f"class_{i}" for i in labels.tolist()],
-                        image_size=size, source=image_name if isinstance(chunk_image, (str, os.PathLike)) else None,
-                    ))
+                    results.append(detections_from_output(out, names, size, image_name if isinstance(
+                        chunk_image, (str, os.PathLike)) else None))
                 bar.update(len(chunk))
     finally:
         model.train(was_training)

@@ -104,16 +104,26 @@ class Detector(nn.Module):
         return self.to(memory_format=torch.channels_last) if channels_last else self
 
     def predict(self, images: Any, score_threshold: float = 0.5, top_k: int = 100, batch_size: int = 8,
-                device: Any = None, input_size: int | tuple[int, int] | None = None, stream: bool = False) -> Any:
+                device: Any = None, input_size: int | tuple[int, int] | None = None, stream: bool = False,
+                slice: tuple[int, int] | None = None, overlap: float = 0.2) -> Any:
         """Detect objects in images (paths, PIL images, HWC uint8 arrays, CHW tensors; one or a list), using the
         preprocessing of ``pretrained_cfg``. Returns ``Detections`` (a list for a list); see zoo.engine.predict.
         A video file, webcam index or stream URL (zoo.data.video, the ``video`` extra) gives a list of per-frame
-        detections, or with ``stream=True`` a generator that decodes ``batch_size`` frames at a time."""
+        detections, or with ``stream=True`` a generator that decodes ``batch_size`` frames at a time.
+        ``slice=(height, width)`` detects small objects in large images tile by tile, neighbouring tiles sharing
+        ``overlap`` of a tile (zoo.engine.slicing)."""
         from zoo.data.video import is_video_source, predict_stream
         from zoo.engine.predict import predict
 
         options = dict(score_threshold=score_threshold, top_k=top_k, batch_size=batch_size, device=device,
                        input_size=input_size)
+        if slice is not None:
+            from zoo.engine.slicing import predict_sliced
+
+            if stream or is_video_source(images) or (isinstance(images, (list, tuple))
+                                                     and any(is_video_source(image) for image in images)):
+                raise ValueError("slice applies to images, not to videos or streams")
+            return predict_sliced(self, images, slice=slice, overlap=overlap, **options)
         if is_video_source(images):
             frames = predict_stream(self, images, **options)
             return frames if stream else list(frames)
