@@ -4,9 +4,11 @@ detections are merged.
 
 Merging is class-wise NMS (``torchvision.ops.batched_nms``), not box fusion: every kept box is one the model drew
 around an object it saw whole, at the scale it was trained for, while fusion would average it with the truncated
-boxes of neighbouring tiles and with the coarse box of the downscaled pass. Boxes cut by a tile's inner edge are
-dropped first (an object smaller than the overlap lies whole in a neighbouring tile; a larger one is found by the
-whole-image pass), otherwise each half of a cut object would survive NMS as a second detection.
+boxes of neighbouring tiles and with the coarse box of the downscaled pass. Before the NMS, two kinds of boxes that
+IoU cannot catch are dropped: boxes cut by a tile's inner edge (an object smaller than the overlap lies whole in a
+neighbouring tile; a larger one is found by the whole-image pass), and whole-image boxes of a class that mostly
+cover a tile's box of that class (``containment`` of the smaller box): the downscaled pass sees a small object
+a few pixels wide and draws a loose box around it, which would survive the NMS next to the tile's tight box.
 """
 from __future__ import annotations
 
@@ -52,6 +54,15 @@ def tile_windows(height: int, width: int, tile: tuple[int, int], overlap: float 
             for y in _starts(height, th, overlap) for x in _starts(width, tw, overlap)]
 
 
+def _containment(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[N, M] intersection of xyxy boxes ``a`` and ``b`` over the area of the smaller of each pair."""
+    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+    area_a, area_b = (a[:, 2:] - a[:, :2]).prod(-1), (b[:, 2:] - b[:, :2]).prod(-1)
+    return inter / torch.minimum(area_a[:, None], area_b[None, :]).clamp(min=1e-6)
+
+
 def _whole_boxes(boxes: torch.Tensor, window: tuple[int, int, int, int], size: tuple[int, int],
                  margin: float) -> torch.Tensor:
     """Mask of the boxes (tile pixels) not cut by one of the tile's inner edges (edges on the image border do not
@@ -74,12 +85,13 @@ def _whole_boxes(boxes: torch.Tensor, window: tuple[int, int, int, int], size: t
 def predict_sliced(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], slice: tuple[int, int],
                    overlap: float = 0.2, score_threshold: float = 0.5, top_k: int = 100, batch_size: int = 8,
                    device: str | torch.device | None = None, input_size: int | tuple[int, int] | None = None,
-                   merge_iou: float = 0.5, whole_image: bool = True, progress: bool = False
-                   ) -> Detections | list[Detections]:
+                   merge_iou: float = 0.5, containment: float = 0.7, whole_image: bool = True,
+                   progress: bool = False) -> Detections | list[Detections]:
     """Detect objects in one image or a list of images tile by tile (see the module docstring), like
     :func:`zoo.engine.predict.predict` otherwise. ``slice`` is the tile's (height, width) in image pixels, each
     tile resized to the model's input; ``overlap`` the fraction of a tile its neighbours share; ``merge_iou`` the
-    IoU above which class-wise NMS keeps only the best of two boxes; ``whole_image`` adds the downscaled image.
+    IoU above which class-wise NMS keeps only the best of two boxes; ``whole_image`` adds the downscaled image,
+    whose boxes are dropped where they cover ``containment`` of a tile's box of the same class.
     """
     from torchvision.ops import batched_nms
     from tqdm.auto import tqdm
@@ -88,8 +100,9 @@ def predict_sliced(model: torch.nn.Module, images: ImageInput | Sequence[ImageIn
 
     tile, overlap = check_slice(slice, overlap)
     _check_args(score_threshold, top_k, batch_size)
-    if not 0 < merge_iou <= 1:
-        raise ValueError(f"merge_iou must be in (0, 1], got {merge_iou!r}")
+    for name, value in (("merge_iou", merge_iou), ("containment", containment)):
+        if not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     items, single = _as_items(images)
     device = resolve_device(device, model)
     preprocess = Preprocess.from_model(model, input_size)
@@ -107,7 +120,7 @@ def predict_sliced(model: torch.nn.Module, images: ImageInput | Sequence[ImageIn
             windows = tile_windows(*size, tile, overlap)
             if whole_image:
                 windows.append((0, 0, size[1], size[0]))
-            boxes, scores, labels = [], [], []
+            boxes, scores, labels, from_tile = [], [], [], []
             for start in range(0, len(windows), step):
                 chunk = windows[start:start + step]
                 crops = [pixels[:, y1:y2, x1:x2] for x1, y1, x2, y2 in chunk]
@@ -116,13 +129,22 @@ def predict_sliced(model: torch.nn.Module, images: ImageInput | Sequence[ImageIn
                                        float(score_threshold), top_k)
                 for window, crop, out in zip(chunk, crops, outputs):
                     out = {k: v.float().cpu() for k, v in out.items()}
-                    if window != (0, 0, size[1], size[0]):
+                    is_tile = window != (0, 0, size[1], size[0])
+                    if is_tile:
                         keep = _whole_boxes(out["boxes"], window, size, margin)
                         out = {k: v[keep] for k, v in out.items()}
                     boxes.append(out["boxes"] + torch.tensor(window[:2] * 2, dtype=torch.float32))
                     scores.append(out["scores"])
                     labels.append(out["labels"].long())
+                    from_tile.append(torch.full((len(out["scores"]),), is_tile))
             merged = {"boxes": torch.cat(boxes), "scores": torch.cat(scores), "labels": torch.cat(labels)}
+            tiles = torch.cat(from_tile)
+            if len(windows) > 1 and (~tiles).any() and tiles.any():  # whole-image boxes around a tile's box
+                covers = _containment(merged["boxes"][~tiles], merged["boxes"][tiles]) >= containment
+                covers &= merged["labels"][~tiles][:, None] == merged["labels"][tiles][None, :]
+                drop = torch.zeros_like(tiles)
+                drop[(~tiles).nonzero()[:, 0]] = covers.any(1)
+                merged = {k: v[~drop] for k, v in merged.items()}
             keep = batched_nms(merged["boxes"], merged["scores"], merged["labels"], merge_iou)[:top_k]
             results.append(detections_from_output({k: v[keep] for k, v in merged.items()}, names, size,
                                                    os.fspath(image) if isinstance(image, (str, os.PathLike)) else None))
