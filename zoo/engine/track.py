@@ -101,7 +101,7 @@ class Tracker:
 
         canvas = draw(image, detections, **kwargs)
         painter = ImageDraw.Draw(canvas)
-        width = max(1, round(max(canvas.size) / 320))
+        width = 2 * max(1, round(max(canvas.size) / 320))  # twice the box lines: the trail reads as a path
         for track_id in set((detections.track_ids if detections.track_ids is not None else torch.empty(0)).tolist()):
             trail = self.trails.get(track_id)
             if track_id >= 0 and trail and len(trail) > 1:
