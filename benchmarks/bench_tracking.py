@@ -62,7 +62,8 @@ def main() -> None:
                     rows.append((num_objects, seed, name, tracking_metrics(truth, tracked), fps, detect_fps))
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; torch threads {torch.get_num_threads()}; "
           f"{args.frames} frames of 96x96 per clip, detector threshold {args.threshold}")
-    print("| objects | seed | tracker | HOTA | DetA | AssA | IDF1 | MOTA | ID sw. | tracks (true) | fps | fps detect only |")
+    print("| objects | seed | tracker | HOTA | DetA | AssA | IDF1 | MOTA | ID sw. | tracks (true) | fps "
+          "| fps detect only |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for num_objects, seed, name, m, fps, detect_fps in rows:
         print(f"| {num_objects} | {seed} | {name} | {m['HOTA']:.3f} | {m['DetA']:.3f} | {m['AssA']:.3f} | "

@@ -21,8 +21,9 @@ def class_color(label: int) -> tuple[int, int, int]:
 def draw(image: ImageInput, detections: Detections, score_threshold: float | None = None,
          line_width: int | None = None, font_size: int | None = None) -> Image.Image:
     """Return a copy of ``image`` (any input :func:`zoo.engine.predict.load_image` accepts) as an RGB PIL image
-    with each detection's box and "label score" caption (tracked detections: "#id label score", coloured per id). ``score_threshold`` hides lower-scored detections;
-    line width and font size default to values scaled with the image size.
+    with each detection's box and "label score" caption (tracked detections: "#id label score", one colour per
+    id). ``score_threshold`` hides lower-scored detections; line width and font size default to values scaled with
+    the image size.
     """
     if not isinstance(detections, Detections):
         raise TypeError(f"detections must be a zoo Detections object (from model.predict), "
