@@ -139,12 +139,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="SOURCE",
                    help="image files, folders of images, video files, webcam indices or stream URLs")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: ./predictions)")
-    p.add_argument("--threshold", type=_threshold, default=0.5, metavar="T", help="minimum score (default 0.5)")
+    p.add_argument("--threshold", type=_threshold, default=None, metavar="T",
+                   help="minimum score (default 0.5; 0.3 with --track, whose ByteTrack keeps tracks alive on low "
+                        "scores)")
     p.add_argument("--top-k", type=_positive_int, default=100, metavar="K", help="detections kept per image")
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch")
     p.add_argument("--recursive", action="store_true", help="also read the images in sub-folders of a folder")
     p.add_argument("--no-draw", action="store_true", help="write detections.json only")
+    p.add_argument("--track", nargs="?", const="bytetrack", default=None, choices=("bytetrack", "sort", "ocsort"),
+                   help="videos: follow each object with a tracker (default bytetrack; needs zoo[track]): track ids "
+                        "in the JSON lines, drawn with a trail per object")
+    p.add_argument("--slice", nargs=2, type=_positive_int, default=None, metavar=("H", "W"),
+                   help="images: detect small objects tile by tile, tiles of H x W pixels plus the whole image, "
+                        "merged by class-wise NMS")
+    p.add_argument("--overlap", type=_overlap, default=0.2, metavar="F",
+                   help="with --slice: fraction of a tile that neighbouring tiles share (default 0.2)")
     p.set_defaults(func=_predict)
+
+
+def _overlap(text: str) -> float:
+    """argparse type: --overlap, a fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
 
 
 def _expand(paths: list[str], recursive: bool = False) -> list[str]:
@@ -176,6 +197,14 @@ def _predict(args: argparse.Namespace) -> int:
     from zoo.engine.predict_files import predict_files
 
     videos = [source for source in args.images if is_video_source(source)]
+    if args.threshold is None:
+        args.threshold = 0.3 if args.track else 0.5
+    if args.slice and videos:
+        raise ValueError(f"--slice applies to images; drop it for the videos ({', '.join(videos)})")
+    if args.track and len(videos) < len(args.images):
+        raise ValueError(f"--track follows objects over the frames of a video; {len(args.images) - len(videos)} "
+                         "source(s) are not videos (file suffixes: see zoo.data.video.VIDEO_SUFFIXES, webcam "
+                         "indices, stream URLs): predict images without --track")
     with process_group(args.device):  # under torchrun the ranks share the images; rank 0 writes detections.json
         if videos and world_size() > 1:
             raise ValueError(f"videos are not sharded under torchrun ({', '.join(videos)}): run zoo predict on "
@@ -189,7 +218,8 @@ def _predict(args: argparse.Namespace) -> int:
             records = predict_files(model, paths, args.out, model_name=args.name,
                                     weights=args.weights or args.checkpoint, score_threshold=args.threshold,
                                     top_k=args.top_k, batch_size=args.batch_size, device=device,
-                                    input_size=args.size, draw=not args.no_draw)
+                                    input_size=args.size, draw=not args.no_draw,
+                                    slice=tuple(args.slice) if args.slice else None, overlap=args.overlap)
         if rank() != 0:
             return 0
     failed = [r for r in records or [] if "error" in r]
@@ -205,9 +235,14 @@ def _predict_video(args: argparse.Namespace, model, device, source: str) -> None
     from zoo.engine.video import annotate_video
     from zoo.engine.predict_files import count_summary
 
+    make_tracker = None
+    if args.track:
+        from zoo.engine.track import Tracker
+
+        make_tracker = lambda frame_rate: Tracker(args.track, frame_rate=frame_rate)  # noqa: E731
     summary = annotate_video(model, source, args.out, draw_boxes=not args.no_draw, progress=True,
                              score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                             device=device, input_size=args.size)
+                             device=device, input_size=args.size, make_tracker=make_tracker)
     found = count_summary(summary["detections"])
     print(f"{summary['source']}: {summary['frames']} frames at {summary['fps']:.2f} fps"
           + (" (interrupted)" if summary["interrupted"] else "") + (f", detections: {found}" if found else ""))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["SHAPE_CLASSES", "render_image", "make_synthetic_coco", "write_synthetic_dataset"]
+__all__ = ["SHAPE_CLASSES", "render_image", "render_crowded_image", "render_tracking_clip", "make_synthetic_coco",
+           "write_synthetic_dataset"]
 
 #: category names, COCO category ids 1, 2, 3
 SHAPE_CLASSES = ("circle", "square", "triangle")
@@ -41,6 +42,23 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> l
             for k in range(corners)]
 
 
+def _shape_points(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """A circle's bounding corners, or a polygon's vertices."""
+    return [(cx - r, cy - r), (cx + r, cy + r)] if kind == "circle" else _shape_polygon(kind, cx, cy, r, angle)
+
+
+def _points_box(pts: list[tuple[float, float]]) -> list[float]:
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
+def _paint(draw: ImageDraw.ImageDraw, kind: str, pts: list[tuple[float, float]], colour: tuple | int) -> None:
+    if kind == "circle":
+        draw.ellipse(pts, fill=colour)
+    else:
+        draw.polygon(pts, fill=colour)
+
+
 def _iou(a: list[float], b: list[float]) -> float:
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
@@ -63,26 +81,110 @@ def render_image(seed: int, index: int, image_size: int = 160, max_objects: int 
             r = rng.uniform(*size_range) * image_size / 2
             cx, cy = rng.uniform(r + 1, image_size - r - 1, 2)
             angle = rng.uniform(0, 2 * math.pi)
-            if SHAPE_CLASSES[kind] == "circle":
-                pts = [(cx - r, cy - r), (cx + r, cy + r)]
-            else:
-                pts = _shape_polygon(SHAPE_CLASSES[kind], cx, cy, r, angle)
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            pts = _shape_points(SHAPE_CLASSES[kind], cx, cy, r, angle)
+            box = _points_box(pts)
             if all(_iou(box, o["bbox"]) < 0.2 for o in objects):
                 break
         else:
             continue
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        local = np.asarray(img.getpixel((int(cx), int(cy))), np.int64)
-        if np.abs(np.subtract(colour, local)).sum() < 150:
-            colour = tuple(255 - c for c in colour)  # keep contrast with the background
-        if SHAPE_CLASSES[kind] == "circle":
-            draw.ellipse(pts, fill=colour)
-        else:
-            draw.polygon(pts, fill=colour)
+        _paint(draw, SHAPE_CLASSES[kind], pts, _contrasting_colour(rng, img, cx, cy))
         objects.append({"category_id": kind + 1, "bbox": [round(float(v), 2) for v in box]})
     return img, objects
+
+
+def _contrasting_colour(rng: np.random.Generator, image: Image.Image, cx: float, cy: float) -> tuple[int, ...]:
+    """A random colour, inverted when it is too close to the background at (cx, cy)."""
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    local = np.asarray(image.getpixel((int(cx), int(cy))), np.int64)
+    return tuple(255 - c for c in colour) if np.abs(np.subtract(colour, local)).sum() < 150 else colour
+
+
+def render_crowded_image(seed: int, image_size: int = 384, num_objects: int = 40,
+                         size_range: tuple[float, float] = (14.0, 26.0)) -> tuple[Image.Image, list[dict]]:
+    """A large image of many small shapes (diameters ``size_range`` pixels, not touching each other), for sliced
+    inference: a detector trained at a small input size sees them at the scale it knows only in tiles.
+    Returns the image and objects ``{"category_id": 1..3, "bbox": [x, y, w, h]}`` (fewer when they do not fit)."""
+    rng = np.random.default_rng([seed, image_size, num_objects])
+    img = _background(rng, image_size)
+    draw = ImageDraw.Draw(img)
+    objects: list[dict] = []
+    for _ in range(num_objects):
+        for _attempt in range(50):
+            kind = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
+            r = rng.uniform(*size_range) / 2
+            cx, cy = rng.uniform(r + 1, image_size - r - 1, 2)
+            pts = _shape_points(kind, cx, cy, r, rng.uniform(0, 2 * math.pi))
+            box = _points_box(pts)
+            grown = [box[0] - 3, box[1] - 3, box[2] + 6, box[3] + 6]  # keep a gap between shapes
+            if all(_iou(grown, o["bbox"]) == 0 for o in objects):
+                break
+        else:
+            continue
+        _paint(draw, kind, pts, _contrasting_colour(rng, img, cx, cy))
+        objects.append({"category_id": SHAPE_CLASSES.index(kind) + 1, "bbox": [round(float(v), 2) for v in box]})
+    return img, objects
+
+
+def render_tracking_clip(seed: int, num_frames: int = 60, image_size: int = 96, num_objects: int = 3,
+                         size_range: tuple[float, float] = (20.0, 30.0), speed_range: tuple[float, float] = (1.0, 2.5),
+                         occluder_width: int = 12) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """A clip of shapes moving on a fixed background with known identities, for measuring trackers.
+
+    Each shape moves at a constant speed (``speed_range`` pixels per frame), turns slowly and bounces off the
+    borders, so paths cross and later shapes pass over earlier ones; a vertical grey pole ``occluder_width`` pixels
+    wide (0: none) in the middle hides whatever passes behind it. Returns the frames (RGB uint8 ``[H, W, 3]``) and,
+    per frame, the objects ``{"track_id": 1.., "category_id": 1..3, "bbox": [x, y, w, h], "visibility": 0..1}``
+    whose box is the tight box of their visible pixels (objects hidden entirely are left out).
+    """
+    rng = np.random.default_rng([seed, 7919])
+    background = _background(rng, image_size)
+    shapes = []
+    for k in range(num_objects):
+        r = rng.uniform(*size_range) / 2
+        speed, heading = rng.uniform(*speed_range), rng.uniform(0, 2 * math.pi)
+        shapes.append({"kind": SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))], "r": r,
+                       "pos": rng.uniform(r + 1, image_size - r - 1, 2),
+                       "vel": speed * np.array([math.cos(heading), math.sin(heading)]),
+                       "angle": rng.uniform(0, 2 * math.pi), "spin": rng.uniform(-0.05, 0.05)})
+    for shape in shapes:
+        shape["colour"] = _contrasting_colour(rng, background, *shape["pos"])
+    pole = (image_size // 2 - occluder_width // 2, image_size // 2 + (occluder_width + 1) // 2)
+    frames, truth = [], []
+    for _ in range(num_frames):
+        img = background.copy()
+        draw = ImageDraw.Draw(img)
+        masks = []
+        for shape in shapes:  # later shapes are drawn over earlier ones
+            pts = _shape_points(shape["kind"], *shape["pos"], shape["r"], shape["angle"])
+            _paint(draw, shape["kind"], pts, shape["colour"])
+            mask = Image.new("L", img.size)
+            _paint(ImageDraw.Draw(mask), shape["kind"], pts, 255)
+            masks.append(np.asarray(mask) > 0)
+        if occluder_width:
+            draw.rectangle((pole[0], 0, pole[1] - 1, image_size), fill=(128, 128, 128))
+        covered = np.zeros((image_size, image_size), bool)
+        if occluder_width:
+            covered[:, pole[0]:pole[1]] = True
+        objects = []
+        for k in reversed(range(len(shapes))):
+            visible = masks[k] & ~covered
+            covered |= masks[k]
+            if visible.any():
+                ys, xs = np.nonzero(visible)
+                box = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
+                objects.append({"track_id": k + 1, "category_id": SHAPE_CLASSES.index(shapes[k]["kind"]) + 1,
+                                "bbox": box, "visibility": round(float(visible.sum() / max(masks[k].sum(), 1)), 3)})
+        frames.append(np.asarray(img))
+        truth.append(sorted(objects, key=lambda o: o["track_id"]))
+        for shape in shapes:
+            shape["pos"] = shape["pos"] + shape["vel"]
+            shape["angle"] += shape["spin"]
+            for axis in range(2):  # bounce off the borders
+                low, high = shape["r"] + 1, image_size - shape["r"] - 1
+                if not low <= shape["pos"][axis] <= high:
+                    shape["vel"][axis] = -shape["vel"][axis]
+                    shape["pos"][axis] = min(max(shape["pos"][axis], low), high)
+    return frames, truth
 
 
 def make_synthetic_coco(root: str | Path, split: str, num_images: int, seed: int = 0, image_size: int = 160,

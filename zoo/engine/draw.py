@@ -21,8 +21,9 @@ def class_color(label: int) -> tuple[int, int, int]:
 def draw(image: ImageInput, detections: Detections, score_threshold: float | None = None,
          line_width: int | None = None, font_size: int | None = None) -> Image.Image:
     """Return a copy of ``image`` (any input :func:`zoo.engine.predict.load_image` accepts) as an RGB PIL image
-    with each detection's box and "label score" caption. ``score_threshold`` hides lower-scored detections;
-    line width and font size default to values scaled with the image size.
+    with each detection's box and "label score" caption (tracked detections: "#id label score", one colour per
+    id). ``score_threshold`` hides lower-scored detections; line width and font size default to values scaled with
+    the image size.
     """
     if not isinstance(detections, Detections):
         raise TypeError(f"detections must be a zoo Detections object (from model.predict), "
@@ -39,14 +40,15 @@ def draw(image: ImageInput, detections: Detections, score_threshold: float | Non
     painter = ImageDraw.Draw(canvas)
     line_width = line_width or max(1, round(max(height, width) / 320))
     font = ImageFont.load_default(size=font_size or max(10, round(max(height, width) / 50)))
+    track_ids = detections.track_ids.tolist() if detections.track_ids is not None else [-1] * len(detections)
     rows = sorted(zip(detections.scores.tolist(), detections.boxes.tolist(), detections.labels.tolist(),
-                      detections.label_names), key=lambda row: row[0])
-    for score, box, label, name in rows:  # lowest score first, so the best detections are drawn on top
+                      detections.label_names, track_ids), key=lambda row: row[0])
+    for score, box, label, name, track_id in rows:  # lowest score first, so the best detections are drawn on top
         if score_threshold is not None and score < score_threshold:
             continue
-        color = class_color(label)
+        color = class_color(track_id if track_id >= 0 else label)  # tracked: one colour per object
         painter.rectangle(box, outline=color, width=line_width)
-        caption = f"{name} {score:.2f}"
+        caption = (f"#{track_id} " if track_id >= 0 else "") + f"{name} {score:.2f}"
         left, top, right, bottom = painter.textbbox((0, 0), caption, font=font)
         text_w, text_h = right - left + 2 * line_width, bottom - top + 2 * line_width
         x = min(max(box[0], 0), max(width - text_w, 0))

@@ -2,6 +2,7 @@
 :class:`Detections` in the pixel coordinates of the original images."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from zoo.data.images import ImageInput, Preprocess, load_image
 from zoo.engine.device import resolve_device
 from zoo.engine.validate import score_threshold as check_score_threshold
 
-__all__ = ["Detections", "predict", "run_detector", "label_names_for"]
+__all__ = ["Detections", "predict", "run_detector", "label_names_for", "detections_from_output"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -33,13 +34,26 @@ class Detections:
     label_names: list[str]
     image_size: tuple[int, int]  # (height, width) of the original image
     source: str | None = None  # the file path, None for in-memory images
+    track_ids: torch.Tensor | None = None  # [N] int64 ids from a tracker (zoo.engine.track), -1: not (yet) tracked
 
     def __len__(self) -> int:
         return int(self.scores.numel())
 
+    def subset(self, index: torch.Tensor | Sequence[int]) -> "Detections":
+        """The detections at ``index`` (indices or a boolean mask), same image."""
+        index = torch.as_tensor(index)
+        if index.dtype != torch.bool:
+            index = index.long()
+        kept = torch.arange(len(self))[index].tolist()
+        return dataclasses.replace(
+            self, boxes=self.boxes[index], scores=self.scores[index], labels=self.labels[index],
+            label_names=[self.label_names[i] for i in kept],
+            track_ids=None if self.track_ids is None else self.track_ids[index])
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python types (lists, floats, ints, strings), ready for ``json.dumps``."""
-        return {
+        """Plain Python types (lists, floats, ints, strings), ready for ``json.dumps``; ``track_ids`` only when the
+        detections were tracked."""
+        record = {
             "source": self.source,
             "image_size": list(self.image_size),
             "boxes": self.boxes.tolist(),
@@ -47,9 +61,62 @@ class Detections:
             "labels": self.labels.tolist(),
             "label_names": list(self.label_names),
         }
+        if self.track_ids is not None:
+            record["track_ids"] = self.track_ids.tolist()
+        return record
+
+    def to_supervision(self) -> Any:
+        """A ``supervision.Detections`` (the ``track`` or ``supervision`` extra) for supervision's annotators, zones
+        and dataset tools: ``xyxy``, ``confidence``, ``class_id`` (the model's class index), ``tracker_id`` (when
+        tracked) and ``data["class_name"]``."""
+        sv = _supervision()
+        return sv.Detections(
+            xyxy=self.boxes.detach().cpu().float().numpy().reshape(-1, 4),
+            confidence=self.scores.detach().cpu().float().numpy(),
+            class_id=self.labels.detach().cpu().numpy().astype(int),
+            tracker_id=None if self.track_ids is None else self.track_ids.cpu().numpy().astype(int),
+            data={"class_name": np.array(self.label_names, dtype=str)})
+
+    @classmethod
+    def from_supervision(cls, detections: Any, image_size: tuple[int, int],
+                         label_names: Sequence[str] | None = None, source: str | None = None) -> "Detections":
+        """zoo :class:`Detections` from a ``supervision.Detections`` on an image of ``image_size`` (height, width).
+
+        Names come from ``data["class_name"]``, else from ``label_names[class_id]``, else ``class_{id}``;
+        ``tracker_id`` becomes ``track_ids``. Detections without ``confidence`` (annotations) get score 1. Masks,
+        keypoints and other ``data`` fields have no place in zoo's Detections and are not carried over."""
+        sv = _supervision()
+        if not isinstance(detections, sv.Detections):
+            raise TypeError(f"expected a supervision.Detections, got {type(detections).__name__}")
+        if (len(image_size) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                                        for v in image_size)):
+            raise ValueError(f"image_size must be (height, width) in pixels, got {image_size!r}")
+        n = len(detections)
+        if n and detections.class_id is None:
+            raise ValueError("these supervision Detections have no class_id; zoo's Detections need a class per box "
+                             "(set detections.class_id, e.g. to zeros for a single class)")
+        labels = torch.as_tensor(np.asarray(detections.class_id if n else [], dtype=np.int64).reshape(n))
+        scores = np.ones(n, np.float32) if detections.confidence is None else detections.confidence
+        scores = torch.as_tensor(np.asarray(scores, dtype=np.float32).reshape(n))
+        names = detections.data.get("class_name") if detections.data else None
+        if names is None:
+            table = list(label_names or [])
+            names = [table[i] if 0 <= i < len(table) else f"class_{i}" for i in labels.tolist()]
+        order = torch.argsort(scores, descending=True, stable=True)
+        track_ids = None if detections.tracker_id is None else \
+            torch.as_tensor(np.asarray(detections.tracker_id, dtype=np.int64).reshape(n))[order]
+        return cls(boxes=torch.as_tensor(np.asarray(detections.xyxy, dtype=np.float32).reshape(n, 4))[order],
+                   scores=scores[order], labels=labels[order], label_names=[str(names[i]) for i in order.tolist()],
+                   image_size=(int(image_size[0]), int(image_size[1])), source=source, track_ids=track_ids)
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+
+def _supervision() -> Any:
+    from zoo.extras import require
+
+    return require("supervision", "supervision", "converting detections to and from supervision")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,6 +149,15 @@ def run_detector(model: torch.nn.Module, preprocess: Preprocess, images: Sequenc
     outputs = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in outputs.items()}
     with torch.autocast(device.type, enabled=False):
         return model.postprocess(outputs, target_sizes, score_threshold=score_threshold, top_k=top_k)
+
+
+def detections_from_output(output: dict[str, torch.Tensor], names: Sequence[str], image_size: tuple[int, int],
+                           source: str | None = None) -> Detections:
+    """:class:`Detections` (on the CPU, float32) from one image's ``model.postprocess`` output."""
+    labels = output["labels"].cpu().long()
+    return Detections(boxes=output["boxes"].float().cpu(), scores=output["scores"].float().cpu(), labels=labels,
+                      label_names=[names[i] if i < len(names) else f"class_{i}" for i in labels.tolist()],
+                      image_size=image_size, source=source)
 
 
 def _as_items(images: ImageInput | Sequence[ImageInput]) -> tuple[list[tuple[Any, str]], bool]:
@@ -142,12 +218,8 @@ def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], s
                 outputs = run_detector(runner, preprocess, [preprocess.resize(t) for t in loaded], sizes, device,
                                        float(score_threshold), top_k)
                 for (chunk_image, image_name), size, out in zip(chunk, sizes, outputs):
-                    labels = out["labels"].cpu().long()
-                    results.append(Detections(
-                        boxes=out["boxes"].float().cpu(), scores=out["scores"].float().cpu(), labels=labels,
-                        label_names=[names[i] if i < len(names) else f"class_{i}" for i in labels.tolist()],
-                        image_size=size, source=image_name if isinstance(chunk_image, (str, os.PathLike)) else None,
-                    ))
+                    results.append(detections_from_output(out, names, size, image_name if isinstance(
+                        chunk_image, (str, os.PathLike)) else None))
                 bar.update(len(chunk))
     finally:
         model.train(was_training)

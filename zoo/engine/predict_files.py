@@ -15,6 +15,7 @@ folder that all of them see.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -143,19 +144,22 @@ def _broadcast_plan(out: Path, paths: list[str], keys: list[Key], settings: dict
 def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.PathLike, model_name: str,
                   weights: str | None = None, score_threshold: float = 0.5, top_k: int = 100, batch_size: int = 8,
                   device: str | torch.device | None = None, input_size: int | None = None, draw: bool = True,
-                  verbose: bool = True) -> list[dict[str, Any]] | None:
+                  verbose: bool = True, slice: tuple[int, int] | None = None, overlap: float = 0.2
+                  ) -> list[dict[str, Any]] | None:
     """Detect objects in image files and write detections.json (and annotated images) to ``out``, in a process
     group sharded over the ranks, resuming what ``out`` already holds (see the module docstring).
 
     Returns the records of every input, in input order, on rank 0 (a file that could not be read gets
     ``{"source", "error"}``: the others are still processed); None on the other ranks. ``verbose`` prints a line per
-    image (each rank for its own), how many images were already done and what was written (rank 0).
+    image (each rank for its own), how many images were already done and what was written (rank 0). ``slice`` and
+    ``overlap`` detect each image tile by tile (:func:`zoo.engine.slicing.predict_sliced`).
     """
     from tqdm.auto import tqdm
 
     from zoo.data.images import Preprocess, load_image
     from zoo.engine.draw import draw as draw_boxes
     from zoo.engine.predict import predict
+    from zoo.engine.slicing import predict_sliced
 
     lead = distributed.rank() == 0
     out = Path(out)
@@ -163,7 +167,8 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.Pa
     names = output_names(paths) if draw else [None] * len(paths)
     keys = list(zip(paths, names))
     settings = json.loads(json.dumps({"model": model_name, "weights": weights, "threshold": score_threshold,
-                                      "top_k": top_k, "input_size": input_size}))
+                                      "top_k": top_k, "input_size": input_size,
+                                      "slice": {"tile": list(slice), "overlap": overlap} if slice else None}))
     done = set(_broadcast_plan(out, paths, keys, settings))
     if done and verbose and lead:
         print(f"{out}: {len(done)} of {len(paths)} images already done, skipping them")
@@ -181,8 +186,9 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.Pa
                     chunk.append(i)
                 except (ValueError, TypeError, OSError) as exc:
                     journal.write(json.dumps({"source": paths[i], "output": names[i], "error": str(exc)}) + "\n")
-            results = predict(model, images, score_threshold=score_threshold, top_k=top_k, batch_size=step,
-                              device=device, input_size=input_size) if images else []
+            detect = predict if slice is None else functools.partial(predict_sliced, slice=slice, overlap=overlap)
+            results = detect(model, images, score_threshold=score_threshold, top_k=top_k, batch_size=step,
+                             device=device, input_size=input_size) if images else []
             for i, image, det in zip(chunk, images, results):
                 det.source = paths[i]
                 record = det.to_dict()

@@ -83,11 +83,12 @@ def _output_stem(source: Any) -> str:
 
 
 def annotate_video(model: torch.nn.Module, source: Any, out_dir: str | os.PathLike, draw_boxes: bool = True,
-                   progress: bool = False, **kwargs: Any) -> dict[str, Any]:
+                   progress: bool = False, make_tracker: Any = None, **kwargs: Any) -> dict[str, Any]:
     """Detect objects in every frame of ``source``; write ``out_dir/<stem>.mp4`` (the frames with their
     detections drawn, same frame count and frame rate; skipped when ``draw_boxes`` is False) and
     ``out_dir/<stem>.jsonl`` (one JSON record per frame). ``kwargs`` go to :func:`predict_stream`'s options.
-    Ctrl-C ends a live stream cleanly: what was read so far is written. Returns a summary."""
+    ``make_tracker(frame_rate)`` builds a tracker (:class:`zoo.engine.track.Tracker`) that gives every frame's
+    detections track ids, recorded in the JSON lines and drawn with a trail per object. Ctrl-C ends a live stream cleanly: what was read so far is written. Returns a summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = _output_stem(source)
@@ -99,14 +100,17 @@ def annotate_video(model: torch.nn.Module, source: Any, out_dir: str | os.PathLi
     frames, writer, interrupted = 0, None, False
     batch_size = kwargs.pop("batch_size", 8)
     with VideoReader(source) as reader, open(lines_path, "w") as lines:
+        tracker = make_tracker(float(reader.fps)) if make_tracker is not None else None
         try:
             for frame, det in _detect_frames(model, reader, batch_size, progress, **kwargs):
+                if tracker is not None:
+                    det = tracker.update(det, det.time)
                 lines.write(json.dumps(det.to_dict()) + "\n")
                 counts.update(det.label_names)
                 if draw_boxes:
                     if writer is None:
                         writer = VideoWriter(video_path, reader.fps, int(frame.shape[2]), int(frame.shape[1]))
-                    writer.write(draw(frame, det))
+                    writer.write(draw(frame, det) if tracker is None else tracker.draw(frame, det))
                 frames += 1
         except KeyboardInterrupt:  # a live stream stopped by the user: keep what was written
             interrupted = True

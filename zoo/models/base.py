@@ -121,17 +121,27 @@ class Detector(nn.Module):
         return self.to(memory_format=torch.channels_last) if channels_last else self
 
     def predict(self, images: Any, score_threshold: float = 0.5, top_k: int = 100, batch_size: int = 8,
-                device: Any = None, input_size: int | tuple[int, int] | None = None, stream: bool = False) -> Any:
+                device: Any = None, input_size: int | tuple[int, int] | None = None, stream: bool = False,
+                slice: tuple[int, int] | None = None, overlap: float = 0.2) -> Any:
         """Detect objects in images (paths, PIL images, HWC uint8 arrays, CHW tensors; one or a list), using the
         preprocessing of ``pretrained_cfg``. Returns ``Detections`` (a list for a list); see zoo.engine.predict.
         A video file, webcam index or stream URL (zoo.engine.video, the ``video`` extra) gives a list of per-frame
-        detections, or with ``stream=True`` a generator that decodes ``batch_size`` frames at a time."""
+        detections, or with ``stream=True`` a generator that decodes ``batch_size`` frames at a time.
+        ``slice=(height, width)`` detects small objects in large images tile by tile, neighbouring tiles sharing
+        ``overlap`` of a tile (zoo.engine.slicing)."""
         from zoo.data.video import is_video_source
         from zoo.engine.predict import predict
         from zoo.engine.video import predict_stream
 
         options = dict(score_threshold=score_threshold, top_k=top_k, batch_size=batch_size, device=device,
                        input_size=input_size)
+        if slice is not None:
+            from zoo.engine.slicing import predict_sliced
+
+            if stream or is_video_source(images) or (isinstance(images, (list, tuple))
+                                                     and any(is_video_source(image) for image in images)):
+                raise ValueError("slice applies to images, not to videos or streams")
+            return predict_sliced(self, images, slice=slice, overlap=overlap, **options)
         if is_video_source(images):
             frames = predict_stream(self, images, **options)
             return frames if stream else list(frames)
@@ -140,6 +150,19 @@ class Detector(nn.Module):
         if isinstance(images, (list, tuple)) and any(is_video_source(image) for image in images):
             raise ValueError("videos are predicted one at a time (model.predict('clip.mp4')), not in a list of images")
         return predict(self, images, **options)
+
+    def track(self, source: Any, tracker: Any = "bytetrack", stream: bool = False, score_threshold: float = 0.3,
+              top_k: int = 100, batch_size: int = 8, device: Any = None,
+              input_size: int | tuple[int, int] | None = None, tracker_args: dict[str, Any] | None = None) -> Any:
+        """Detect and track objects in a video, webcam, stream URL or list of frames: per-frame ``Detections`` whose
+        ``track_ids`` follow each object (a list, or with ``stream=True`` a generator). ``tracker`` is
+        "bytetrack", "sort", "ocsort" (Roboflow's ``trackers``, the ``track`` extra) or a
+        ``zoo.engine.track.Tracker``; see :func:`zoo.engine.track.track`."""
+        from zoo.engine.track import track
+
+        frames = track(self, source, tracker=tracker, tracker_args=tracker_args, score_threshold=score_threshold,
+                       top_k=top_k, batch_size=batch_size, device=device, input_size=input_size)
+        return frames if stream else list(frames)
 
 
 def build_component(kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.Module:
