@@ -154,8 +154,12 @@ def test_predict_retries_a_failed_image_and_skips_the_rest(shapes, single_run, t
         assert torch.allclose(torch.tensor(a["boxes"]), torch.tensor(b["boxes"]), atol=1e-3, rtol=0)
         assert torch.allclose(torch.tensor(a["scores"]), torch.tensor(b["scores"]), atol=1e-5, rtol=0)
 
-    assert main([*args[:-1], "0.5"]) == 1  # other settings: refused, not mixed
-    assert "holds results of another run (threshold 0.3 there, 0.5 now)" in capsys.readouterr().err
+    assert main([*args[:-1], "0.5"]) == 0  # other settings: not mixed, the earlier results are set aside
+    assert "other settings (threshold 0.3 there, 0.5 now): moved them to" in capsys.readouterr().err
+    assert json.loads((out / "earlier-run-1" / "detections.json").read_text())["images"] == \
+        [dict(r, annotated=str(out / "earlier-run-1" / Path(r["annotated"]).name)) for r in
+         json.loads((out / "earlier-run-1" / "detections.json").read_text())["images"]]
+    assert json.loads((out / "detections.json").read_text())["threshold"] == 0.5
 
 
 EXIT_CHECK = """
