@@ -74,6 +74,10 @@ def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: b
         model = args.name if is_file else create_model_from_args(args, random_ok)
         return OnnxRuntimeDetector(model, device=device), device
     model = create_model_from_args(args, random_ok).to(device)
+    if args.size is not None:
+        from zoo.data.images import Preprocess
+
+        Preprocess.from_model(model, args.size)  # a --size the model cannot run on: a usage error before any work
     return prepare_for_inference(model, args.dtype, args.compile, deploy=deploy), device
 
 

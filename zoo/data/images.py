@@ -177,7 +177,8 @@ class Preprocess:
     @classmethod
     def from_model(cls, model: torch.nn.Module, input_size: int | tuple[int, int] | None = None) -> "Preprocess":
         """Read ``model.pretrained_cfg``; ``input_size`` overrides the size (the shortest side for
-        shortest_edge models, with the longest-side limit scaled by the same factor)."""
+        shortest_edge models, with the longest-side limit scaled by the same factor). A size the model cannot run
+        on is refused here (``model.check_input_size``)."""
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         mode = cfg.get("resize_mode", "stretch")
         cfg_hw = tuple(cfg.get("input_size", (3, 640, 640))[-2:])
@@ -198,6 +199,8 @@ class Preprocess:
         interpolation = cfg.get("interpolation", "bilinear")
         if interpolation not in _INTERPOLATION:
             raise ValueError(f"unknown interpolation {interpolation!r} (expected one of {sorted(_INTERPOLATION)})")
+        if mode == "stretch" and hasattr(model, "check_input_size"):
+            model.check_input_size(*size)  # a clear error now rather than a raw one inside the model
         use_mask = "pixel_mask" in inspect.signature(model.forward).parameters
         return cls(mode, size, interpolation, cfg.get("mean"), cfg.get("std"),
                    int(getattr(model, "size_divisor", 1) or 1), use_mask)
