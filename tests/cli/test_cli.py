@@ -231,3 +231,14 @@ def test_train_refuses_a_size_too_small_for_the_queries(tmp_path, capsys):
     assert "smallest square input size is 128" in capsys.readouterr().err
     assert main([*args, "--output", str(tmp_path / "b"), "--size", "128"]) == 2  # multi-scale goes down to 96
     assert "draws sizes down to 96" in capsys.readouterr().err
+
+
+def test_a_path_as_model_name_is_named_as_such(tmp_path, capsys):
+    """Issue 21 item 13: ``zoo predict ../../etc/passwd ...`` said "unknown model ''"."""
+    (tmp_path / "passwd").write_text("root:x:0:0")
+    assert main(["predict", str(tmp_path / "passwd"), str(DEMO_IMAGE)]) == 1
+    assert f"NAME {tmp_path / 'passwd'} is a file, not a model name" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), str(DEMO_IMAGE)]) == 1
+    assert f"a save_pretrained folder is local-dir:{tmp_path}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown model '\.\./\.\./etc/passwd': .* not a file path"):
+        zoo.create_model("../../etc/passwd")

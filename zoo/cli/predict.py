@@ -21,8 +21,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="model name, e.g. rtdetr_r18vd (see `zoo list`); with "
                                                      "--backend onnxruntime also an .onnx file from `zoo export`")
     add_weights_arguments(parser)
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="run the model in PyTorch (default) or onnxruntime (NAME exported once to a cache)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                        help="run the model in PyTorch (default) or onnxruntime (NAME exported once to a cache); "
+                             "an .onnx NAME runs in onnxruntime")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
                         help="input size override (default: the model's pretrained_cfg)")
@@ -51,7 +52,28 @@ def create_model_from_args(args: argparse.Namespace, random_ok: bool = False):
     refused, unless ``random_ok`` (timing does not depend on the weights)."""
     from zoo.factory import create_model
 
+    _check_name(args.name)
     return create_model(args.name, pretrained=_pretrained(args, random_ok), checkpoint_path=args.checkpoint)
+
+
+def _check_name(name: str) -> None:
+    """A file or folder given as NAME (images first, or a saved model without its prefix) is named as such."""
+    if name.startswith(("hf-hub:", "local-dir:")) or not os.path.exists(name):
+        return
+    hint = (f"; a save_pretrained folder is local-dir:{name}" if os.path.isdir(name) else
+            "; an exported model is an .onnx file" if name.lower().endswith(".onnx") else "")
+    raise ValueError(f"NAME {name} is a {'folder' if os.path.isdir(name) else 'file'}, not a model name: the model "
+                     f"comes first (e.g. rtdetr_r18vd; `zoo list` shows them), then the images{hint}")
+
+
+def backend_of(args: argparse.Namespace) -> str:
+    """``--backend``, else onnxruntime for an .onnx NAME (the file holds the model and its weights), else torch."""
+    onnx_file = args.name.lower().endswith(".onnx")
+    chosen = getattr(args, "backend", None)
+    if onnx_file and chosen == "torch":
+        raise ValueError(f"{args.name} is an exported ONNX model: it runs with --backend onnxruntime (the default "
+                         "for an .onnx NAME)")
+    return chosen or ("onnxruntime" if onnx_file else "torch")
 
 
 def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: bool = True):
@@ -62,7 +84,7 @@ def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: b
     from zoo.engine.inference import prepare_for_inference
 
     device = rank_device(args.device)  # checked before building a model
-    if getattr(args, "backend", "torch") == "onnxruntime":
+    if backend_of(args) == "onnxruntime":
         from zoo.export.runtime import OnnxRuntimeDetector
 
         if args.dtype != "fp32" or args.compile:
