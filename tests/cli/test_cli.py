@@ -57,6 +57,8 @@ def test_help_everywhere(command, capsys):
     ["predict", "rtdetr_r18vd", "x.jpg", "--threshold", "high"],
     ["predict", "rtdetr_r18vd", "x.jpg", "--weights", "a", "--checkpoint", "b"],
     ["predict", "rtdetr_r18vd", "x.jpg", "--size", "0"],
+    ["predict", "rtdetr_r18vd", "rtsp://cam/1", "--timeout", "0"],
+    ["predict", "rtdetr_r18vd", "rtsp://cam/1", "--timeout", "soon"],
     ["eval", "rtdetr_r18vd", "--images", "dir"],
     ["eval", "rtdetr_r18vd", "--ann", "a.json", "--images", "dir", "--workers", "-1"],
     ["benchmark", "rtdetr_r18vd", "--batch-size", "0"],
@@ -242,3 +244,18 @@ def test_a_path_as_model_name_is_named_as_such(tmp_path, capsys):
     assert f"a save_pretrained folder is local-dir:{tmp_path}" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"unknown model '\.\./\.\./etc/passwd': .* not a file path"):
         zoo.create_model("../../etc/passwd")
+
+
+def test_random_weights_are_seeded(capsys):
+    """Issue 21 item 19: unseeded random weights differed between torchrun ranks (and runs)."""
+    from zoo.cli import build_parser
+    from zoo.cli.predict import create_model_from_args
+
+    args = build_parser().parse_args(["predict", "rtdetr_mobilenetv3_small", "x.png", "--random-weights"])
+    torch.manual_seed(123)
+    first = create_model_from_args(args).state_dict()
+    state = torch.random.get_rng_state()
+    second = create_model_from_args(args).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert "random weights, seed 0" in capsys.readouterr().err

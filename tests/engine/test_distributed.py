@@ -163,6 +163,17 @@ def test_predict_retries_a_failed_image_and_skips_the_rest(shapes, single_run, t
     assert json.loads((out / "detections.json").read_text())["threshold"] == 0.5
 
 
+def test_random_weights_are_the_same_in_every_process(shapes, tmp_path):
+    """Issue 21 item 19: ``--random-weights`` was unseeded, so each rank built another model."""
+    common = ["predict", "rtdetr_mobilenetv3_small", *_seven(shapes)[:4], "--random-weights", "--size", "128",
+              "--threshold", "0", "--top-k", "5", "--batch-size", "2", "--device", "cpu", "--no-draw"]
+    torchrun("-m", "zoo", *common, "--out", str(tmp_path / "two"))
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    one, two = (json.loads((tmp_path / n / "detections.json").read_text()) for n in ("one", "two"))
+    assert len(one["images"]) == 4 and all(len(r["scores"]) == 5 for r in one["images"])
+    assert two == one
+
+
 EXIT_CHECK = """
 import atexit, os, sys
 from pathlib import Path

@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+#: --random-weights builds the model from this seed, so that every process (and every run) has the same one
+RANDOM_WEIGHTS_SEED = 0
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -41,8 +43,9 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--checkpoint", metavar="PATH", default=None,
                          help="local checkpoint file (zoo, official or transformers layout)")
     weights.add_argument("--random-weights", action="store_true",
-                         help="run with random (untrained) weights; without this, a model with default weights uses "
-                              "them and one without weights is refused")
+                         help="run with random (untrained) weights, seeded (seed 0: the same model in every process "
+                              "and run); without this, a model with default weights uses them and one without weights "
+                              "is refused")
 
 
 def create_model_from_args(args: argparse.Namespace, random_ok: bool = False):
@@ -53,7 +56,17 @@ def create_model_from_args(args: argparse.Namespace, random_ok: bool = False):
     from zoo.factory import create_model
 
     _check_name(args.name)
-    return create_model(args.name, pretrained=_pretrained(args, random_ok), checkpoint_path=args.checkpoint)
+    pretrained = _pretrained(args, random_ok)
+    if pretrained or args.checkpoint:
+        return create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
+    import torch
+
+    if args.random_weights:
+        print(f"{args.name}: random weights, seed {RANDOM_WEIGHTS_SEED} (the same model in every process)",
+              file=sys.stderr)
+    with torch.random.fork_rng(devices=[]):  # seeded: under torchrun every rank must build the same model
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return create_model(args.name, pretrained=False)
 
 
 def _check_name(name: str) -> None:
@@ -142,6 +155,17 @@ def int_at_least(minimum: int):
 _positive_int = int_at_least(1)
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a usage error, exit code 2, otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _threshold(text: str) -> float:
     """argparse type: the score threshold, checked by the same function as ``predict(score_threshold=...)``."""
     from zoo.engine.validate import score_threshold
@@ -170,6 +194,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch")
     p.add_argument("--recursive", action="store_true", help="also read the images in sub-folders of a folder")
     p.add_argument("--no-draw", action="store_true", help="write detections.json only")
+    p.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S",
+                   help="seconds a stream or camera may take to answer, and to send each frame (default 30)")
     p.set_defaults(func=_predict)
 
 
@@ -233,7 +259,7 @@ def _predict_video(args: argparse.Namespace, model, device, source: str) -> None
 
     summary = annotate_video(model, source, args.out, draw_boxes=not args.no_draw, progress=True,
                              score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                             device=device, input_size=args.size)
+                             device=device, input_size=args.size, timeout=args.timeout)
     found = count_summary(summary["detections"])
     print(f"{summary['source']}: {summary['frames']} frames at {summary['fps']:.2f} fps"
           + (" (interrupted)" if summary["interrupted"] else "") + (f", detections: {found}" if found else ""))

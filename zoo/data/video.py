@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,6 +29,7 @@ __all__ = ["VIDEO_SUFFIXES", "FrameDetections", "VideoReader", "VideoWriter", "i
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_FPS = Fraction(30)  # for live sources that do not report a frame rate
+DEFAULT_TIMEOUT = 30.0  # seconds a stream or camera may take to answer (open) and between packets (read)
 
 
 @dataclass
@@ -67,8 +69,10 @@ def _av():
     return require("av", "video", "reading and writing videos and streams", package="av (PyAV)")
 
 
-def _open_input(source: Any):
-    """``av.open`` for a file, a webcam index (v4l2 on Linux, avfoundation on macOS) or a URL."""
+def _open_input(source: Any, timeout: float = DEFAULT_TIMEOUT):
+    """``av.open`` for a file, a webcam index (v4l2 on Linux, avfoundation on macOS) or a URL; a source that does
+    not answer within ``timeout`` seconds is a :class:`TimeoutError` that says so (FFmpeg reports only what it
+    made of the silence, e.g. "Invalid data found")."""
     av = _av()
     index = _webcam_index(source)
     if index is not None:
@@ -85,9 +89,16 @@ def _open_input(source: Any):
         kwargs = {"options": {"rtsp_transport": "tcp"}} if name.lower().startswith("rtsp") else {}
         if "://" not in name and not os.path.isfile(name):
             raise FileNotFoundError(f"video not found: {name}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    start = time.monotonic()
     try:
-        return av.open(name, mode="r", timeout=30.0, **kwargs), what
+        return av.open(name, mode="r", timeout=float(timeout), **kwargs), what
     except av.FFmpegError as exc:
+        if time.monotonic() - start >= 0.9 * timeout:  # FFmpeg's interrupt callback ended the wait
+            raise TimeoutError(f"cannot open {what}: no answer within {timeout:g} s (FFmpeg: {exc}). Check the "
+                               "address and that the source is streaming, or wait longer (zoo predict --timeout, "
+                               "timeout= in Python)") from None
         raise ValueError(f"cannot open video {what}: {exc}. Check that it exists and that FFmpeg (PyAV) can "
                          "decode it") from exc
 
@@ -95,10 +106,10 @@ def _open_input(source: Any):
 class VideoReader:
     """Decoded RGB frames of a video or stream, one at a time: ``for index, time, frame in reader``, with
     ``frame`` a uint8 tensor ``[3, H, W]``. ``fps`` is the average frame rate; ``num_frames`` is 0 when unknown
-    (live streams)."""
+    (live streams). ``timeout``: seconds the source may take to answer, and to send each packet."""
 
-    def __init__(self, source: Any):
-        self.container, self.name = _open_input(source)
+    def __init__(self, source: Any, timeout: float = DEFAULT_TIMEOUT):
+        self.container, self.name = _open_input(source, timeout)
         if not self.container.streams.video:
             self.container.close()
             raise ValueError(f"{self.name} has no video stream")
@@ -187,12 +198,13 @@ def _detect_frames(model: torch.nn.Module, reader: VideoReader, batch_size: int,
 
 def predict_stream(model: torch.nn.Module, source: Any, score_threshold: float = 0.5, top_k: int = 100,
                    batch_size: int = 8, device: str | torch.device | None = None,
-                   input_size: int | tuple[int, int] | None = None, progress: bool = False
-                   ) -> Iterator[FrameDetections]:
+                   input_size: int | tuple[int, int] | None = None, progress: bool = False,
+                   timeout: float = DEFAULT_TIMEOUT) -> Iterator[FrameDetections]:
     """Yield :class:`FrameDetections` for each frame of a video file, webcam index or stream URL, in constant
-    memory (``batch_size`` frames decoded at a time). The source is opened now, so a bad one fails here; stop
-    iterating to stop reading a live stream."""
-    reader = VideoReader(source)
+    memory (``batch_size`` frames decoded at a time). The source is opened now, so a bad one fails here (one that
+    does not answer within ``timeout`` seconds: :class:`TimeoutError`); stop iterating to stop reading a live
+    stream."""
+    reader = VideoReader(source, timeout)
 
     def frames() -> Iterator[FrameDetections]:
         with reader:
@@ -213,7 +225,8 @@ def annotate_video(model: torch.nn.Module, source: Any, out_dir: str | os.PathLi
                    progress: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Detect objects in every frame of ``source``; write ``out_dir/<stem>.mp4`` (the frames with their
     detections drawn, same frame count and frame rate; skipped when ``draw_boxes`` is False) and
-    ``out_dir/<stem>.jsonl`` (one JSON record per frame). ``kwargs`` go to :func:`predict_stream`'s options.
+    ``out_dir/<stem>.jsonl`` (one JSON record per frame). ``kwargs`` are :func:`predict_stream`'s options
+    (``timeout`` included).
     Ctrl-C ends a live stream cleanly: what was read so far is written. Returns a summary."""
     from zoo.engine.draw import draw
 
@@ -227,7 +240,7 @@ def annotate_video(model: torch.nn.Module, source: Any, out_dir: str | os.PathLi
     counts: Counter[str] = Counter()
     frames, writer, interrupted = 0, None, False
     batch_size = kwargs.pop("batch_size", 8)
-    with VideoReader(source) as reader, open(lines_path, "w") as lines:
+    with VideoReader(source, kwargs.pop("timeout", DEFAULT_TIMEOUT)) as reader, open(lines_path, "w") as lines:
         try:
             for frame, det in _detect_frames(model, reader, batch_size, progress, **kwargs):
                 lines.write(json.dumps(det.to_dict()) + "\n")
