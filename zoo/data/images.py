@@ -31,7 +31,13 @@ def _check_size(height: int, width: int, name: str) -> None:
 
 
 def _pil_to_tensor(img: Image.Image, name: str) -> torch.Tensor:
-    """Any PIL mode -> RGB uint8 ``[3, H, W]``: 16/32-bit integer and float modes are rescaled, not clipped;
+    """Any PIL mode -> RGB uint8 ``[3, H, W]`` (see :func:`_pil_to_rgb`)."""
+    img = _pil_to_rgb(img, name)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _pil_to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """Any PIL mode -> an RGB PIL image: 16/32-bit integer and float modes are rescaled, not clipped;
     transparent images are composited on white; palette, grayscale, CMYK and the rest go through ``convert``."""
     _check_size(img.height, img.width, name)
     if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grayscale (PNG, TIFF); "I" holds 16-bit data
@@ -42,16 +48,25 @@ def _pil_to_tensor(img: Image.Image, name: str) -> torch.Tensor:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    img = img.convert("RGB")
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert would copy an RGB image
 
 
-def _read_file(path: str | os.PathLike, exif_transpose: bool) -> torch.Tensor:
+_EXIF_ORIENTATION = 0x0112
+#: a JPEG at least this many times the model's input size (both sides) is decoded at reduced scale for prediction
+DRAFT_FACTOR = 2
+
+
+def _checked_path(path: str | os.PathLike) -> str:
     name = os.fspath(path)
     if not os.path.exists(name):
         raise FileNotFoundError(f"image not found: {name}")
     if os.path.isdir(name):
         raise ValueError(f"{name} is a directory, not an image file")
+    return name
+
+
+def _read_file(path: str | os.PathLike, exif_transpose: bool) -> torch.Tensor:
+    name = _checked_path(path)
     try:
         with Image.open(name) as img:
             img.load()  # decode now, so that truncated files fail here
@@ -230,6 +245,40 @@ class Preprocess:
         pil = Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB")
         resized = pil.resize((width, height), _INTERPOLATION[self.interpolation])
         return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+    def load(self, image: ImageInput, name: str | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Read one image input and resize it as the model takes it: (uint8 ``[3, h, w]``, its original
+        (height, width)), the pixels :meth:`resize` of :func:`load_image` gives.
+
+        Memory stays near one decoded copy of the file: a file is resized as a PIL image, never copied to a tensor
+        at full size, and a JPEG at least :data:`DRAFT_FACTOR` times the model's input on both sides is decoded
+        at 1/2, 1/4 or 1/8 scale by its DCT (PIL's ``draft``), to no less than that factor times the input, so a
+        12000x12000 photo is never held at full size (its pixels then differ from a full decode by the rounding of
+        the two downscalings; files of ordinary sizes are read exactly as :func:`load_image` reads them)."""
+        if not isinstance(image, (str, os.PathLike)):
+            pixels = load_image(image, name)
+            return self.resize(pixels), (int(pixels.shape[1]), int(pixels.shape[2]))
+        path = _checked_path(image)
+        try:
+            with Image.open(path) as img:
+                stored = (img.height, img.width)
+                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+                turned = orientation in (5, 6, 7, 8)
+                height, width = stored[::-1] if turned else stored
+                _check_size(height, width, path)
+                target = self.output_size(height, width)
+                if img.format == "JPEG" and height >= DRAFT_FACTOR * target[0] and width >= DRAFT_FACTOR * target[1]:
+                    wanted = (DRAFT_FACTOR * target[1], DRAFT_FACTOR * target[0])  # PIL sizes are (width, height)
+                    img.draft("RGB", wanted[::-1] if turned else wanted)
+                img.load()
+                img = _pil_to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img, path)  # no copy
+                if (img.height, img.width) != target:
+                    img = img.resize(target[::-1], _INTERPOLATION[self.interpolation])
+                return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous(), (height, width)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"{path}: {exc}. If you trust this file, raise PIL.Image.MAX_IMAGE_PIXELS") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"cannot read image {path}: the file is corrupt or not an image ({exc})") from exc
 
     def collate(self, images: Sequence[torch.Tensor], device: torch.device | str = "cpu"
                 ) -> tuple[torch.Tensor, torch.Tensor]:

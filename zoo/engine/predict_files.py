@@ -268,9 +268,9 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    from zoo.data.images import Preprocess, load_image
+    from zoo.data.images import Preprocess
     from zoo.engine.draw import draw as draw_boxes
-    from zoo.engine.predict import predict
+    from zoo.engine.predict import detect_batches
 
     lead = distributed.rank() == 0
     out = Path(out)
@@ -286,29 +286,34 @@ def predict_files(model: torch.nn.Module, paths: Sequence[str], out: str | os.Pa
         if done and verbose and lead:
             print(f"{out}: {len(done)} of {len(paths)} images already done, skipping them")
         todo = [i for i in range(len(paths)) if i not in done]
-        step = batch_size if Preprocess.from_model(model, input_size).batchable else 1
+        preprocess = Preprocess.from_model(model, input_size)
+        step = batch_size if preprocess.batchable else 1
         mine = [todo[i] for i in distributed.shard_range(len(todo), step)]
         part = out / PARTS_DIR / f"rank{distributed.rank()}.jsonl"
         with open(part, "a") as journal, tqdm(total=len(mine), disable=not (verbose and lead), unit="img",
                                               desc="predict") as bar:
             for start in range(0, len(mine), step):
-                chunk, images = [], []
+                # the batch holds the images at the model's input size only (Preprocess.load): a huge file is
+                # decoded on its own, and read again at full size for its annotated copy, one at a time
+                chunk, resized, sizes = [], [], []
                 for i in mine[start:start + step]:
                     stat = {"size": stats[i][0], "mtime_ns": stats[i][1]} if stats[i] else None
                     try:  # one unreadable file must not sink the others: it is recorded with the reason
-                        images.append(load_image(paths[i]))
-                        chunk.append(i)
+                        image, size = preprocess.load(paths[i])
                     except (ValueError, TypeError, OSError) as exc:
                         journal.write(json.dumps({"source": paths[i], "output": names[i], "source_stat": stat,
                                                   "error": str(exc)}) + "\n")
-                results = predict(model, images, score_threshold=score_threshold, top_k=top_k, batch_size=step,
-                                  device=device, input_size=input_size) if images else []
-                for i, image, det in zip(chunk, images, results):
-                    det.source = paths[i]
+                        continue
+                    chunk.append(i)
+                    resized.append(image)
+                    sizes.append(size)
+                results = detect_batches(model, [(resized, sizes, [paths[i] for i in chunk])], preprocess,
+                                         score_threshold, top_k, device) if chunk else []
+                for i, det in zip(chunk, results):
                     record = det.to_dict()
                     record["source_stat"] = {"size": stats[i][0], "mtime_ns": stats[i][1]} if stats[i] else None
                     if names[i] is not None:
-                        draw_boxes(image, det).save(out / names[i], quality=95)
+                        draw_boxes(paths[i], det).save(out / names[i], quality=95)
                         record["annotated"] = str(out / names[i])
                     journal.write(json.dumps(record) + "\n")
                     if verbose:
