@@ -7,18 +7,19 @@ arrays and tensors go through exactly the same resize and normalisation.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["ImageInput", "load_image", "Preprocess"]
+__all__ = ["ImageInput", "load_image", "load_rgb_image", "Preprocess"]
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
@@ -65,18 +66,39 @@ def _checked_path(path: str | os.PathLike) -> str:
     return name
 
 
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Image.Image]:
+    """``Image.open(path)``; what PIL raises while the image is opened or decoded in the block becomes a clear
+    ValueError naming the file."""
+    try:
+        with Image.open(path) as img:
+            yield img
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: {exc}. If you trust this file, raise PIL.Image.MAX_IMAGE_PIXELS") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # SyntaxError: some PIL plugins on bad headers
+        raise ValueError(f"cannot read image {path}: the file is corrupt or not an image ({exc})") from exc
+
+
 def _read_file(path: str | os.PathLike, exif_transpose: bool) -> torch.Tensor:
     name = _checked_path(path)
-    try:
-        with Image.open(name) as img:
-            img.load()  # decode now, so that truncated files fail here
-            if exif_transpose:
-                img = ImageOps.exif_transpose(img)
-            return _pil_to_tensor(img, name)
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"{name}: {exc}. If you trust this file, raise PIL.Image.MAX_IMAGE_PIXELS") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # SyntaxError: some PIL plugins on bad headers
-        raise ValueError(f"cannot read image {name}: the file is corrupt or not an image ({exc})") from exc
+    with _opened(name) as img:
+        img.load()  # decode now, so that truncated files fail here
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        return _pil_to_tensor(img, name)
+
+
+def load_rgb_image(image: ImageInput, name: str | None = None) -> Image.Image:
+    """An image input as a new RGB PIL image, the pixels of :func:`load_image` (EXIF orientation applied). A file is
+    decoded straight into it, without the tensor copies :func:`load_image` makes (``zoo.draw`` on a 12000x12000
+    file holds one decoded copy, not four)."""
+    if not isinstance(image, (str, os.PathLike)):
+        return Image.fromarray(load_image(image, name).permute(1, 2, 0).numpy(), "RGB")
+    path = _checked_path(image)
+    with _opened(path) as img:
+        img.load()
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        return _pil_to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img, path)
 
 
 def _array_to_tensor(array: np.ndarray | torch.Tensor, name: str, channels_last: bool) -> torch.Tensor:
@@ -259,26 +281,21 @@ class Preprocess:
             pixels = load_image(image, name)
             return self.resize(pixels), (int(pixels.shape[1]), int(pixels.shape[2]))
         path = _checked_path(image)
-        try:
-            with Image.open(path) as img:
-                stored = (img.height, img.width)
-                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-                turned = orientation in (5, 6, 7, 8)
-                height, width = stored[::-1] if turned else stored
-                _check_size(height, width, path)
-                target = self.output_size(height, width)
-                if img.format == "JPEG" and height >= DRAFT_FACTOR * target[0] and width >= DRAFT_FACTOR * target[1]:
-                    wanted = (DRAFT_FACTOR * target[1], DRAFT_FACTOR * target[0])  # PIL sizes are (width, height)
-                    img.draft("RGB", wanted[::-1] if turned else wanted)
-                img.load()
-                img = _pil_to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img, path)  # no copy
-                if (img.height, img.width) != target:
-                    img = img.resize(target[::-1], _INTERPOLATION[self.interpolation])
-                return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous(), (height, width)
-        except Image.DecompressionBombError as exc:
-            raise ValueError(f"{path}: {exc}. If you trust this file, raise PIL.Image.MAX_IMAGE_PIXELS") from exc
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise ValueError(f"cannot read image {path}: the file is corrupt or not an image ({exc})") from exc
+        with _opened(path) as img:
+            stored = (img.height, img.width)
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            turned = orientation in (5, 6, 7, 8)
+            height, width = stored[::-1] if turned else stored
+            _check_size(height, width, path)
+            target = self.output_size(height, width)
+            if img.format == "JPEG" and height >= DRAFT_FACTOR * target[0] and width >= DRAFT_FACTOR * target[1]:
+                wanted = (DRAFT_FACTOR * target[1], DRAFT_FACTOR * target[0])  # PIL sizes are (width, height)
+                img.draft("RGB", wanted[::-1] if turned else wanted)
+            img.load()
+            img = _pil_to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img, path)  # no copy
+            if (img.height, img.width) != target:
+                img = img.resize(target[::-1], _INTERPOLATION[self.interpolation])
+            return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous(), (height, width)
 
     def collate(self, images: Sequence[torch.Tensor], device: torch.device | str = "cpu"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
