@@ -189,3 +189,13 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
     assert "in use by another zoo predict" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
     assert main(["predict", DEMO, str(IMAGE), "--out", str(out)]) == 0
+
+
+def test_a_detections_json_zoo_did_not_write_is_never_replaced(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "detections.json").write_text('{"mine": [1, 2, 3]}')
+    assert main(["predict", DEMO, str(IMAGE), "--out", str(out)]) == 1
+    assert "is not a zoo predict result" in capsys.readouterr().err
+    assert (out / "detections.json").read_text() == '{"mine": [1, 2, 3]}'
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "detections.json"]

@@ -81,10 +81,14 @@ def _differences(found: dict[str, Any], settings: dict[str, Any]) -> list[str]:
 
 
 def _read_json(path: Path) -> Any:
+    """A JSON file zoo predict wrote (detections.json, settings.json); anything else is refused, never replaced."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not a zoo predict result ({exc}): use another --out, or delete it") from exc
+    if not isinstance(data, dict) or (path.name == "detections.json" and not isinstance(data.get("images"), list)):
+        raise ValueError(f"{path} is not a zoo predict result (no list of images): use another --out, or delete it")
+    return data
 
 
 def _journal(part: Path, repair: bool = False) -> list[dict[str, Any]]:
