@@ -62,6 +62,10 @@ def create_model(
         from zoo.weights.sources import create_from_location
 
         return create_from_location(source, location, tag, num_classes=num_classes, **kwargs)
+    if not location or "/" in model_name or "\\" in model_name:  # "../../etc/passwd" read as "" with tag "./../.."
+        raise ValueError(f"unknown model {model_name!r}: a model name is a registered name (zoo.list_models()), "
+                         "optionally name.tag, 'hf-hub:org/repo' or 'local-dir:/path' (a save_pretrained folder); "
+                         "not a file path")
     architecture = resolve_model_name(location)
     if tag is not None:
         if pretrained not in (False, True, tag):

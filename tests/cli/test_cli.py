@@ -57,6 +57,8 @@ def test_help_everywhere(command, capsys):
     ["predict", "rtdetr_r18vd", "x.jpg", "--threshold", "high"],
     ["predict", "rtdetr_r18vd", "x.jpg", "--weights", "a", "--checkpoint", "b"],
     ["predict", "rtdetr_r18vd", "x.jpg", "--size", "0"],
+    ["predict", "rtdetr_r18vd", "rtsp://cam/1", "--timeout", "0"],
+    ["predict", "rtdetr_r18vd", "rtsp://cam/1", "--timeout", "soon"],
     ["eval", "rtdetr_r18vd", "--images", "dir"],
     ["eval", "rtdetr_r18vd", "--ann", "a.json", "--images", "dir", "--workers", "-1"],
     ["benchmark", "rtdetr_r18vd", "--batch-size", "0"],
@@ -197,3 +199,63 @@ def test_benchmark_dtype_and_bad_dtype(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["benchmark", DEMO, "--dtype", "int8"])
     assert exit_info.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+DEMO = "rtdetr_mobilenetv3_small.shapes_demo"
+DEMO_IMAGE = Path(zoo.__file__).resolve().parent / "assets" / "shapes_demo.png"
+
+
+def test_a_size_too_small_for_the_queries_is_a_usage_error_naming_the_smallest(tmp_path, capsys):
+    """Issue 21 items 11 and 17: --size 3, or 96 with 300 queries, gave torch's "selected index k out of range"."""
+    model = zoo.create_model("rtdetr_mobilenetv3_small").eval()
+    with pytest.raises(RuntimeError, match="out of range"):  # what the check prevents, and that it is exact:
+        model(torch.zeros(1, 3, 96, 96))
+    model(torch.zeros(1, 3, 128, 128))  # the smallest size it names works
+    assert main(["predict", "rtdetr_mobilenetv3_small", str(DEMO_IMAGE), "--random-weights", "--size", "96",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "189 anchors, fewer than its 300 queries" in err and "smallest square input size is 128" in err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+    assert main(["predict", DEMO, str(DEMO_IMAGE), "--size", "3", "--out", str(tmp_path / "o")]) == 2
+    assert "smallest square input size is 64" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="smallest square input size is 128"):
+        model.predict(str(DEMO_IMAGE), input_size=64)
+
+
+def test_train_refuses_a_size_too_small_for_the_queries(tmp_path, capsys):
+    from zoo.data.synthetic import make_synthetic_coco
+
+    make_synthetic_coco(tmp_path / "data", "train", 2, seed=0, image_size=64)
+    make_synthetic_coco(tmp_path / "data", "val", 1, seed=1, image_size=64)
+    args = ["train", "rtdetr_mobilenetv3_small", "--data", str(tmp_path / "data"), "--epochs", "1",
+            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress"]
+    assert main([*args, "--output", str(tmp_path / "a"), "--size", "96", "--no-multiscale"]) == 2
+    assert "smallest square input size is 128" in capsys.readouterr().err
+    assert main([*args, "--output", str(tmp_path / "b"), "--size", "128"]) == 2  # multi-scale goes down to 96
+    assert "draws sizes down to 96" in capsys.readouterr().err
+
+
+def test_a_path_as_model_name_is_named_as_such(tmp_path, capsys):
+    """Issue 21 item 13: ``zoo predict ../../etc/passwd ...`` said "unknown model ''"."""
+    (tmp_path / "passwd").write_text("root:x:0:0")
+    assert main(["predict", str(tmp_path / "passwd"), str(DEMO_IMAGE)]) == 1
+    assert f"NAME {tmp_path / 'passwd'} is a file, not a model name" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), str(DEMO_IMAGE)]) == 1
+    assert f"a save_pretrained folder is local-dir:{tmp_path}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown model '\.\./\.\./etc/passwd': .* not a file path"):
+        zoo.create_model("../../etc/passwd")
+
+
+def test_random_weights_are_seeded(capsys):
+    """Issue 21 item 19: unseeded random weights differed between torchrun ranks (and runs)."""
+    from zoo.cli import build_parser
+    from zoo.cli.predict import create_model_from_args
+
+    args = build_parser().parse_args(["predict", "rtdetr_mobilenetv3_small", "x.png", "--random-weights"])
+    torch.manual_seed(123)
+    first = create_model_from_args(args).state_dict()
+    state = torch.random.get_rng_state()
+    second = create_model_from_args(args).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left alone
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert "random weights, seed 0" in capsys.readouterr().err

@@ -169,3 +169,27 @@ def test_errors(model, clip, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     with pytest.raises(ImportError, match=r"pip install 'zoo\[video\]'"):
         model.predict(str(clip))
+
+
+def test_a_stream_that_never_answers_times_out_and_says_so(model, tmp_path, capsys):
+    """Issue 21 item 13: an RTSP server that accepts and never answers took ~30 s and reported "Invalid data found"."""
+    import socket
+    import time
+
+    from zoo.cli import main
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)  # connections are accepted by the kernel and never answered
+    url = f"rtsp://127.0.0.1:{server.getsockname()[1]}/live"
+    try:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no answer within 1 s"):
+            video.VideoReader(url, timeout=1)
+        assert time.monotonic() - start < 15
+        assert main(["predict", DEMO, url, "--timeout", "1", "--out", str(tmp_path)]) == 1
+        assert "no answer within 1 s" in capsys.readouterr().err
+    finally:
+        server.close()
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        video.VideoReader(url, timeout=0)

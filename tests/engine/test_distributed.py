@@ -149,13 +149,29 @@ def test_predict_retries_a_failed_image_and_skips_the_rest(shapes, single_run, t
     # differ in the last bits; everything else is identical
     assert resumed["failed"] == [] and len(resumed["images"]) == len(single["images"])
     for a, b in zip(resumed["images"], single["images"]):
-        assert {k: v for k, v in a.items() if k not in ("boxes", "scores")} == \
-            {k: v for k, v in b.items() if k not in ("boxes", "scores")}
+        assert {k: v for k, v in a.items() if k not in ("boxes", "scores", "source_stat")} == \
+            {k: v for k, v in b.items() if k not in ("boxes", "scores", "source_stat")}
         assert torch.allclose(torch.tensor(a["boxes"]), torch.tensor(b["boxes"]), atol=1e-3, rtol=0)
         assert torch.allclose(torch.tensor(a["scores"]), torch.tensor(b["scores"]), atol=1e-5, rtol=0)
 
-    assert main([*args[:-1], "0.5"]) == 1  # other settings: refused, not mixed
-    assert "holds results of another run (threshold 0.3 there, 0.5 now)" in capsys.readouterr().err
+    assert main([*args[:-1], "0.5"]) == 0  # other settings: not mixed, the earlier results are set aside
+    assert "other settings (threshold 0.3 there, 0.5 now): moved them to" in capsys.readouterr().err
+    earlier = json.loads((out / "earlier-run-1" / "detections.json").read_text())
+    assert earlier["threshold"] == 0.3 and len(earlier["images"]) == 7
+    assert all(Path(r["annotated"]).parent == out / "earlier-run-1" and Path(r["annotated"]).is_file()
+               for r in earlier["images"])
+    assert json.loads((out / "detections.json").read_text())["threshold"] == 0.5
+
+
+def test_random_weights_are_the_same_in_every_process(shapes, tmp_path):
+    """Issue 21 item 19: ``--random-weights`` was unseeded, so each rank built another model."""
+    common = ["predict", "rtdetr_mobilenetv3_small", *_seven(shapes)[:4], "--random-weights", "--size", "128",
+              "--threshold", "0", "--top-k", "5", "--batch-size", "2", "--device", "cpu", "--no-draw"]
+    torchrun("-m", "zoo", *common, "--out", str(tmp_path / "two"))
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    one, two = (json.loads((tmp_path / n / "detections.json").read_text()) for n in ("one", "two"))
+    assert len(one["images"]) == 4 and all(len(r["scores"]) == 5 for r in one["images"])
+    assert two == one
 
 
 EXIT_CHECK = """

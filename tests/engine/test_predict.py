@@ -251,6 +251,62 @@ def test_very_large_images_are_resized_not_rejected(models):
     assert out.shape == (3, 640, 640) and out[:, 400:, 400:].float().mean() > 250 and out[:, :200].max() == 0
 
 
+def _exif_rotated_jpeg(path: Path, pixels: np.ndarray, orientation: int = 6) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=92, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("resize_mode", ["stretch", "shortest_edge"])
+def test_load_reads_ordinary_files_exactly_as_load_image(tmp_path, resize_mode):
+    """Preprocess.load (one image at a time, resized as a PIL image) gives the pixels of resize(load_image(...))."""
+    pre = Preprocess(resize_mode, (64, 64) if resize_mode == "stretch" else (48, 80))
+    rgba = np.concatenate([_rgb(1, 90, 120), np.full((90, 120, 1), 128, np.uint8)], -1)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(_rgb(2, 90, 120)).save(tmp_path / "small.jpg", quality=90)  # under the draft size
+    Image.fromarray(_rgb(3, 90, 120)).convert("L").save(tmp_path / "gray.png")
+    _exif_rotated_jpeg(tmp_path / "turned.jpg", _rgb(4, 90, 120))
+    for name in ("rgba.png", "small.jpg", "gray.png", "turned.jpg"):
+        expected = load_image(tmp_path / name)
+        got, size = pre.load(tmp_path / name)
+        assert size == tuple(expected.shape[1:]), name
+        assert torch.equal(got, pre.resize(expected)), name
+    assert pre.load(tmp_path / "turned.jpg")[1] == (120, 90)  # the EXIF orientation turns it
+    with pytest.raises(ValueError, match="cannot read image"):
+        (tmp_path / "bad.png").write_bytes(b"not an image")
+        pre.load(tmp_path / "bad.png")
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale(tmp_path, monkeypatch):
+    """Issue 21 item 14: a JPEG at least twice the model's input on both sides is decoded by PIL's draft at 1/2, 1/4
+    or 1/8 scale (never below twice the input); its boxes still come in pixels of the full image."""
+    from PIL import ImageFile
+
+    pixels = np.full((2000, 1600, 3), 255, np.uint8)
+    pixels[500:1500, 400:1200] = (200, 30, 30)
+    _exif_rotated_jpeg(tmp_path / "big.jpg", pixels)
+    decoded, original_load = [], ImageFile.ImageFile.load
+
+    def load(image):
+        result = original_load(image)
+        decoded.append(image.size)
+        return result
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    pre = Preprocess("stretch", (160, 160))
+    got, size = pre.load(tmp_path / "big.jpg")
+    assert size == (1600, 2000)  # turned by its EXIF orientation, at full size
+    assert set(decoded) == {(400, 500)}  # stored 1600x2000 (w x h) at 1/4 scale: each side at least 2 x 160
+    decoded.clear()
+    full = pre.resize(load_image(tmp_path / "big.jpg"))
+    assert set(decoded) == {(1600, 2000)}
+    assert (got.float() - full.float()).abs().mean() < 2  # the same picture, up to the rounding of two downscalings
+    det = zoo.create_model("rtdetr_mobilenetv3_small.shapes_demo").predict(str(tmp_path / "big.jpg"),
+                                                                          score_threshold=0.0, top_k=1)
+    assert det.image_size == (1600, 2000) and det.boxes[0, 2] > 1000  # boxes in pixels of the full image
+
+
 # --------------------------------------------------------------------------------------------------
 # end to end
 # --------------------------------------------------------------------------------------------------

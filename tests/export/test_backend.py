@@ -101,3 +101,15 @@ def test_fixed_size_exports(tmp_path):
     post = zoo.export(model, tmp_path / "post.onnx", input_size=64, postprocess=True, verify=False)
     with pytest.raises(ValueError, match="postprocess=True .* needs the raw graph"):
         OnnxRuntimeDetector(post)
+
+
+def test_an_onnx_name_runs_in_onnxruntime_without_backend(demo_model, demo_onnx, tmp_path, capsys):
+    """Issue 21 item 18: ``zoo predict shapes_demo.onnx img`` said "unknown model 'shapes_demo'"."""
+    out = tmp_path / "out"
+    assert main(["predict", str(demo_onnx), DEMO_IMAGE, "--threshold", "0.3", "--out", str(out), "--no-draw"]) == 0
+    got = json.loads((out / "detections.json").read_text())["images"][0]
+    expected = demo_model.predict(DEMO_IMAGE, score_threshold=0.3)
+    assert len(got["boxes"]) == len(expected) >= 4
+    torch.testing.assert_close(torch.tensor(got["boxes"]), expected.boxes, atol=1e-3, rtol=0)
+    assert main(["predict", str(demo_onnx), DEMO_IMAGE, "--backend", "torch", "--out", str(out)]) == 1
+    assert "runs with --backend onnxruntime" in capsys.readouterr().err

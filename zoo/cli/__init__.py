@@ -33,10 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from zoo.engine.validate import UsageError
     from zoo.extras import MissingExtraError
 
     try:
         return int(args.func(args) or EXIT_OK)
+    except UsageError as exc:
+        print(f"zoo {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, TypeError, KeyError, OSError, MissingExtraError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
         print(f"zoo {args.command}: error: {message}", file=sys.stderr)

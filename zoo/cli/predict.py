@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+#: --random-weights builds the model from this seed, so that every process (and every run) has the same one
+RANDOM_WEIGHTS_SEED = 0
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -21,8 +23,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="model name, e.g. rtdetr_r18vd (see `zoo list`); with "
                                                      "--backend onnxruntime also an .onnx file from `zoo export`")
     add_weights_arguments(parser)
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="run the model in PyTorch (default) or onnxruntime (NAME exported once to a cache)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                        help="run the model in PyTorch (default) or onnxruntime (NAME exported once to a cache); "
+                             "an .onnx NAME runs in onnxruntime")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
                         help="input size override (default: the model's pretrained_cfg)")
@@ -40,8 +43,9 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--checkpoint", metavar="PATH", default=None,
                          help="local checkpoint file (zoo, official or transformers layout)")
     weights.add_argument("--random-weights", action="store_true",
-                         help="run with random (untrained) weights; without this, a model with default weights uses "
-                              "them and one without weights is refused")
+                         help="run with random (untrained) weights, seeded (seed 0: the same model in every process "
+                              "and run); without this, a model with default weights uses them and one without weights "
+                              "is refused")
 
 
 def create_model_from_args(args: argparse.Namespace, random_ok: bool = False):
@@ -51,7 +55,38 @@ def create_model_from_args(args: argparse.Namespace, random_ok: bool = False):
     refused, unless ``random_ok`` (timing does not depend on the weights)."""
     from zoo.factory import create_model
 
-    return create_model(args.name, pretrained=_pretrained(args, random_ok), checkpoint_path=args.checkpoint)
+    _check_name(args.name)
+    pretrained = _pretrained(args, random_ok)
+    if pretrained or args.checkpoint:
+        return create_model(args.name, pretrained=pretrained, checkpoint_path=args.checkpoint)
+    import torch
+
+    if args.random_weights:
+        print(f"{args.name}: random weights, seed {RANDOM_WEIGHTS_SEED} (the same model in every process)",
+              file=sys.stderr)
+    with torch.random.fork_rng(devices=[]):  # seeded: under torchrun every rank must build the same model
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return create_model(args.name, pretrained=False)
+
+
+def _check_name(name: str) -> None:
+    """A file or folder given as NAME (images first, or a saved model without its prefix) is named as such."""
+    if name.startswith(("hf-hub:", "local-dir:")) or not os.path.exists(name):
+        return
+    hint = (f"; a save_pretrained folder is local-dir:{name}" if os.path.isdir(name) else
+            "; an exported model is an .onnx file" if name.lower().endswith(".onnx") else "")
+    raise ValueError(f"NAME {name} is a {'folder' if os.path.isdir(name) else 'file'}, not a model name: the model "
+                     f"comes first (e.g. rtdetr_r18vd; `zoo list` shows them), then the images{hint}")
+
+
+def backend_of(args: argparse.Namespace) -> str:
+    """``--backend``, else onnxruntime for an .onnx NAME (the file holds the model and its weights), else torch."""
+    onnx_file = args.name.lower().endswith(".onnx")
+    chosen = getattr(args, "backend", None)
+    if onnx_file and chosen == "torch":
+        raise ValueError(f"{args.name} is an exported ONNX model: it runs with --backend onnxruntime (the default "
+                         "for an .onnx NAME)")
+    return chosen or ("onnxruntime" if onnx_file else "torch")
 
 
 def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: bool = True):
@@ -62,7 +97,7 @@ def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: b
     from zoo.engine.inference import prepare_for_inference
 
     device = rank_device(args.device)  # checked before building a model
-    if getattr(args, "backend", "torch") == "onnxruntime":
+    if backend_of(args) == "onnxruntime":
         from zoo.export.runtime import OnnxRuntimeDetector
 
         if args.dtype != "fp32" or args.compile:
@@ -74,6 +109,10 @@ def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: b
         model = args.name if is_file else create_model_from_args(args, random_ok)
         return OnnxRuntimeDetector(model, device=device), device
     model = create_model_from_args(args, random_ok).to(device)
+    if args.size is not None:
+        from zoo.data.images import Preprocess
+
+        Preprocess.from_model(model, args.size)  # a --size the model cannot run on: a usage error before any work
     return prepare_for_inference(model, args.dtype, args.compile, deploy=deploy), device
 
 
@@ -116,6 +155,17 @@ def int_at_least(minimum: int):
 _positive_int = int_at_least(1)
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a usage error, exit code 2, otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _threshold(text: str) -> float:
     """argparse type: the score threshold, checked by the same function as ``predict(score_threshold=...)``."""
     from zoo.engine.validate import score_threshold
@@ -154,6 +204,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "merged by class-wise NMS")
     p.add_argument("--overlap", type=_overlap, default=0.2, metavar="F",
                    help="with --slice: fraction of a tile that neighbouring tiles share (default 0.2)")
+    p.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S",
+                   help="seconds a stream or camera may take to answer, and to send each frame (default 30)")
     p.set_defaults(func=_predict)
 
 
@@ -242,7 +294,7 @@ def _predict_video(args: argparse.Namespace, model, device, source: str) -> None
         make_tracker = lambda frame_rate: Tracker(args.track, frame_rate=frame_rate)  # noqa: E731
     summary = annotate_video(model, source, args.out, draw_boxes=not args.no_draw, progress=True,
                              score_threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                             device=device, input_size=args.size, make_tracker=make_tracker)
+                             device=device, input_size=args.size, make_tracker=make_tracker, timeout=args.timeout)
     found = count_summary(summary["detections"])
     print(f"{summary['source']}: {summary['frames']} frames at {summary['fps']:.2f} fps"
           + (" (interrupted)" if summary["interrupted"] else "") + (f", detections: {found}" if found else ""))

@@ -7,18 +7,19 @@ arrays and tensors go through exactly the same resize and normalisation.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["ImageInput", "load_image", "Preprocess"]
+__all__ = ["ImageInput", "load_image", "load_rgb_image", "Preprocess"]
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
@@ -31,7 +32,13 @@ def _check_size(height: int, width: int, name: str) -> None:
 
 
 def _pil_to_tensor(img: Image.Image, name: str) -> torch.Tensor:
-    """Any PIL mode -> RGB uint8 ``[3, H, W]``: 16/32-bit integer and float modes are rescaled, not clipped;
+    """Any PIL mode -> RGB uint8 ``[3, H, W]`` (see :func:`_pil_to_rgb`)."""
+    img = _pil_to_rgb(img, name)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _pil_to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """Any PIL mode -> an RGB PIL image: 16/32-bit integer and float modes are rescaled, not clipped;
     transparent images are composited on white; palette, grayscale, CMYK and the rest go through ``convert``."""
     _check_size(img.height, img.width, name)
     if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grayscale (PNG, TIFF); "I" holds 16-bit data
@@ -42,26 +49,56 @@ def _pil_to_tensor(img: Image.Image, name: str) -> torch.Tensor:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    img = img.convert("RGB")
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert would copy an RGB image
 
 
-def _read_file(path: str | os.PathLike, exif_transpose: bool) -> torch.Tensor:
+_EXIF_ORIENTATION = 0x0112
+#: a JPEG at least this many times the model's input size (both sides) is decoded at reduced scale for prediction
+DRAFT_FACTOR = 2
+
+
+def _checked_path(path: str | os.PathLike) -> str:
     name = os.fspath(path)
     if not os.path.exists(name):
         raise FileNotFoundError(f"image not found: {name}")
     if os.path.isdir(name):
         raise ValueError(f"{name} is a directory, not an image file")
+    return name
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Image.Image]:
+    """``Image.open(path)``; what PIL raises while the image is opened or decoded in the block becomes a clear
+    ValueError naming the file."""
     try:
-        with Image.open(name) as img:
-            img.load()  # decode now, so that truncated files fail here
-            if exif_transpose:
-                img = ImageOps.exif_transpose(img)
-            return _pil_to_tensor(img, name)
+        with Image.open(path) as img:
+            yield img
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"{name}: {exc}. If you trust this file, raise PIL.Image.MAX_IMAGE_PIXELS") from exc
+        raise ValueError(f"{path}: {exc}. If you trust this file, raise PIL.Image.MAX_IMAGE_PIXELS") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # SyntaxError: some PIL plugins on bad headers
-        raise ValueError(f"cannot read image {name}: the file is corrupt or not an image ({exc})") from exc
+        raise ValueError(f"cannot read image {path}: the file is corrupt or not an image ({exc})") from exc
+
+
+def _read_file(path: str | os.PathLike, exif_transpose: bool) -> torch.Tensor:
+    name = _checked_path(path)
+    with _opened(name) as img:
+        img.load()  # decode now, so that truncated files fail here
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        return _pil_to_tensor(img, name)
+
+
+def load_rgb_image(image: ImageInput, name: str | None = None) -> Image.Image:
+    """An image input as a new RGB PIL image, the pixels of :func:`load_image` (EXIF orientation applied). A file is
+    decoded straight into it, without the tensor copies :func:`load_image` makes (``zoo.draw`` on a 12000x12000
+    file holds one decoded copy, not four)."""
+    if not isinstance(image, (str, os.PathLike)):
+        return Image.fromarray(load_image(image, name).permute(1, 2, 0).numpy(), "RGB")
+    path = _checked_path(image)
+    with _opened(path) as img:
+        img.load()
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        return _pil_to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img, path)
 
 
 def _array_to_tensor(array: np.ndarray | torch.Tensor, name: str, channels_last: bool) -> torch.Tensor:
@@ -177,7 +214,8 @@ class Preprocess:
     @classmethod
     def from_model(cls, model: torch.nn.Module, input_size: int | tuple[int, int] | None = None) -> "Preprocess":
         """Read ``model.pretrained_cfg``; ``input_size`` overrides the size (the shortest side for
-        shortest_edge models, with the longest-side limit scaled by the same factor)."""
+        shortest_edge models, with the longest-side limit scaled by the same factor). A size the model cannot run
+        on is refused here (``model.check_input_size``)."""
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         mode = cfg.get("resize_mode", "stretch")
         cfg_hw = tuple(cfg.get("input_size", (3, 640, 640))[-2:])
@@ -198,6 +236,8 @@ class Preprocess:
         interpolation = cfg.get("interpolation", "bilinear")
         if interpolation not in _INTERPOLATION:
             raise ValueError(f"unknown interpolation {interpolation!r} (expected one of {sorted(_INTERPOLATION)})")
+        if mode == "stretch" and hasattr(model, "check_input_size"):
+            model.check_input_size(*size)  # a clear error now rather than a raw one inside the model
         use_mask = "pixel_mask" in inspect.signature(model.forward).parameters
         return cls(mode, size, interpolation, cfg.get("mean"), cfg.get("std"),
                    int(getattr(model, "size_divisor", 1) or 1), use_mask)
@@ -227,6 +267,35 @@ class Preprocess:
         pil = Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB")
         resized = pil.resize((width, height), _INTERPOLATION[self.interpolation])
         return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+    def load(self, image: ImageInput, name: str | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Read one image input and resize it as the model takes it: (uint8 ``[3, h, w]``, its original
+        (height, width)), the pixels :meth:`resize` of :func:`load_image` gives.
+
+        Memory stays near one decoded copy of the file: a file is resized as a PIL image, never copied to a tensor
+        at full size, and a JPEG at least :data:`DRAFT_FACTOR` times the model's input on both sides is decoded
+        at 1/2, 1/4 or 1/8 scale by its DCT (PIL's ``draft``), to no less than that factor times the input, so a
+        12000x12000 photo is never held at full size (its pixels then differ from a full decode by the rounding of
+        the two downscalings; files of ordinary sizes are read exactly as :func:`load_image` reads them)."""
+        if not isinstance(image, (str, os.PathLike)):
+            pixels = load_image(image, name)
+            return self.resize(pixels), (int(pixels.shape[1]), int(pixels.shape[2]))
+        path = _checked_path(image)
+        with _opened(path) as img:
+            stored = (img.height, img.width)
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            turned = orientation in (5, 6, 7, 8)
+            height, width = stored[::-1] if turned else stored
+            _check_size(height, width, path)
+            target = self.output_size(height, width)
+            if img.format == "JPEG" and height >= DRAFT_FACTOR * target[0] and width >= DRAFT_FACTOR * target[1]:
+                wanted = (DRAFT_FACTOR * target[1], DRAFT_FACTOR * target[0])  # PIL sizes are (width, height)
+                img.draft("RGB", wanted[::-1] if turned else wanted)
+            img.load()
+            img = _pil_to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img, path)  # no copy
+            if (img.height, img.width) != target:
+                img = img.resize(target[::-1], _INTERPOLATION[self.interpolation])
+            return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous(), (height, width)
 
     def collate(self, images: Sequence[torch.Tensor], device: torch.device | str = "cpu"
                 ) -> tuple[torch.Tensor, torch.Tensor]:

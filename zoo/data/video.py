@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,7 @@ __all__ = ["VIDEO_SUFFIXES", "VideoReader", "VideoWriter", "is_video_source", "w
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 DEFAULT_FPS = Fraction(30)  # for live sources that do not report a frame rate
+DEFAULT_TIMEOUT = 30.0  # seconds a stream or camera may take to answer (open) and between packets (read)
 
 
 def webcam_index(source: Any) -> int | None:
@@ -48,8 +50,10 @@ def _av():
     return require("av", "video", "reading and writing videos and streams", package="av (PyAV)")
 
 
-def _open_input(source: Any):
-    """``av.open`` for a file, a webcam index (v4l2 on Linux, avfoundation on macOS) or a URL."""
+def _open_input(source: Any, timeout: float = DEFAULT_TIMEOUT):
+    """``av.open`` for a file, a webcam index (v4l2 on Linux, avfoundation on macOS) or a URL; a source that does
+    not answer within ``timeout`` seconds is a :class:`TimeoutError` that says so (FFmpeg reports only what it
+    made of the silence, e.g. "Invalid data found")."""
     av = _av()
     index = webcam_index(source)
     if index is not None:
@@ -66,9 +70,16 @@ def _open_input(source: Any):
         kwargs = {"options": {"rtsp_transport": "tcp"}} if name.lower().startswith("rtsp") else {}
         if "://" not in name and not os.path.isfile(name):
             raise FileNotFoundError(f"video not found: {name}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    start = time.monotonic()
     try:
-        return av.open(name, mode="r", timeout=30.0, **kwargs), what
+        return av.open(name, mode="r", timeout=float(timeout), **kwargs), what
     except av.FFmpegError as exc:
+        if time.monotonic() - start >= 0.9 * timeout:  # FFmpeg's interrupt callback ended the wait
+            raise TimeoutError(f"cannot open {what}: no answer within {timeout:g} s (FFmpeg: {exc}). Check the "
+                               "address and that the source is streaming, or wait longer (zoo predict --timeout, "
+                               "timeout= in Python)") from None
         raise ValueError(f"cannot open video {what}: {exc}. Check that it exists and that FFmpeg (PyAV) can "
                          "decode it") from exc
 
@@ -76,10 +87,10 @@ def _open_input(source: Any):
 class VideoReader:
     """Decoded RGB frames of a video or stream, one at a time: ``for index, time, frame in reader``, with
     ``frame`` a uint8 tensor ``[3, H, W]``. ``fps`` is the average frame rate; ``num_frames`` is 0 when unknown
-    (live streams)."""
+    (live streams). ``timeout``: seconds the source may take to answer, and to send each packet."""
 
-    def __init__(self, source: Any):
-        self.container, self.name = _open_input(source)
+    def __init__(self, source: Any, timeout: float = DEFAULT_TIMEOUT):
+        self.container, self.name = _open_input(source, timeout)
         if not self.container.streams.video:
             self.container.close()
             raise ValueError(f"{self.name} has no video stream")

@@ -5,7 +5,7 @@ import colorsys
 
 from PIL import Image, ImageDraw, ImageFont
 
-from zoo.data.images import ImageInput, load_image
+from zoo.data.images import ImageInput, load_rgb_image
 from zoo.engine.predict import Detections
 from zoo.engine.validate import score_threshold as check_score_threshold
 
@@ -30,13 +30,12 @@ def draw(image: ImageInput, detections: Detections, score_threshold: float | Non
                         f"got {type(detections).__name__}")
     if score_threshold is not None:
         score_threshold = check_score_threshold(score_threshold)
-    pixels = load_image(image)
-    height, width = int(pixels.shape[1]), int(pixels.shape[2])
+    canvas = load_rgb_image(image)  # a new image: the caller's is never drawn on
+    height, width = canvas.height, canvas.width
     if (height, width) != tuple(detections.image_size):
         raise ValueError(f"the detections were made on an image of {detections.image_size[0]}x"
                          f"{detections.image_size[1]} pixels but this image is {height}x{width}; "
                          "draw them on the image that was passed to predict")
-    canvas = Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
     painter = ImageDraw.Draw(canvas)
     line_width = line_width or max(1, round(max(height, width) / 320))
     font = ImageFont.load_default(size=font_size or max(10, round(max(height, width) / 50)))

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from zoo.data.images import ImageInput, Preprocess, load_image
 from zoo.engine.device import resolve_device
 from zoo.engine.validate import score_threshold as check_score_threshold
 
-__all__ = ["Detections", "predict", "run_detector", "label_names_for", "detections_from_output"]
+__all__ = ["Detections", "predict", "detect_batches", "run_detector", "label_names_for", "detections_from_output"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,6 +181,9 @@ def _check_args(score_threshold: Any, top_k: Any, batch_size: Any) -> None:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
 
 
+Batch = tuple[list[torch.Tensor], list[tuple[int, int]], list["str | None"]]  # resized images, sizes, sources
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5,
             top_k: int = 100, batch_size: int = 8, device: str | torch.device | None = None,
@@ -191,36 +194,53 @@ def predict(model: torch.nn.Module, images: ImageInput | Sequence[ImageInput], s
     Returns one :class:`Detections` for a single image, else a list in input order. Boxes are in pixels of
     each original image; at most ``top_k`` detections with score >= ``score_threshold`` are kept.
     ``device`` moves the model there (default: where the model is). ``input_size`` overrides the size in
-    ``pretrained_cfg`` (faster, less accurate). Images are read batch by batch, so long lists stay cheap.
+    ``pretrained_cfg`` (faster, less accurate). Images are read batch by batch, so long lists stay cheap, and
+    each is resized as soon as it is read, so a batch holds ``batch_size`` images at the model's input size plus
+    one decoded file (a large JPEG is decoded at reduced scale: :meth:`Preprocess.load`).
     The model runs fused (see :func:`zoo.engine.inference.inference_model`) in its own dtype (bf16 and fp16
     models work, and so does ``torch.autocast``); boxes and scores come back in float32.
     """
+    _check_args(score_threshold, top_k, batch_size)
+    items, single = _as_items(images)
+    preprocess = Preprocess.from_model(model, input_size)
+    step = batch_size if preprocess.batchable else 1
+
+    def batches() -> Iterator[Batch]:
+        for start in range(0, len(items), step):
+            chunk = items[start:start + step]
+            resized, sizes = zip(*(preprocess.load(image, image_name) for image, image_name in chunk))
+            sources = [name if isinstance(image, (str, os.PathLike)) else None for image, name in chunk]
+            yield list(resized), list(sizes), sources
+
+    results = detect_batches(model, batches(), preprocess, score_threshold, top_k, device, progress, len(items))
+    return results[0] if single else results
+
+
+@torch.no_grad()
+def detect_batches(model: torch.nn.Module, batches: Iterable[Batch], preprocess: Preprocess,
+                   score_threshold: float = 0.5, top_k: int = 100, device: str | torch.device | None = None,
+                   progress: bool = False, total: int | None = None) -> list[Detections]:
+    """:class:`Detections` of images already read and resized (:meth:`Preprocess.load`), one batch per item of
+    ``batches``: ([resized uint8 images], [original (height, width)], [source path or None]). What
+    :func:`predict` runs; zoo.engine.predict_files calls it to read and record each file itself."""
     from tqdm.auto import tqdm
 
     from zoo.engine.inference import inference_model
 
-    _check_args(score_threshold, top_k, batch_size)
-    items, single = _as_items(images)
+    check_score_threshold(score_threshold)
     device = resolve_device(device, model)
-    preprocess = Preprocess.from_model(model, input_size)
     names = label_names_for(model)
-    step = batch_size if preprocess.batchable else 1
     was_training = model.training
     model.to(device).eval()
     runner = inference_model(model)  # fused (deploy) copy: same outputs up to rounding, faster
     results: list[Detections] = []
     try:
-        with tqdm(total=len(items), disable=not progress, unit="img", desc="predict") as bar:
-            for start in range(0, len(items), step):
-                chunk = items[start:start + step]
-                loaded = [load_image(image, image_name) for image, image_name in chunk]
-                sizes = [(int(t.shape[1]), int(t.shape[2])) for t in loaded]
-                outputs = run_detector(runner, preprocess, [preprocess.resize(t) for t in loaded], sizes, device,
-                                       float(score_threshold), top_k)
-                for (chunk_image, image_name), size, out in zip(chunk, sizes, outputs):
-                    results.append(detections_from_output(out, names, size, image_name if isinstance(
-                        chunk_image, (str, os.PathLike)) else None))
-                bar.update(len(chunk))
+        with tqdm(total=total, disable=not progress, unit="img", desc="predict") as bar:
+            for resized, sizes, sources in batches:
+                outputs = run_detector(runner, preprocess, resized, sizes, device, float(score_threshold), top_k)
+                for size, source, out in zip(sizes, sources, outputs):
+                    results.append(detections_from_output(out, names, size, source))
+                bar.update(len(resized))
     finally:
         model.train(was_training)
-    return results[0] if single else results
+    return results

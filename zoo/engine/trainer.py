@@ -218,6 +218,14 @@ class Trainer:
         self.preprocess = Preprocess.from_model(self.model, config.input_size)
         self.input_size = self.preprocess.size[0]
         scales = default_scales(self.input_size) if config.multiscale else None
+        if scales and self.preprocess.resize_mode == "stretch":  # the smallest multi-scale size must run too
+            from zoo.engine.validate import UsageError
+
+            try:
+                self.model.check_input_size(min(scales), min(scales))
+            except UsageError as exc:
+                raise UsageError(f"multi-scale training at input size {self.input_size} draws sizes down to "
+                                 f"{min(scales)}: {exc}; or train without multi-scale (--no-multiscale)") from None
         self.train_set.transforms = (train_transforms(self.preprocess, scales=scales) if config.augment
                                      else eval_transforms(self.preprocess))
         self.train_data = self._mixing(config)

@@ -8,7 +8,12 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["score_threshold"]
+__all__ = ["score_threshold", "UsageError"]
+
+
+class UsageError(ValueError):
+    """A value the user chose that cannot work (e.g. an input size too small for the model): the command line
+    reports it as a usage error (exit code 2), the Python API raises it as the ValueError it is."""
 
 
 def score_threshold(value: Any) -> float:

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import torch
 
-from zoo.data.video import VideoReader, VideoWriter, webcam_index
+from zoo.data.video import DEFAULT_TIMEOUT, VideoReader, VideoWriter, webcam_index
 from zoo.engine.draw import draw
 from zoo.engine.predict import Detections, predict
 
@@ -60,12 +60,13 @@ def _detect_frames(model: torch.nn.Module, reader: VideoReader, batch_size: int,
 
 def predict_stream(model: torch.nn.Module, source: Any, score_threshold: float = 0.5, top_k: int = 100,
                    batch_size: int = 8, device: str | torch.device | None = None,
-                   input_size: int | tuple[int, int] | None = None, progress: bool = False
-                   ) -> Iterator[FrameDetections]:
+                   input_size: int | tuple[int, int] | None = None, progress: bool = False,
+                   timeout: float = DEFAULT_TIMEOUT) -> Iterator[FrameDetections]:
     """Yield :class:`FrameDetections` for each frame of a video file, webcam index or stream URL, in constant
-    memory (``batch_size`` frames decoded at a time). The source is opened now, so a bad one fails here; stop
-    iterating to stop reading a live stream."""
-    reader = VideoReader(source)
+    memory (``batch_size`` frames decoded at a time). The source is opened now, so a bad one fails here (one that
+    does not answer within ``timeout`` seconds: :class:`TimeoutError`); stop iterating to stop reading a live
+    stream."""
+    reader = VideoReader(source, timeout)
 
     def frames() -> Iterator[FrameDetections]:
         with reader:
@@ -86,8 +87,8 @@ def annotate_video(model: torch.nn.Module, source: Any, out_dir: str | os.PathLi
                    progress: bool = False, make_tracker: Any = None, **kwargs: Any) -> dict[str, Any]:
     """Detect objects in every frame of ``source``; write ``out_dir/<stem>.mp4`` (the frames with their
     detections drawn, same frame count and frame rate; skipped when ``draw_boxes`` is False) and
-    ``out_dir/<stem>.jsonl`` (one JSON record per frame). ``kwargs`` go to :func:`predict_stream`'s options.
-    ``make_tracker(frame_rate)`` builds a tracker (:class:`zoo.engine.track.Tracker`) that gives every frame's
+    ``out_dir/<stem>.jsonl`` (one JSON record per frame). ``kwargs`` go to :func:`predict_stream`'s options
+    (``timeout`` included). ``make_tracker(frame_rate)`` builds a tracker (:class:`zoo.engine.track.Tracker`) that gives every frame's
     detections track ids, recorded in the JSON lines and drawn with a trail per object. Ctrl-C ends a live stream cleanly: what was read so far is written. Returns a summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ def annotate_video(model: torch.nn.Module, source: Any, out_dir: str | os.PathLi
     counts: Counter[str] = Counter()
     frames, writer, interrupted = 0, None, False
     batch_size = kwargs.pop("batch_size", 8)
-    with VideoReader(source) as reader, open(lines_path, "w") as lines:
+    with VideoReader(source, kwargs.pop("timeout", DEFAULT_TIMEOUT)) as reader, open(lines_path, "w") as lines:
         tracker = make_tracker(float(reader.fps)) if make_tracker is not None else None
         try:
             for frame, det in _detect_frames(model, reader, batch_size, progress, **kwargs):

@@ -93,6 +93,12 @@ class Detector(nn.Module):
         valid (unpadded) region of the image in ``pixel_values``."""
         return {}
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise :class:`zoo.engine.validate.UsageError` when the model cannot run on ``height`` x ``width`` inputs
+        (before its padding to ``size_divisor``), naming the smallest size that works. Every positive size works
+        here; a family with a lower bound (RT-DETR's query selection) overrides it. Prediction, evaluation and
+        training call it through :meth:`zoo.data.images.Preprocess.from_model`, so a bad size fails before any work."""
+
     def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
         """Write config.json, model.safetensors and a README.md model card (see zoo.weights.publish.save_pretrained)."""
         from zoo.weights.publish import save_pretrained

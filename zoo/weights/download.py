@@ -324,7 +324,7 @@ def _download(hub: HubFile, name: str, cache: Path, offline: bool) -> Path:
     except LocalEntryNotFoundError as exc:
         reason = "offline mode (HF_HUB_OFFLINE) is on" if offline else f"{endpoint} could not be reached"
         raise WeightsNotCachedError(f"{name}: {hub} is not in the cache {cache} and {reason}. "
-                                    + _prefetch_hint(name)) from exc
+                                    + _prefetch_hint(name)) from None  # huggingface_hub's chain adds ~90 lines
     except RevisionNotFoundError as exc:
         raise WeightsNotFoundError(f"{name}: revision {hub.revision!r} does not exist in {hub.repo_id} "
                                    f"on {endpoint}") from exc
@@ -355,7 +355,7 @@ def _probe(hub: HubFile, name: str, cache: Path, endpoint: str) -> None:
         raise WeightsNotCachedError(
             f"{name}: {hub} is not in the cache {cache} and {endpoint} could not be reached "
             f"({type(exc).__name__}: {exc}). Set HF_HUB_OFFLINE=1 to use only the cache without trying the network. "
-            + _prefetch_hint(name)) from exc
+            + _prefetch_hint(name)) from None  # the message names the network error; its chain adds nothing
 
 
 def _exists(repo_id: str, revision: str, endpoint: str) -> bool:

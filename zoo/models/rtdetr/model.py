@@ -58,6 +58,36 @@ class RTDETR(Detector):
         check_pixel_values(pixel_values, self.size_divisor)
         return self.decoder(self.encoder(self.backbone(pixel_values)), denoising)
 
+    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h, w) of every level the decoder reads for an input of ``height`` x ``width`` (padded to the largest
+        stride, as ``model.predict`` pads it): the backbone's levels, then the decoder's extra stride-2 levels."""
+        d = self.size_divisor
+        height, width = -(-height // d) * d, -(-width // d) * d
+        sizes = [(height // s, width // s) for s in self.backbone.strides]
+        while len(sizes) < self.decoder.num_levels:
+            sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+        return sizes
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Query selection takes the ``num_queries`` best of one anchor per feature-map cell: an input whose feature
+        maps hold fewer cells than queries cannot run (torch says only "selected index k out of range")."""
+        from zoo.engine.validate import UsageError
+
+        def anchors(h: int, w: int) -> int:
+            return sum(a * b for a, b in self.feature_sizes(h, w))
+
+        queries = self.decoder.num_queries
+        if anchors(height, width) >= queries:
+            return
+        smallest = self.size_divisor
+        while anchors(smallest, smallest) < queries:
+            smallest += self.size_divisor
+        maps = ", ".join(f"{a}x{b}" for a, b in self.feature_sizes(height, width))
+        raise UsageError(f"input size {height}x{width} is too small for {self.config['architecture']}: its feature "
+                         f"maps ({maps}) hold {anchors(height, width)} anchors, fewer than its {queries} queries; the "
+                         f"smallest square input size is {smallest} (--size {smallest}), or build the model with "
+                         "fewer queries (num_queries)")
+
     def criterion(self) -> RTDETRCriterion:
         """Varifocal + L1 + GIoU on the last layer, the auxiliary layers, the encoder top-k and denoising groups."""
         return RTDETRCriterion(self.num_classes)
