@@ -104,8 +104,12 @@ def test_cli_slice(model, crowded, tmp_path, capsys):
     (record,) = result["images"]
     assert len(record["boxes"]) >= 19 and (out / "crowded.jpg").is_file()
     capsys.readouterr()
-    assert main(["predict", DEMO, str(path), "--threshold", "0.3", "--out", str(out)]) == 1  # not mixed with a run
-    assert "holds results of another run (slice" in capsys.readouterr().err  # without slicing
+    # a run without slicing never mixes with the sliced one: the sliced results are set aside, not overwritten
+    assert main(["predict", DEMO, str(path), "--threshold", "0.3", "--out", str(out)]) == 0
+    assert "other settings (slice" in capsys.readouterr().err
+    assert json.loads((out / "detections.json").read_text())["slice"] is None
+    earlier = json.loads((out / "earlier-run-1" / "detections.json").read_text())
+    assert earlier["slice"] == {"tile": [96, 96], "overlap": 0.2} and earlier["images"][0]["boxes"] == record["boxes"]
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", DEMO, str(path), "--slice", "96", "96", "--overlap", "1"])
     assert exit_info.value.code == 2
