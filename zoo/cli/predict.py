@@ -21,8 +21,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="model name, e.g. rtdetr_r18vd (see `zoo list`); with "
                                                      "--backend onnxruntime also an .onnx file from `zoo export`")
     add_weights_arguments(parser)
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="run the model in PyTorch (default) or onnxruntime (NAME exported once to a cache)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                        help="run the model in PyTorch (default), onnxruntime or OpenVINO (NAME exported once to a "
+                             "cache, or a file from `zoo export`)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
                         help="input size override (default: the model's pretrained_cfg)")
@@ -62,17 +63,18 @@ def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: b
     from zoo.engine.inference import prepare_for_inference
 
     device = rank_device(args.device)  # checked before building a model
-    if getattr(args, "backend", "torch") == "onnxruntime":
-        from zoo.export.runtime import OnnxRuntimeDetector
+    if getattr(args, "backend", "torch") in ("onnxruntime", "openvino"):
+        from zoo.export.runtime import OnnxRuntimeDetector, OpenVinoDetector
 
         if args.dtype != "fp32" or args.compile:
-            raise ValueError("--dtype and --compile apply to the torch backend; for a half-precision onnxruntime "
+            raise ValueError(f"--dtype and --compile apply to the torch backend; for a half-precision {args.backend} "
                              "model export it with `zoo export --half`")
-        is_file = args.name.lower().endswith(".onnx")
+        is_file = args.name.lower().endswith((".onnx", ".xml")) or os.path.isdir(args.name)  # (an IR folder)
         if is_file and (args.weights or args.checkpoint):
             raise ValueError(f"{args.name} is an exported file: it holds its weights, drop --weights/--checkpoint")
         model = args.name if is_file else create_model_from_args(args, random_ok)
-        return OnnxRuntimeDetector(model, device=device), device
+        detector = OpenVinoDetector if args.backend == "openvino" else OnnxRuntimeDetector
+        return detector(model, device=device), device
     model = create_model_from_args(args, random_ok).to(device)
     return prepare_for_inference(model, args.dtype, args.compile, deploy=deploy), device
 

@@ -25,7 +25,7 @@ from zoo.export.compare import Agreement, compare_queries
 
 __all__ = ["export", "ExportError", "EXPORT_FORMATS", "DEFAULT_OPSET", "POSTPROCESS_TOP_K", "read_metadata"]
 
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "openvino")
 #: opset 17 has LayerNormalization and GridSample (16); TensorRT >= 8.6 and every recent onnxruntime read it
 DEFAULT_OPSET = 17
 MIN_OPSET = 16
@@ -253,8 +253,14 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     ``verify``: run the file with onnxruntime (at a second size and batch when those are dynamic), print the
     agreement with the eager model, and raise :class:`ExportError` on a mismatch. The file is written to a
     temporary name and moved into place only when everything succeeded.
+    ``format="openvino"``: ``path`` is a folder that receives ``model.xml`` and ``model.bin`` (OpenVINO IR,
+    converted from the verified ONNX graph and verified with OpenVINO too); returns the ``.xml`` path.
     """
     _check_format(format)
+    if format == "openvino":
+        from zoo.export.openvino import export_openvino
+
+        return export_openvino(model, path, input_size, dynamic_batch, dynamic_size, postprocess, half, opset, verify)
     model = resolve_detector(model)
     path = _output_path(path)
     size = _input_size(model, input_size)
@@ -301,11 +307,11 @@ def _verify_shapes(size: tuple[int, int], step: int, dynamic_batch: bool, dynami
 
 
 def verify_export(model: nn.Module, path: str | os.PathLike, postprocess: bool, half: bool, size: tuple[int, int],
-                  dynamic_batch: bool = False, dynamic_size: bool = False
+                  dynamic_batch: bool = False, dynamic_size: bool = False, session: Any = None
                   ) -> list[tuple[Agreement, tuple[int, ...]]]:
     """Run ``path`` with onnxruntime and compare with the eager ``model`` (float32, on the CPU), per query, in
     units of float rounding (see compare.py); returns an :class:`Agreement` and the input shape for each shape
-    tried.
+    tried. ``session``: another runtime's session with onnxruntime's ``get_inputs`` / ``run`` (OpenVINO).
 
     A shape whose first input disagrees is tried once more with other random images, and the second result is
     the one returned: two candidates within rounding of each other at the edge of RT-DETR's top-k query selection
@@ -313,7 +319,7 @@ def verify_export(model: nn.Module, path: str | os.PathLike, postprocess: bool, 
     """
     from zoo.export.session import open_session
 
-    session = open_session(path)
+    session = session or open_session(path)
     graph = _graph_module(model, postprocess)
     step = max(int(getattr(model, "size_divisor", 1) or 1), 32)
     results = []
@@ -322,7 +328,7 @@ def verify_export(model: nn.Module, path: str | os.PathLike, postprocess: bool, 
         for i, (batch, shape) in enumerate(_verify_shapes(size, step, dynamic_batch, dynamic_size)):
             agreement = _verify_once(graph, session, postprocess, half, batch, shape, seed=i)
             if not agreement.ok:
-                print(f"onnxruntime vs eager at {batch}x3x{shape[0]}x{shape[1]}: {agreement}; trying other images")
+                print(f"exported vs eager at {batch}x3x{shape[0]}x{shape[1]}: {agreement}; trying other images")
                 agreement = _verify_once(graph, session, postprocess, half, batch, shape, seed=1000 + i)
             results.append((agreement, (batch, 3, *shape)))
     finally:
@@ -340,7 +346,7 @@ def _verify_once(graph: nn.Module, session: Any, postprocess: bool, half: bool, 
     try:
         got = [torch.from_numpy(a) for a in session.run(None, feed)]
     except Exception as exc:  # onnxruntime's own error types; e.g. a size baked into the graph
-        raise ExportError(f"onnxruntime cannot run the export at input {list(inputs[0].shape)}: "
+        raise ExportError(f"the runtime cannot run the export at input {list(inputs[0].shape)}: "
                           f"{str(exc).strip().splitlines()[0]}") from exc
     names = (POSTPROCESS_NAMES if postprocess else RAW_NAMES)[1]
     reference, candidate = dict(zip(names, expected)), dict(zip(names, got))
