@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from zoo.export.onnx import ExportError, export, read_metadata
+    from zoo.export.api import export
+    from zoo.export.onnx import ExportError, read_metadata
 
     try:
         model = create_model_from_args(args)

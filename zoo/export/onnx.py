@@ -253,14 +253,11 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     ``verify``: run the file with onnxruntime (at a second size and batch when those are dynamic), print the
     agreement with the eager model, and raise :class:`ExportError` on a mismatch. The file is written to a
     temporary name and moved into place only when everything succeeded.
-    ``format="openvino"``: ``path`` is a folder that receives ``model.xml`` and ``model.bin`` (OpenVINO IR,
-    converted from the verified ONNX graph and verified with OpenVINO too); returns the ``.xml`` path.
+    ``zoo.export(..., format="openvino")`` (zoo/export/api.py) writes OpenVINO IR instead.
     """
     _check_format(format)
-    if format == "openvino":
-        from zoo.export.openvino import export_openvino
-
-        return export_openvino(model, path, input_size, dynamic_batch, dynamic_size, postprocess, half, opset, verify)
+    if format != "onnx":
+        raise ValueError(f"zoo.export.onnx.export writes ONNX; zoo.export(..., format={format!r}) writes {format}")
     model = resolve_detector(model)
     path = _output_path(path)
     size = _input_size(model, input_size)

@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from zoo.export.onnx import decode_metadata, export, resolve_detector
+from zoo.export.openvino import export_openvino
 from zoo.export.session import open_session
 from zoo.models.base import Detector, detections_to_pixels
 
-__all__ = ["onnxruntime_session", "OnnxRuntimeDetector", "OpenVinoDetector", "cached_export", "onnx_path", "export_cache_dir",
+__all__ = ["onnxruntime_session", "OnnxRuntimeDetector", "OpenVinoDetector", "cached_export", "onnx_path",
+           "export_cache_dir",
            "model_fingerprint"]
 
 
@@ -56,7 +58,7 @@ def cached_export(model: Any, cache_dir: str | os.PathLike | None = None, dynami
         path = folder.parent / "openvino" / name / "model.xml"
         if not path.is_file():
             path.parent.parent.mkdir(parents=True, exist_ok=True)
-            export(model, path.parent, format="openvino", **options, verify=True)  # moved in place when verified
+            export_openvino(model, path.parent, **options, verify=True)  # moved in place when verified
         return path
     path = folder / f"{name}.onnx"
     if not path.is_file():
