@@ -11,11 +11,38 @@ order. Without exact ties this returns what ``torch.topk`` returns.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from zoo.layers.tracing import is_tracing
 
-__all__ = ["topk_lowest_index"]
+__all__ = ["topk_lowest_index", "record_rounding_ties"]
+
+_records: list[int] | None = None
+_records_relative = 0.0
+
+
+@contextlib.contextmanager
+def record_rounding_ties(relative: float) -> Iterator[list[int]]:
+    """Within this block (eager, one thread), every :func:`topk_lowest_index` call appends to the yielded list
+    how many of its selections float rounding could change: per row, the smaller of the number of selected and
+    of not selected entries within ``relative`` x the row's largest magnitude from the k-th value, summed over
+    rows. Export verification uses it to excuse exactly that many queries (zoo.export.onnx)."""
+    global _records, _records_relative
+    previous, _records, _records_relative = _records, [], relative
+    try:
+        yield _records
+    finally:
+        _records = previous
+
+
+def _record(x: torch.Tensor, kth: torch.Tensor, chosen: torch.Tensor) -> None:
+    margin = _records_relative * x.abs().amax(1, keepdim=True)
+    near = (x - kth).abs() <= margin
+    inside, outside = (near & chosen).sum(1), (near & ~chosen).sum(1)
+    _records.append(int(torch.minimum(inside, outside).sum()))
 
 
 def topk_lowest_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +53,8 @@ def topk_lowest_index(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     above, tied = x > kth, x == kth
     room = k - above.sum(1, keepdim=True)  # how many of the tied entries fit
     chosen = above | (tied & (tied.to(torch.int64).cumsum(1) <= room))
+    if _records is not None and not is_tracing():
+        _record(x, kth, chosen)
     # the chosen indices, ascending: unique keys (n - index), so any runtime's TopK returns them alike
     position = torch.arange(x.shape[1], 0, -1, device=x.device, dtype=torch.float32)
     index = torch.where(chosen, position, torch.zeros_like(position)).topk(k, dim=1).indices
