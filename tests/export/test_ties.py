@@ -68,3 +68,14 @@ def test_transformers_initialised_weights_export_and_verify(transformers_initial
     zoo.export(transformers_initialised, tmp_path / "m.onnx", input_size=(128, 128))
     printed = capsys.readouterr().out
     assert "1x3x128x128" in printed
+
+
+def test_selections_within_rounding_of_the_kth_value_are_counted():
+    from zoo.layers.topk import record_rounding_ties
+
+    x = torch.tensor([[5.0, 4.0, 3.0, 3.0 + 1e-6, 3.0 - 1e-6, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    with record_rounding_ties(1e-5) as ties:
+        topk_lowest_index(x, 3)  # row 0: 3+1e-6 and 3 selected, 3-1e-6 not: one swap possible; row 1: none
+    assert ties == [1]
+    topk_lowest_index(x, 3)  # outside the block nothing is recorded
+    assert ties == [1]
