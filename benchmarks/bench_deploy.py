@@ -1,12 +1,14 @@
 """Every way zoo runs RT-DETR, against transformers' RTDetrForObjectDetection with the same weights, in one table.
 
 Rows: zoo eager fp32, zoo ``deploy()`` fp32 (what predict and the CLI run), zoo deploy bf16, zoo deploy +
-``torch.compile``, onnxruntime fp32 (a ``zoo.export`` file) and onnxruntime int8 dynamic quantization (only when
+``torch.compile``, onnxruntime fp32 (a verified ``zoo.export`` file), OpenVINO fp32 (verified IR) and onnxruntime int8 dynamic quantization (only when
 the int8 export of the demo weights keeps its AP on the demo set within 1 point), transformers fp32 and bf16.
 The weights are random but shared: transformers' are saved and loaded into zoo through its converter. Runs are
 interleaved (one timed forward of every row per round), so load on the machine hits every row alike; the table
 gives the median and the interquartile range, the ratio to transformers fp32, and how far each row's 100 best
-scores are from zoo eager fp32's. Rows that cannot run here are listed with the reason. A latency plot (PNG,
+scores are from zoo eager fp32's. Rows that cannot run here are listed with the reason. The load average and
+this CPU's measured fp32 convolution peak are printed before and after the table, with a warning when the
+machine is busy. A latency plot (PNG,
 matplotlib) is written next to the table.
 
     python benchmarks/bench_deploy.py                                  # rtdetr_r18vd, batch 1, 640x640
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -67,7 +70,7 @@ def _int8_demo_ap(folder: Path, threads: int) -> tuple[float, float]:
     from zoo.export import OnnxRuntimeDetector, export
 
     ann = make_synthetic_coco(folder / "shapes", "val", 50, seed=1, image_size=96)
-    fp32 = export(zoo.create_model(DEMO), folder / "demo.onnx", verify=False)
+    fp32 = export(zoo.create_model(DEMO), folder / "demo.onnx")
     quantize_dynamic(str(fp32), str(folder / "demo_int8.onnx"), weight_type=QuantType.QInt8)
     aps = []
     for path in (fp32, folder / "demo_int8.onnx"):
@@ -107,7 +110,14 @@ def build_rows(name: str, x: torch.Tensor, folder: Path, threads: int, skip_comp
     except ImportError as exc:
         skipped["onnxruntime fp32"] = skipped["onnxruntime int8 (dynamic)"] = f"not available: {exc}"
     else:
-        path = export(model, folder / f"{name}.onnx", input_size=tuple(x.shape[-2:]), verify=False)
+        from zoo.export import ExportError
+
+        # verified: onnxruntime must agree with eager PyTorch to float rounding, else the row is not the model
+        try:
+            path = export(model, folder / f"{name}.onnx", input_size=tuple(x.shape[-2:]))
+        except ExportError as exc:
+            skipped["onnxruntime fp32"] = skipped["openvino fp32"] = f"verification failed: {exc}"
+            return _transformers_rows(runs, skipped, notes, hf, x, skip_bf16)
         runs["onnxruntime fp32"] = _ort_run(_onnx_session(path, threads), x)
         ap32, ap8 = _int8_demo_ap(folder, threads)
         if abs(ap32 - ap8) <= 1.0:
@@ -118,11 +128,52 @@ def build_rows(name: str, x: torch.Tensor, folder: Path, threads: int, skip_comp
             notes["onnxruntime int8 (dynamic)"] = f"demo AP {ap8:.1f} vs {ap32:.1f} in fp32"
         else:
             skipped["onnxruntime int8 (dynamic)"] = f"demo AP {ap8:.1f} vs {ap32:.1f} in fp32: more than 1 point lost"
+    try:
+        from zoo.export.openvino import OpenVinoSession
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        skipped["openvino fp32"] = f"not available: {exc}"
+    else:
+        xml = export(model, folder / f"{name}_openvino", format="openvino", input_size=tuple(x.shape[-2:]))
+        runs["openvino fp32"] = _ort_run(OpenVinoSession(xml, threads=threads), x)
+    return _transformers_rows(runs, skipped, notes, hf, x, skip_bf16)
+
+
+def _transformers_rows(runs: dict[str, Run], skipped: dict[str, str], notes: dict[str, str], hf, x: torch.Tensor,
+                       skip_bf16: bool) -> tuple[dict[str, Run], dict[str, str], dict[str, str]]:
     runs["transformers fp32"] = lambda: (lambda o: (o.logits, o.pred_boxes))(hf(pixel_values=x))
     if not skip_bf16:
         hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
         runs["transformers bf16"] = lambda: (lambda o: (o.logits, o.pred_boxes))(hf_bf16(pixel_values=x.bfloat16()))
     return runs, skipped, notes
+
+
+def conv_peak_gflops(threads: int, repeat: int = 5) -> float:
+    """This CPU's float32 convolution throughput (GFLOP/s): the best of ``repeat`` runs of a 3x3, 256-channel
+    convolution on an 80x80 map in channels-last (r18vd's typical layer), with ``threads`` torch threads."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 256, 80, 80).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 256 * 256 * 9 * 80 * 80
+    best = float("inf")
+    with torch.inference_mode():
+        conv(x)
+        for _ in range(repeat):
+            start = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+def machine_state(threads: int) -> str:
+    """Load average and the measured convolution peak, with a warning when the machine is busy."""
+    load = os.getloadavg()
+    cores = os.cpu_count() or 1
+    line = (f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on {cores} cores; "
+            f"fp32 conv peak {conv_peak_gflops(threads):.0f} GFLOP/s ({threads} threads)")
+    if load[0] > max(1.5, 0.5 * cores):
+        line += (f"\nWARNING: the machine is busy (load {load[0]:.1f}): other processes share the cores, so these "
+                 "numbers are not those of a quiet machine; rerun alone before quoting them")
+    return line
 
 
 def top_scores(logits: torch.Tensor, k: int = 100) -> torch.Tensor:
@@ -208,9 +259,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     x = torch.rand(args.batch_size, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    before = machine_state(threads)
     with tempfile.TemporaryDirectory() as folder:
         runs, skipped, notes = build_rows(args.model, x, Path(folder), threads, args.no_compile, args.no_bf16)
         times, diffs = measure(runs, args.rounds, args.warmup)
+    after = machine_state(threads)
     import transformers
 
     title = (f"{args.model}, batch {args.batch_size}, {args.size}x{args.size}, CPU ({threads} threads, "
@@ -218,10 +271,11 @@ def main() -> None:
     header = (f"{title}: median of {args.rounds} interleaved rounds after {args.warmup} warm-up; torch "
               f"{torch.__version__}, transformers {transformers.__version__}.")
     print(table(times, diffs, skipped, notes, header))
+    print(f"before: {before}\nafter: {after}")
     print(plot(times, Path(args.plot), title))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "times_s": times, "max_abs_diff": diffs,
-                                               "skipped": skipped, "notes": notes}, indent=1))
+                                               "skipped": skipped, "notes": notes, "machine": [before, after]}, indent=1))
 
 
 if __name__ == "__main__":

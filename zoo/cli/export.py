@@ -1,5 +1,5 @@
 """``zoo export``: write a model as an ONNX file (optionally with the postprocessing in the graph), verified
-with onnxruntime."""
+with onnxruntime, or as OpenVINO IR, verified with OpenVINO too."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from zoo.cli.predict import add_weights_arguments, create_model_from_args, int_a
 
 
 #: zoo.export.onnx.EXPORT_FORMATS, repeated here so that building the parser imports no torch (a test checks they agree)
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "orig_target_sizes -> labels, boxes, scores). See docs/deploy.md.")
     p.add_argument("name", metavar="MODEL", help="model name, name.tag, local-dir:DIR or hf-hub:org/repo")
     add_weights_arguments(p)
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="export format (default onnx)")
-    p.add_argument("--output", required=True, metavar="PATH", help="file to write, e.g. model.onnx")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx (default) or openvino (IR converted from the verified ONNX graph)")
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="file to write, e.g. model.onnx; for --format openvino a folder (model.xml + model.bin)")
     p.add_argument("--size", type=int_at_least(1), nargs=2, default=None, metavar=("H", "W"),
                    help="input height and width, multiples of the model's stride (default: its pretrained_cfg)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size")
@@ -35,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from zoo.export.onnx import ExportError, export, read_metadata
+    from zoo.export.api import export
+    from zoo.export.onnx import ExportError, read_metadata
 
     try:
         model = create_model_from_args(args)
@@ -45,9 +48,16 @@ def _export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"zoo export: error: {exc}", file=sys.stderr)
         return 1
-    meta = read_metadata(path)
+    if args.format == "openvino":
+        from zoo.export.openvino import read_openvino_metadata
+
+        meta = read_openvino_metadata(path)
+        mib = sum(f.stat().st_size for f in (path, path.with_suffix(".bin"))) / 2**20
+    else:
+        meta = read_metadata(path)
+        mib = path.stat().st_size / 2**20
     h, w = meta["export_size"]
     size = f"{'any height x width' if args.dynamic_size else f'{h}x{w}'}, {'any batch' if args.dynamic_batch else 'batch 1'}"
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {meta['dtype']}, {size}"
+    print(f"wrote {path} ({mib:.1f} MiB, {meta['dtype']}, {size}"
           f"{', with postprocessing' if args.postprocess else ''})")
     return 0

@@ -23,9 +23,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="model name, e.g. rtdetr_r18vd (see `zoo list`); with "
                                                      "--backend onnxruntime also an .onnx file from `zoo export`")
     add_weights_arguments(parser)
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
-                        help="run the model in PyTorch (default) or onnxruntime (NAME exported once to a cache); "
-                             "an .onnx NAME runs in onnxruntime")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,
+                        help="run the model in PyTorch (default), onnxruntime or OpenVINO (NAME exported once to a "
+                             "cache, or a file from `zoo export`); an .onnx NAME runs in onnxruntime, an .xml one "
+                             "in OpenVINO")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--size", type=_positive_int, default=None, metavar="S",
                         help="input size override (default: the model's pretrained_cfg)")
@@ -80,13 +81,15 @@ def _check_name(name: str) -> None:
 
 
 def backend_of(args: argparse.Namespace) -> str:
-    """``--backend``, else onnxruntime for an .onnx NAME (the file holds the model and its weights), else torch."""
-    onnx_file = args.name.lower().endswith(".onnx")
+    """``--backend``, else onnxruntime for an .onnx NAME and OpenVINO for an .xml one (the file holds the model and
+    its weights), else torch."""
+    name = args.name.lower()
+    exported = "onnxruntime" if name.endswith(".onnx") else "openvino" if name.endswith(".xml") else None
     chosen = getattr(args, "backend", None)
-    if onnx_file and chosen == "torch":
-        raise ValueError(f"{args.name} is an exported ONNX model: it runs with --backend onnxruntime (the default "
-                         "for an .onnx NAME)")
-    return chosen or ("onnxruntime" if onnx_file else "torch")
+    if exported and chosen == "torch":
+        raise ValueError(f"{args.name} is an exported model: it runs with --backend {exported} (the default for "
+                         f"a {Path(name).suffix} NAME)")
+    return chosen or exported or "torch"
 
 
 def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: bool = True):
@@ -97,17 +100,19 @@ def model_from_args(args: argparse.Namespace, random_ok: bool = False, deploy: b
     from zoo.engine.inference import prepare_for_inference
 
     device = rank_device(args.device)  # checked before building a model
-    if backend_of(args) == "onnxruntime":
-        from zoo.export.runtime import OnnxRuntimeDetector
+    backend = backend_of(args)
+    if backend in ("onnxruntime", "openvino"):
+        from zoo.export.runtime import OnnxRuntimeDetector, OpenVinoDetector
 
         if args.dtype != "fp32" or args.compile:
-            raise ValueError("--dtype and --compile apply to the torch backend; for a half-precision onnxruntime "
+            raise ValueError(f"--dtype and --compile apply to the torch backend; for a half-precision {backend} "
                              "model export it with `zoo export --half`")
-        is_file = args.name.lower().endswith(".onnx")
+        is_file = args.name.lower().endswith((".onnx", ".xml")) or os.path.isdir(args.name)  # (an IR folder)
         if is_file and (args.weights or args.checkpoint):
             raise ValueError(f"{args.name} is an exported file: it holds its weights, drop --weights/--checkpoint")
         model = args.name if is_file else create_model_from_args(args, random_ok)
-        return OnnxRuntimeDetector(model, device=device), device
+        detector = OpenVinoDetector if backend == "openvino" else OnnxRuntimeDetector
+        return detector(model, device=device), device
     model = create_model_from_args(args, random_ok).to(device)
     if args.size is not None:
         from zoo.data.images import Preprocess

@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from zoo.export.onnx import decode_metadata, export, resolve_detector
+from zoo.export.openvino import export_openvino
 from zoo.export.session import open_session
 from zoo.models.base import Detector, detections_to_pixels
 
-__all__ = ["onnxruntime_session", "OnnxRuntimeDetector", "cached_export", "onnx_path", "export_cache_dir",
+__all__ = ["onnxruntime_session", "OnnxRuntimeDetector", "OpenVinoDetector", "cached_export", "onnx_path",
+           "export_cache_dir",
            "model_fingerprint"]
 
 
@@ -43,14 +45,22 @@ def model_fingerprint(model: nn.Module, options: dict[str, Any]) -> str:
 
 def cached_export(model: Any, cache_dir: str | os.PathLike | None = None, dynamic_batch: bool = True,
                   dynamic_size: bool = True, postprocess: bool = False, half: bool = False,
-                  opset: int | None = None) -> Path:
+                  opset: int | None = None, format: str = "onnx") -> Path:
     """Export ``model`` (a detector or a model name) once and return the file, keyed by
-    :func:`model_fingerprint`; later calls with the same weights and options reuse it. Exports are verified."""
+    :func:`model_fingerprint`; later calls with the same weights and options reuse it. Exports are verified.
+    ``format="openvino"``: an IR folder under ``openvino/`` beside the ONNX cache; returns its ``model.xml``."""
     model = resolve_detector(model)
     options = dict(dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, postprocess=postprocess, half=half,
                    opset=opset)
     folder = Path(cache_dir) if cache_dir is not None else export_cache_dir()
-    path = folder / f"{model.config['architecture']}-{model_fingerprint(model, options)[:16]}.onnx"
+    name = f"{model.config['architecture']}-{model_fingerprint(model, options)[:16]}"
+    if format == "openvino":
+        path = folder.parent / "openvino" / name / "model.xml"
+        if not path.is_file():
+            path.parent.parent.mkdir(parents=True, exist_ok=True)
+            export_openvino(model, path.parent, **options, verify=True)  # moved in place when verified
+        return path
+    path = folder / f"{name}.onnx"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         export(model, path, **options, verify=True)  # written under a temporary name, then moved in place
@@ -89,14 +99,20 @@ class OnnxRuntimeDetector(nn.Module):
     model name, exported once to the cache with a dynamic batch and size.
     """
 
+    #: what the error messages call the runtime
+    runtime = "onnxruntime"
+
     def __init__(self, source: Any, device: torch.device | str | None = None, threads: int | None = None):
         super().__init__()
         self.path = onnx_path(source)
         self.session = onnxruntime_session(self.path, device=device, threads=threads)
-        meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        self._configure(decode_metadata(self.session.get_modelmeta().custom_metadata_map, self.path))
+
+    def _configure(self, meta: dict[str, Any]) -> None:
+        """Settings from the export's metadata and its input's type and shape."""
         if meta["postprocess"]:
             raise ValueError(f"{self.path} was exported with postprocess=True (outputs labels/boxes/scores); the "
-                             "onnxruntime backend needs the raw graph (pred_logits, pred_boxes): export without it")
+                             f"{self.runtime} backend needs the raw graph (pred_logits, pred_boxes): export without it")
         self.family_class = _family_class(meta["family"])
         self.config, self.size_divisor = meta["config"], meta["size_divisor"]
         self.pretrained_cfg = dict(meta["pretrained_cfg"])
@@ -152,6 +168,24 @@ class OnnxRuntimeDetector(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={self.path}, providers={self.session.get_providers()}"
+
+
+class OpenVinoDetector(OnnxRuntimeDetector):
+    """An OpenVINO IR written by ``zoo.export(..., format="openvino")`` (a folder or its ``model.xml``), or a
+    detector or a model name (exported once to the cache), with the eager model's inference interface, as
+    :class:`OnnxRuntimeDetector`. Runs on OpenVINO's CPU plugin at float32."""
+
+    runtime = "openvino"
+
+    def __init__(self, source: Any, device: torch.device | str | None = None, threads: int | None = None):
+        from zoo.export.openvino import OpenVinoSession, openvino_xml
+
+        nn.Module.__init__(self)
+        is_file = isinstance(source, os.PathLike) or (isinstance(source, str) and (
+            source.lower().endswith(".xml") or os.path.exists(source)))
+        self.path = openvino_xml(source) if is_file else cached_export(source, format="openvino")
+        self.session = OpenVinoSession(self.path, threads=threads, device=device)
+        self._configure(self.session.metadata)
 
 
 def _family_class(family: str) -> type:

@@ -20,6 +20,7 @@ from torch import nn
 
 from zoo.layers.mlp import MLP
 from zoo.layers.position import PositionEmbeddingSine
+from zoo.layers.topk import topk_lowest_index
 from zoo.models.base import ClassHead, Detector, build_detector, check_pixel_values, detections_to_pixels
 from zoo.models.detr import convert
 from zoo.models.detr.backbone import DetrResNet
@@ -153,7 +154,7 @@ class DETR(Detector):
         scores, labels = outputs["pred_logits"].softmax(-1)[..., :-1].max(-1)
         boxes = outputs["pred_boxes"]
         if top_k is not None:
-            scores, index = scores.topk(min(top_k, scores.shape[1]), dim=1)
+            scores, index = topk_lowest_index(scores, min(top_k, scores.shape[1]))  # ties as exported graphs
             labels = labels.gather(1, index)
             boxes = boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
         return boxes, scores, labels

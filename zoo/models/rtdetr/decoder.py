@@ -20,6 +20,7 @@ from torch import nn
 from zoo.layers.init import prior_prob_bias
 from zoo.layers.mlp import MLP
 from zoo.layers.ms_deform_attn import MSDeformableAttention
+from zoo.layers.topk import topk_lowest_index
 from zoo.layers.tracing import is_tracing
 from zoo.layers.transformer import PostNormLayer
 from zoo.registry import register_component
@@ -166,7 +167,9 @@ class RTDETRDecoder(nn.Module):
         anchors, valid = make_anchors(tuple(shapes), 0.05, self.anchor_eps, memory.device, memory.dtype)
         output_memory = self.enc_output(valid.to(memory.dtype) * memory)
         enc_logits = self.enc_score_head(output_memory)
-        topk = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=1).indices
+        # ties taken lowest index first, as in every exported graph (torch.topk's tie order is its own: on
+        # transformers-initialised weights all scores tie and torch and onnxruntime selected other queries)
+        topk = topk_lowest_index(enc_logits.max(-1).values, self.num_queries)[1]
 
         def gather(t: torch.Tensor) -> torch.Tensor:
             t = t.expand(topk.shape[0], -1, -1)  # anchors are shared by the batch

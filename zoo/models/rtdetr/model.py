@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from zoo.layers.akconv import AKConv, C3_AKConv
+from zoo.layers.topk import topk_lowest_index
 from zoo.models.base import ClassHead, Detector, build_detector, check_pixel_values, detections_to_pixels
 from zoo.models.rtdetr import convert
 from zoo.models.rtdetr.criterion import RTDETRCriterion
@@ -116,7 +117,7 @@ class RTDETR(Detector):
         num_classes = logits.shape[-1]
         scores = logits.sigmoid().flatten(1)
         top_k = min(top_k, scores.shape[1])
-        scores, index = scores.topk(top_k, dim=1)
+        scores, index = topk_lowest_index(scores, top_k)  # ties in the same order as exported graphs
         labels = index % num_classes
         boxes = boxes.gather(1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
         return boxes, scores, labels
