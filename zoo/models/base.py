@@ -13,7 +13,7 @@ from torch import nn
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
 __all__ = ["Detector", "ClassHead", "build_detector", "build_component", "check_num_classes", "check_pixel_values",
-           "boxes_to_pixels", "detections_to_pixels", "PretrainedCfg"]
+           "boxes_to_pixels", "detections_to_pixels", "sigmoid_topk", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict
@@ -216,6 +216,20 @@ def boxes_to_pixels(boxes: torch.Tensor, target_sizes: torch.Tensor) -> torch.Te
     sizes = target_sizes.to(device=boxes.device, dtype=boxes.dtype)
     scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None]
     return box_convert(boxes, "cxcywh", "xyxy") * scale
+
+
+def sigmoid_topk(outputs: dict[str, torch.Tensor], top_k: int = 300
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Focal-style detection selection (RT-DETR, D-FINE): ``(boxes [B, K, 4] normalised cxcywh, scores [B, K],
+    labels [B, K])``, the top ``K = min(top_k, Q * C)`` (query, class) pairs by sigmoid score, sorted."""
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    num_classes = logits.shape[-1]
+    scores = logits.sigmoid().flatten(1)
+    top_k = min(top_k, scores.shape[1])
+    scores, index = scores.topk(top_k, dim=1)
+    labels = index % num_classes
+    boxes = boxes.gather(1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
+    return boxes, scores, labels
 
 
 def detections_to_pixels(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, target_sizes: torch.Tensor,

@@ -15,11 +15,12 @@ import torch
 
 from zoo.layers.akconv import AKConv, C3_AKConv
 from zoo.models.base import (ClassHead, Detector, build_component, build_detector, check_pixel_values,
-                             detections_to_pixels)
+                             detections_to_pixels, sigmoid_topk)
 from zoo.models.rtdetr.criterion import RTDETRCriterion
-from zoo.models.rtdetr.decoder import DenoisingQueries, RTDETRDecoder
-from zoo.models.rtdetr.denoising import build_denoising_queries
-from zoo.models.rtdetr.hybrid_encoder import HybridEncoder
+from zoo.layers.denoising import DenoisingQueries
+from zoo.models.rtdetr.decoder import RTDETRDecoder
+from zoo.layers.denoising import build_denoising_queries
+from zoo.layers.hybrid_encoder import HybridEncoder
 from zoo.models.rtdetr.presnet import PResNet
 from zoo.models.timm_backbone import TimmBackbone
 from zoo.registry import register_model
@@ -78,14 +79,7 @@ class RTDETR(Detector):
         """The batched part of :meth:`postprocess` (also what an exported ``postprocess=True`` graph runs):
         ``(boxes [B, K, 4] normalised cxcywh, scores [B, K], labels [B, K])``, the top ``K = min(top_k, Q * C)``
         (query, class) pairs by sigmoid score, sorted."""
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        num_classes = logits.shape[-1]
-        scores = logits.sigmoid().flatten(1)
-        top_k = min(top_k, scores.shape[1])
-        scores, index = scores.topk(top_k, dim=1)
-        labels = index % num_classes
-        boxes = boxes.gather(1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
-        return boxes, scores, labels
+        return sigmoid_topk(outputs, top_k)
 
 
 # --------------------------------------------------------------------------------------------------
