@@ -35,7 +35,8 @@ _BLOCK = _BB + "encoder.stages.{s}.blocks.{b}."
 _ELAN = (("conv1.", "cv1."), ("csp_rep1.", "cv2.0."), ("conv2.", "cv2.1."), ("csp_rep2.", "cv3.0."),
          ("conv3.", "cv3.1."), ("conv4.", "cv4."))
 _DEC = "model.decoder.layers.{i}."
-_AIFI = "model.encoder.aifi.{i}.layers.{j}."
+#: the AIFI layers as ``save_pretrained`` writes them (and as the Hub files have them) / as the module names them
+_AIFI, _AIFI_MEM = "model.encoder.encoder.{i}.layers.{j}.", "model.encoder.aifi.{i}.layers.{j}."
 
 
 def _conv_bn(theirs: str, ours: str, values: Mapping = {}) -> list[KeyRule]:
@@ -43,7 +44,8 @@ def _conv_bn(theirs: str, ours: str, values: Mapping = {}) -> list[KeyRule]:
             KeyRule(theirs + "normalization.", ours + "bn.", values)]
 
 
-#: transformers ``DFineForObjectDetection`` <-> zoo keys, both directions (zoo.weights.keymap)
+#: transformers ``DFineForObjectDetection`` files <-> zoo keys, both directions (zoo.weights.keymap); transformers 5
+#: renames some modules in memory (``aifi``, ``mlp.layers``, ``o_proj``) but reads and writes files with these names
 KEYS = KeyMap([
     *_conv_bn(_BB + "embedder.{s}.", "backbone.stem.{s}.", _STEM),
     KeyRule(_BB + "embedder.", "backbone.stem."),  # learnable affine blocks (lab) keep their names
@@ -53,12 +55,12 @@ KEYS = KeyMap([
     *_conv_bn(_BLOCK + "aggregation.{a}.", "backbone.stages.{s}.blocks.{b}.aggregation.{a}."),
     KeyRule(_BB + "encoder.stages.", "backbone.stages."),
     KeyRule("model.encoder_input_proj.", "encoder.input_proj."),
-    KeyRule(_AIFI + "self_attn.o_proj.", "encoder.encoder.{i}.layers.{j}.self_attn.out_proj."),
-    KeyRule(_AIFI + "self_attn.", "encoder.encoder.{i}.layers.{j}.self_attn."),
-    KeyRule(_AIFI + "self_attn_layer_norm.", "encoder.encoder.{i}.layers.{j}.norm1."),
-    KeyRule(_AIFI + "mlp.layers.0.", "encoder.encoder.{i}.layers.{j}.linear1."),
-    KeyRule(_AIFI + "mlp.layers.1.", "encoder.encoder.{i}.layers.{j}.linear2."),
-    KeyRule(_AIFI + "final_layer_norm.", "encoder.encoder.{i}.layers.{j}.norm2."),
+    *(KeyRule(_AIFI + theirs, "encoder.encoder.{i}.layers.{j}." + ours, read_also=(_AIFI_MEM + mem,))
+      for theirs, ours, mem in (("self_attn.out_proj.", "self_attn.out_proj.", "self_attn.o_proj."),
+                                ("self_attn.", "self_attn.", "self_attn."),
+                                ("self_attn_layer_norm.", "norm1.", "self_attn_layer_norm."),
+                                ("fc1.", "linear1.", "mlp.layers.0."), ("fc2.", "linear2.", "mlp.layers.1."),
+                                ("final_layer_norm.", "norm2.", "final_layer_norm."))),
     *(KeyRule(f"model.encoder.{blocks}.{{i}}.{theirs}", f"encoder.{blocks}.{{i}}.{ours}")
       for blocks in ("fpn_blocks", "pan_blocks") for theirs, ours in _ELAN),
     KeyRule("model.encoder.downsample_convs.{i}.conv1.", "encoder.downsample_convs.{i}.0.cv1."),
@@ -66,13 +68,14 @@ KEYS = KeyMap([
     KeyRule("model.encoder.", "encoder."),  # lateral convs keep their names
     KeyRule("model.decoder_input_proj.{i}.0.", "decoder.input_proj.{i}.conv."),
     KeyRule("model.decoder_input_proj.{i}.1.", "decoder.input_proj.{i}.norm."),
-    KeyRule(_DEC + "self_attn.o_proj.", "decoder.decoder.layers.{i}.self_attn.out_proj."),
+    KeyRule(_DEC + "self_attn.out_proj.", "decoder.decoder.layers.{i}.self_attn.out_proj.",
+            read_also=(_DEC + "self_attn.o_proj.",)),
     KeyRule(_DEC + "self_attn.", "decoder.decoder.layers.{i}.self_attn."),
     KeyRule(_DEC + "self_attn_layer_norm.", "decoder.decoder.layers.{i}.norm1."),
     KeyRule(_DEC + "encoder_attn.", "decoder.decoder.layers.{i}.cross_attn."),
     KeyRule(_DEC + "gateway.", "decoder.decoder.layers.{i}.gateway."),
-    KeyRule(_DEC + "mlp.layers.0.", "decoder.decoder.layers.{i}.linear1."),
-    KeyRule(_DEC + "mlp.layers.1.", "decoder.decoder.layers.{i}.linear2."),
+    KeyRule(_DEC + "fc1.", "decoder.decoder.layers.{i}.linear1.", read_also=(_DEC + "mlp.layers.0.",)),
+    KeyRule(_DEC + "fc2.", "decoder.decoder.layers.{i}.linear2.", read_also=(_DEC + "mlp.layers.1.",)),
     KeyRule(_DEC + "final_layer_norm.", "decoder.decoder.layers.{i}.norm3."),
     KeyRule("model.decoder.lqe_layers.", "decoder.decoder.lqe_layers."),
     KeyRule("model.decoder.class_embed.", "decoder.dec_score_head.", read_also=("class_embed.",)),
