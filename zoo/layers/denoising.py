@@ -17,7 +17,7 @@ from torchvision.ops import box_convert
 
 from zoo.layers.query_selection import inverse_sigmoid
 
-__all__ = ["DenoisingQueries", "build_denoising_queries", "denoising_attn_mask"]
+__all__ = ["DenoisingQueries", "build_denoising_queries", "denoising_attn_mask", "denoising_indices"]
 
 
 @dataclass
@@ -112,3 +112,20 @@ def build_denoising_queries(targets: list[dict[str, torch.Tensor]], decoder: nn.
             "dn_num_split": [reps * max_gt, decoder.num_queries], "dn_gt_idx": gt_idx}
     attn_mask = denoising_attn_mask(2 * max_gt, num_group, decoder.num_queries, device)
     return DenoisingQueries(class_embed=embed(labels), boxes_unact=boxes_unact, attn_mask=attn_mask, meta=meta)
+
+
+def denoising_indices(meta: dict[str, Any], targets: list[dict[str, torch.Tensor]]
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Denoising query ``k`` of group ``g`` reconstructs target ``gt_idx[k]``: pair them up per image."""
+    indices = []
+    for i, t in enumerate(targets):
+        device = t["labels"].device
+        gt_idx = meta["dn_gt_idx"][i] if "dn_gt_idx" in meta else torch.arange(len(t["labels"]))
+        gt_idx = gt_idx.to(device).repeat(meta["dn_num_group"])
+        query_idx = meta["dn_positive_idx"][i].to(device)
+        if len(query_idx) != len(gt_idx):
+            raise ValueError(f"dn_meta has {len(query_idx)} positive queries for image {i} but its "
+                             f"{len(gt_idx) // max(meta['dn_num_group'], 1)} boxes x {meta['dn_num_group']} groups "
+                             "need as many: build the denoising queries from these targets")
+        indices.append((query_idx, gt_idx))
+    return indices
