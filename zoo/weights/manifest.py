@@ -22,7 +22,8 @@ __all__ = ["Manifest", "WeightsEntry", "HubFile", "PackageFile", "ManifestError"
 
 SCHEMA_VERSION = 1
 #: checkpoint layouts a manifest entry may declare (each family's convert module registers its converters)
-FORMATS = ("zoo", "transformers-rtdetr", "official-rtdetr", "official-detr", "transformers-detr", "timm")
+FORMATS = ("zoo", "transformers-rtdetr", "official-rtdetr", "official-detr", "transformers-detr", "timm",
+           "transformers-dfine", "official-dfine")
 #: where a metric comes from
 PROVENANCES = ("reported upstream", "measured by zoo")
 

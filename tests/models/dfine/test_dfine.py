@@ -112,3 +112,20 @@ def test_parameter_counts_match_the_official_figures(name):
         model = zoo.create_model(name)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     assert abs(params - PARAMS_M[name]) <= 0.05 * PARAMS_M[name] + 0.5, params
+
+
+def test_manifest_entries():
+    """ustc-community's transformers files: COCO (N..X) and Objects365 -> COCO (S..X), coco80 labels, Apache-2.0,
+    the published AP; coco is each size's default tag. (No .obj365 tags: the 365 label names are not available
+    offline to check their order against the Hub configs.)"""
+    from zoo.weights.manifest import load_manifest
+
+    entries = {k: e for k, e in load_manifest().entries.items() if k.startswith("dfine_")}
+    assert sorted(entries) == sorted([f"dfine_{s}.coco" for s in "nsmlx"] + [f"dfine_{s}.obj2coco" for s in "smlx"])
+    aps = {"dfine_n.coco": 42.8, "dfine_s.coco": 48.5, "dfine_m.coco": 52.3, "dfine_l.coco": 54.0,
+           "dfine_x.coco": 55.8, "dfine_s.obj2coco": 50.7, "dfine_m.obj2coco": 55.1, "dfine_l.obj2coco": 57.3,
+           "dfine_x.obj2coco": 59.3}
+    for name, e in entries.items():
+        assert (e.format, e.license, e.num_classes, e.label_set) == ("transformers-dfine", "apache-2.0", 80, "coco80")
+        assert e.hub.repo_id.startswith("ustc-community/dfine-") and e.metric("box_ap") == aps[name]
+    assert load_manifest().default_tag("dfine_s") == "coco"

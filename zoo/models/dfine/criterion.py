@@ -7,7 +7,8 @@ Two matchings (``matching``):
 - ``"union"`` (default; Peterande/D-FINE ``DFINECriterion``, how the released models were trained): the box and
   localisation losses of every layer use the union of the matches of all layers and the encoder (GO-LSD), the
   first layer's pre-refinement boxes are supervised (``_pre``), the last layer gets FGL, and DDF's positive /
-  negative balance uses ``8 / batch`` (the official per-GPU batch);
+  negative balance uses ``8 / batch`` (the official per-GPU batch), the denoising layers reusing the last
+  matching layer's (as the official code's state does); equal to the official criterion term by term;
 - ``"per_layer"``: transformers' ``DFineLoss`` (each head with its own matches, no ``_pre`` terms, no FGL on the
   last layer, DDF balance ``1 / batch``); term by term equal to it (tests/models/dfine/test_dfine_criterion.py).
 
@@ -87,6 +88,7 @@ class DFINECriterion(nn.Module):
                                                 "loss_fgl": 0.15, "loss_ddf": 1.5})
         self.alpha, self.gamma, self.temperature = alpha, gamma, temperature
         self.ddf_batch_scale = 8.0 if matching == "union" else 1.0
+        self._balance: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         check_targets(targets, outputs["pred_logits"].shape[0], self.num_classes,
@@ -100,6 +102,7 @@ class DFINECriterion(nn.Module):
         aux = list(outputs.get("aux_outputs", []))
         enc = outputs.get("enc_outputs")
         union = self.matching == "union"
+        self._balance = None  # official: the denoising DDF reuses the last layer's positive/negative balance
         indices = self.matcher(outputs, targets)
         aux_indices = [self.matcher(out, targets) for out in aux]
         pre_indices = self.matcher(outputs["pre_outputs"], targets) if union and "pre_outputs" in outputs else None
@@ -112,7 +115,8 @@ class DFINECriterion(nn.Module):
 
         def add(out: dict, cls_idx: Indices, box_idx: Indices, num_cls: float, num_box: float, suffix: str,
                 local: bool = True) -> None:
-            terms = self._terms(out, targets, cls_idx, box_idx, num_cls, num_box, up, reg_scale, local)
+            terms = self._terms(out, targets, cls_idx, box_idx, num_cls, num_box, up, reg_scale, local,
+                                dn=suffix.startswith("_dn"))
             losses.update({k + suffix: v * self.weight_dict[k] for k, v in terms.items()})
 
         add(outputs, indices, go if union else indices, num_boxes, num_go if union else num_boxes, "", local=union)
@@ -152,7 +156,7 @@ class DFINECriterion(nn.Module):
 
     def _terms(self, out: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]], cls_idx: Indices,
                box_idx: Indices, num_cls: float, num_box: float, up: torch.Tensor | None,
-               reg_scale: torch.Tensor | None, local: bool) -> dict[str, torch.Tensor]:
+               reg_scale: torch.Tensor | None, local: bool, dn: bool = False) -> dict[str, torch.Tensor]:
         logits, boxes = out["pred_logits"], out["pred_boxes"]
         batch_idx, query_idx, tgt_labels, tgt_boxes = gather_matched(targets, cls_idx, logits.device)
         one_hot, score = torch.zeros_like(logits), torch.zeros_like(logits)
@@ -164,12 +168,12 @@ class DFINECriterion(nn.Module):
         src_boxes = boxes[batch_idx, query_idx]
         terms["loss_bbox"], terms["loss_giou"] = box_losses(src_boxes, tgt_boxes, num_box)
         if local and "pred_corners" in out:
-            terms.update(self._local(out, (batch_idx, query_idx), src_boxes, tgt_boxes, num_box, up, reg_scale))
+            terms.update(self._local(out, (batch_idx, query_idx), src_boxes, tgt_boxes, num_box, up, reg_scale, dn))
         return terms
 
     def _local(self, out: dict[str, torch.Tensor], idx: tuple[torch.Tensor, torch.Tensor], src_boxes: torch.Tensor,
-               tgt_boxes: torch.Tensor, num_boxes: float, up: torch.Tensor, reg_scale: torch.Tensor
-               ) -> dict[str, torch.Tensor]:
+               tgt_boxes: torch.Tensor, num_boxes: float, up: torch.Tensor, reg_scale: torch.Tensor,
+               dn: bool = False) -> dict[str, torch.Tensor]:
         bins = self.reg_max + 1
         corners = out["pred_corners"][idx].reshape(-1, bins)
         target, weight_right, weight_left = bbox_to_distance(
@@ -196,6 +200,11 @@ class DFINECriterion(nn.Module):
         distill = weight * t ** 2 * kl.sum(-1)
         scale = self.ddf_batch_scale / out["pred_boxes"].shape[0]
         num_pos, num_neg = (mask.sum() * scale) ** 0.5, ((~mask).sum() * scale) ** 0.5
+        if self.matching == "union":  # official: denoising layers weigh by the last matching layer's balance
+            if dn and self._balance is not None:
+                num_pos, num_neg = self._balance
+            elif not dn:
+                self._balance = (num_pos, num_neg)
         pos = distill[mask].mean() if mask.any() else 0
         neg = distill[~mask].mean() if (~mask).any() else 0
         terms["loss_ddf"] = (pos * num_pos + neg * num_neg) / (num_pos + num_neg)
