@@ -129,3 +129,16 @@ def test_manifest_entries():
         assert (e.format, e.license, e.num_classes, e.label_set) == ("transformers-dfine", "apache-2.0", 80, "coco80")
         assert e.hub.repo_id.startswith("ustc-community/dfine-") and e.metric("box_ap") == aps[name]
     assert load_manifest().default_tag("dfine_s") == "coco"
+
+
+def test_deploy_and_onnx_export_with_postprocess(zoo_model, tmp_path):
+    """deploy() keeps the outputs; the postprocess=True ONNX graph is verified by zoo.export with onnxruntime
+    (the raw graph goes through the same exporter; both were checked at dynamic sizes by hand, see the report)."""
+    pytest.importorskip("onnxruntime")
+    x = torch.rand(1, 3, 320, 320, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref, fused = zoo_model(x), copy.deepcopy(zoo_model).deploy()(x)
+    assert (ref["pred_logits"] - fused["pred_logits"]).abs().max() <= 1e-3
+    assert (ref["pred_boxes"] - fused["pred_boxes"]).abs().max() <= 1e-4
+    path = zoo.export(zoo_model, tmp_path / "dfine_n.onnx", input_size=320, postprocess=True)
+    assert path.is_file()
