@@ -134,6 +134,5 @@ def dfine_l(**kwargs: Any) -> DFINE:
 
 @register_model
 def dfine_x(**kwargs: Any) -> DFINE:
-    """D-FINE-X: HGNetV2-B5 (frozen stem and norms), width 384 / FFN 2048 encoder, 6 decoder layers, reg_scale 8
-    (COCO 55.8 AP, 62M params, 202 GFLOPs)."""
+    """D-FINE-X: HGNetV2-B5, encoder width 384 / FFN 2048, 6 decoder layers (COCO 55.8 AP, 62M, 202 GFLOPs)."""
     return _dfine("dfine_x", _backbone("B5", big=True), _encoder(384, 2048), _decoder(6, reg_scale=8.0), kwargs)
