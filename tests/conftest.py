@@ -9,7 +9,7 @@ import pytest
 import torch
 
 _HERE = Path(__file__).resolve().parent
-for _helpers in ("weights", "models/rtdetr", "models/detr", "engine"):
+for _helpers in ("weights", "models/rtdetr", "models/detr", "models/dfine", "engine"):
     sys.path.insert(0, str(_HERE / _helpers))
 
 

@@ -59,7 +59,7 @@ def test_every_family_exports_with_dynamic_batch_and_size(family, tmp_path, caps
 def test_wrong_graph_is_caught(tmp_path, monkeypatch):
     """Anchors and position embeddings computed once (as constants) instead of in the graph: a dynamic-size export
     then fails verification, and nothing is left behind."""
-    import zoo.models.rtdetr.decoder as decoder
+    import zoo.layers.query_selection as decoder
     import zoo.layers.position as position
 
     monkeypatch.setattr(decoder, "is_tracing", lambda: False)

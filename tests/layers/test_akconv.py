@@ -321,7 +321,7 @@ def test_registered_blocks_follow_the_hybrid_encoder_contract():
     x = torch.randn(1, 16, 8, 8)
     assert down(x).shape == (1, 16, 4, 4)
     assert fuse(torch.cat([x, x], 1)).shape == (1, 16, 8, 8)
-    from zoo.models.rtdetr.hybrid_encoder import HybridEncoder
+    from zoo.layers.hybrid_encoder import HybridEncoder
 
     enc = HybridEncoder([8, 16, 24], hidden_dim=16, num_heads=2, dim_feedforward=32, expansion=0.5,
                         fusion_block="c3_akconv", fusion_args={"shortcut": False, "num_param": 3},

@@ -27,10 +27,10 @@ class ConvNormLayer(nn.Module):
     """Conv2d (``same`` padding for odd kernels) -> BatchNorm2d -> activation. Keys: ``conv``, ``norm``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int | None = None, bias: bool = False, act: str | None = None):
+                 padding: int | None = None, bias: bool = False, act: str | None = None, groups: int = 1):
         super().__init__()
         padding = (kernel_size - 1) // 2 if padding is None else padding
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, groups=groups)
         self.norm = nn.BatchNorm2d(out_channels)
         self.act = create_act(act)
 

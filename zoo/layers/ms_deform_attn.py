@@ -83,12 +83,13 @@ class MSDeformableAttention(nn.Module):
     is 1/n for each of the n points of a level. With one ``num_points`` for all levels and offset_scale 0.5
     this is RT-DETR's ``offset / n_points * ref_wh * 0.5``; RT-DETRv2 adds per-level point counts
     (``num_points=[4, 4, 2]``) and ``method="discrete"``. The scale is a buffer; RT-DETRv2 checkpoints store it
-    (``persistent_points_scale=True``), RT-DETR ones do not.
+    (``persistent_points_scale=True``), RT-DETR ones do not. ``projections=False`` (D-FINE) samples the memory as it
+    is: no value and output projections.
     """
 
     def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 3,
                  num_points: int | Sequence[int] = 4, method: str = "default", offset_scale: float = 0.5,
-                 persistent_points_scale: bool = False):
+                 persistent_points_scale: bool = False, projections: bool = True):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
@@ -102,8 +103,8 @@ class MSDeformableAttention(nn.Module):
         total = num_heads * sum(self.num_points_list)
         self.sampling_offsets = nn.Linear(embed_dim, total * 2)
         self.attention_weights = nn.Linear(embed_dim, total)
-        self.value_proj = nn.Linear(embed_dim, embed_dim)
-        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.value_proj = nn.Linear(embed_dim, embed_dim) if projections else nn.Identity()
+        self.output_proj = nn.Linear(embed_dim, embed_dim) if projections else nn.Identity()
         self.reset_parameters()
         if method == "discrete":  # no gradient reaches the offsets through integer pixel indices
             self.sampling_offsets.requires_grad_(False)
@@ -119,10 +120,10 @@ class MSDeformableAttention(nn.Module):
         self.sampling_offsets.bias.copy_((grid[:, None, :] * steps[None, :, None]).flatten())
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
+        for proj in (self.value_proj, self.output_proj):
+            if isinstance(proj, nn.Linear):
+                nn.init.xavier_uniform_(proj.weight)
+                nn.init.zeros_(proj.bias)
 
     def forward(self, query: torch.Tensor, reference_boxes: torch.Tensor, value: torch.Tensor,
                 spatial_shapes: Sequence[tuple[int, int]], value_mask: torch.Tensor | None = None) -> torch.Tensor:

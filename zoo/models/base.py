@@ -11,14 +11,15 @@ import torch
 from torch import nn
 
 from zoo.checks import check_model_args, check_num_classes, check_pretrained_cfg  # check_num_classes: public here
+from zoo.layers.topk import topk_lowest_index
 from zoo.registry import COMPONENT_KINDS, _components, get_component
 
 if TYPE_CHECKING:
     from zoo.weights.checkpoint import Layout
     from zoo.weights.transformers_format import TransformersMapping
 
-__all__ = ["Detector", "ClassHead", "build_detector", "build_component", "part_builder", "check_num_classes",
-           "check_pixel_values", "boxes_to_pixels", "detections_to_pixels", "PretrainedCfg"]
+__all__ = ["Detector", "AnchorQueries", "ClassHead", "build_detector", "build_component", "part_builder", "check_num_classes",
+           "check_pixel_values", "boxes_to_pixels", "detections_to_pixels", "sigmoid_topk", "PretrainedCfg"]
 
 #: Preprocessing a model expects (``zoo`` follows timm's ``pretrained_cfg`` naming).
 PretrainedCfg = dict
@@ -171,6 +172,41 @@ class Detector(nn.Module):
         return frames if stream else list(frames)
 
 
+class AnchorQueries:
+    """For detectors whose decoder selects its ``num_queries`` queries from one anchor per feature-map cell (the
+    RT-DETR lineage): an input too small to hold that many cells is a usage error naming the smallest size."""
+
+    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h, w) of every level the decoder reads for an input of ``height`` x ``width`` (padded to the largest
+        stride, as ``model.predict`` pads it): the backbone's levels, then the decoder's extra stride-2 levels."""
+        d = self.size_divisor
+        height, width = -(-height // d) * d, -(-width // d) * d
+        sizes = [(height // s, width // s) for s in self.backbone.strides]
+        while len(sizes) < self.decoder.num_levels:
+            sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+        return sizes
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Query selection takes the ``num_queries`` best of one anchor per feature-map cell: an input whose feature
+        maps hold fewer cells than queries cannot run (torch says only "selected index k out of range")."""
+        from zoo.engine.validate import UsageError
+
+        def anchors(h: int, w: int) -> int:
+            return sum(a * b for a, b in self.feature_sizes(h, w))
+
+        queries = self.decoder.num_queries
+        if anchors(height, width) >= queries:
+            return
+        smallest = self.size_divisor
+        while anchors(smallest, smallest) < queries:
+            smallest += self.size_divisor
+        maps = ", ".join(f"{a}x{b}" for a, b in self.feature_sizes(height, width))
+        raise UsageError(f"input size {height}x{width} is too small for {self.config['architecture']}: its feature "
+                         f"maps ({maps}) hold {anchors(height, width)} anchors, fewer than its {queries} queries; the "
+                         f"smallest square input size is {smallest} (--size {smallest}), or build the model with "
+                         "fewer queries (num_queries)")
+
+
 def build_component(kind: str, spec: Mapping[str, Any], **injected: Any) -> nn.Module:
     """Build a registered component from its spec ``{"name": ..., **args}`` plus arguments the detector injects."""
     args = {k: v for k, v in spec.items() if k != "name"}
@@ -276,6 +312,20 @@ def boxes_to_pixels(boxes: torch.Tensor, target_sizes: torch.Tensor) -> torch.Te
     sizes = target_sizes.to(device=boxes.device, dtype=boxes.dtype)
     scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], -1)[:, None]
     return box_convert(boxes, "cxcywh", "xyxy") * scale
+
+
+def sigmoid_topk(outputs: dict[str, torch.Tensor], top_k: int = 300
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Focal-style detection selection (RT-DETR, D-FINE): ``(boxes [B, K, 4] normalised cxcywh, scores [B, K],
+    labels [B, K])``, the top ``K = min(top_k, Q * C)`` (query, class) pairs by sigmoid score, sorted."""
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    num_classes = logits.shape[-1]
+    scores = logits.sigmoid().flatten(1)
+    top_k = min(top_k, scores.shape[1])
+    scores, index = topk_lowest_index(scores, top_k)  # ties in the same order as exported graphs
+    labels = index % num_classes
+    boxes = boxes.gather(1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
+    return boxes, scores, labels
 
 
 def detections_to_pixels(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, target_sizes: torch.Tensor,

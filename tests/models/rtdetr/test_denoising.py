@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from zoo import create_model
-from zoo.models.rtdetr.denoising import build_denoising_queries
+from zoo.layers.denoising import build_denoising_queries
 
 pytest.importorskip("transformers")
 from transformers.models.rt_detr.modeling_rt_detr import get_contrastive_denoising_training_group  # noqa: E402

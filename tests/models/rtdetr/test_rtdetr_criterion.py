@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zoo import create_model
-from zoo.models.rtdetr.denoising import build_denoising_queries
+from zoo.layers.denoising import build_denoising_queries
 from zoo.models.rtdetr.criterion import RTDETRCriterion
 
 transformers = pytest.importorskip("transformers")

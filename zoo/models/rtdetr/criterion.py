@@ -5,29 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert, box_iou
 
+from zoo.layers.denoising import denoising_indices
 from zoo.losses.matcher import HungarianMatcher
+from zoo.losses.varifocal import paired_iou, varifocal_loss
 from zoo.losses.targets import Indices, box_losses, check_targets, count_boxes, gather_matched
 
 __all__ = ["RTDETRCriterion", "varifocal_loss"]
-
-
-def varifocal_loss(logits: torch.Tensor, one_hot: torch.Tensor, target_score: torch.Tensor, alpha: float = 0.75,
-                   gamma: float = 2.0) -> torch.Tensor:
-    """Per-element VFL (VarifocalNet): BCE towards ``target_score`` (IoU at the matched class, else 0); negatives
-    (``one_hot == 0``) weighted by ``alpha * p**gamma``, positives by their target IoU. Shaped like ``logits``."""
-    prob = logits.detach().sigmoid()
-    weight = alpha * prob.pow(gamma) * (1 - one_hot) + target_score
-    return F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")
-
-
-def _paired_iou(a_cxcywh: torch.Tensor, b_cxcywh: torch.Tensor) -> torch.Tensor:
-    """IoU of row i of ``a`` with row i of ``b`` (0 where both boxes are degenerate)."""
-    iou = box_iou(box_convert(a_cxcywh, "cxcywh", "xyxy"), box_convert(b_cxcywh, "cxcywh", "xyxy")).diagonal()
-    return iou.nan_to_num(0.0)
 
 
 class RTDETRCriterion(nn.Module):
@@ -76,18 +61,7 @@ class RTDETRCriterion(nn.Module):
     @staticmethod
     def denoising_indices(meta: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> Indices:
         """Denoising query ``k`` of group ``g`` reconstructs target ``gt_idx[k]``: pair them up per image."""
-        indices = []
-        for i, t in enumerate(targets):
-            device = t["labels"].device
-            gt_idx = meta["dn_gt_idx"][i] if "dn_gt_idx" in meta else torch.arange(len(t["labels"]))
-            gt_idx = gt_idx.to(device).repeat(meta["dn_num_group"])
-            query_idx = meta["dn_positive_idx"][i].to(device)
-            if len(query_idx) != len(gt_idx):
-                raise ValueError(f"dn_meta has {len(query_idx)} positive queries for image {i} but its "
-                                 f"{len(gt_idx) // max(meta['dn_num_group'], 1)} boxes x {meta['dn_num_group']} groups "
-                                 "need as many: build the denoising queries from these targets")
-            indices.append((query_idx, gt_idx))
-        return indices
+        return denoising_indices(meta, targets)
 
     def _terms(self, out: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]], indices: Indices,
                num_boxes: float, suffix: str) -> dict[str, torch.Tensor]:
@@ -97,7 +71,7 @@ class RTDETRCriterion(nn.Module):
 
         one_hot, score = torch.zeros_like(logits), torch.zeros_like(logits)
         one_hot[batch_idx, query_idx, tgt_labels] = 1.0
-        score[batch_idx, query_idx, tgt_labels] = _paired_iou(src_boxes.detach(), tgt_boxes)
+        score[batch_idx, query_idx, tgt_labels] = paired_iou(src_boxes.detach(), tgt_boxes)
         vfl = varifocal_loss(logits, one_hot, score, self.alpha, self.gamma)
         # mean over classes, sum over queries and images, per target box
         loss_vfl = vfl.mean(1).sum() * logits.shape[1] / num_boxes

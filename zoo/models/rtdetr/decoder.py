@@ -9,61 +9,21 @@ store each cross-attention's ``num_points_scale``). v2's renamed ``enc_output.{p
 from __future__ import annotations
 
 import copy
-import functools
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from zoo.layers.denoising import DenoisingQueries
 from zoo.layers.init import prior_prob_bias
 from zoo.layers.mlp import MLP
 from zoo.layers.ms_deform_attn import MSDeformableAttention
-from zoo.layers.topk import topk_lowest_index
-from zoo.layers.tracing import is_tracing
+from zoo.layers.query_selection import inverse_sigmoid, select_queries
 from zoo.layers.transformer import PostNormLayer
 from zoo.registry import register_component
 
-__all__ = ["RTDETRDecoder", "DecoderLayer", "DenoisingQueries", "inverse_sigmoid"]
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-@dataclass
-class DenoisingQueries:
-    """Contrastive denoising queries prepended to the decoder input during training (built by the loss code)."""
-    class_embed: torch.Tensor  # [B, num_dn, D]
-    boxes_unact: torch.Tensor  # [B, num_dn, 4], inverse-sigmoid space
-    attn_mask: torch.Tensor    # [num_dn + num_queries, num_dn + num_queries], True = blocked
-    meta: dict[str, Any]       # dn_num_split, dn_num_group, dn_positive_idx
-
-
-def _anchors(shapes: tuple[tuple[int, int], ...], grid_size: float, eps: float, device: torch.device,
-             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchors (inverse-sigmoid cxcywh, ``[1, sum(HW), 4]``) and their valid mask; sizes may be traced."""
-    anchors = []
-    for level, (h, w) in enumerate(shapes):
-        # integer aranges, then cast: exact, and the float16 aranges do not export
-        gy, gx = torch.meshgrid(torch.arange(h, device=device).to(dtype),
-                                torch.arange(w, device=device).to(dtype), indexing="ij")
-        size = torch.stack([w, h]) if isinstance(w, torch.Tensor) else torch.tensor([w, h])  # traced or int
-        size = size.to(dtype=dtype, device=device)
-        xy = (torch.stack([gx, gy], -1) + 0.5) / size
-        wh = torch.full_like(xy, grid_size * 2.0 ** level)
-        anchors.append(torch.cat([xy, wh], -1).reshape(1, h * w, 4))
-    anchors = torch.cat(anchors, 1)
-    valid = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
-    anchors = torch.log(anchors / (1 - anchors))
-    # finfo.max rather than inf: same result after sigmoid, and exporters/NPUs accept it
-    anchors = torch.where(valid, anchors, torch.finfo(dtype).max)
-    return anchors, valid
-
-
-_anchors_cached = functools.lru_cache(maxsize=32)(_anchors)
+__all__ = ["RTDETRDecoder", "DecoderLayer", "DenoisingQueries", "inverse_sigmoid"]  # the last two from zoo.layers
 
 
 class DecoderLayer(PostNormLayer):
@@ -163,23 +123,11 @@ class RTDETRDecoder(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor], denoising: DenoisingQueries | None = None) -> dict[str, Any]:
         memory, shapes = self._flatten_levels(feats)
-        make_anchors = _anchors if is_tracing() else _anchors_cached  # computed in the graph when exporting
-        anchors, valid = make_anchors(tuple(shapes), 0.05, self.anchor_eps, memory.device, memory.dtype)
-        output_memory = self.enc_output(valid.to(memory.dtype) * memory)
-        enc_logits = self.enc_score_head(output_memory)
-        # ties taken lowest index first, as in every exported graph (torch.topk's tie order is its own: on
-        # transformers-initialised weights all scores tie and torch and onnxruntime selected other queries)
-        topk = topk_lowest_index(enc_logits.max(-1).values, self.num_queries)[1]
-
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            t = t.expand(topk.shape[0], -1, -1)  # anchors are shared by the batch
-            return t.gather(1, topk.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
-
-        # the box head is row-wise: running it on the top-k rows only gives the same boxes for ~1/28 of the work
-        selected = gather(output_memory)
-        ref_unact = self.enc_bbox_head(selected) + gather(anchors)
-        enc_topk_boxes, enc_topk_logits = ref_unact.sigmoid(), gather(enc_logits)
-        target = selected.detach()
+        selected = select_queries(memory, shapes, self.enc_output, self.enc_score_head, self.enc_bbox_head,
+                                  self.num_queries, self.anchor_eps)
+        ref_unact, enc_topk_logits = selected.ref_unact, selected.logits
+        enc_topk_boxes = ref_unact.sigmoid()
+        target = selected.content.detach()
         attn_mask = None
         if denoising is not None:
             target = torch.cat([denoising.class_embed, target], 1)

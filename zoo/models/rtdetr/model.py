@@ -14,13 +14,13 @@ from typing import Any
 import torch
 
 from zoo.layers.akconv import AKConv, C3_AKConv
-from zoo.layers.topk import topk_lowest_index
-from zoo.models.base import ClassHead, Detector, build_detector, check_pixel_values, detections_to_pixels
+from zoo.layers.denoising import DenoisingQueries, build_denoising_queries
+from zoo.layers.hybrid_encoder import HybridEncoder
+from zoo.models.base import (AnchorQueries, ClassHead, Detector, build_detector, check_pixel_values, detections_to_pixels,
+                             sigmoid_topk)
 from zoo.models.rtdetr import convert
 from zoo.models.rtdetr.criterion import RTDETRCriterion
-from zoo.models.rtdetr.decoder import DenoisingQueries, RTDETRDecoder
-from zoo.models.rtdetr.denoising import build_denoising_queries
-from zoo.models.rtdetr.hybrid_encoder import HybridEncoder
+from zoo.models.rtdetr.decoder import RTDETRDecoder
 from zoo.models.rtdetr.presnet import PResNet
 from zoo.models.timm_backbone import TimmBackbone
 from zoo.registry import register_family, register_model
@@ -29,7 +29,7 @@ __all__ = ["RTDETR"]
 
 
 @register_family
-class RTDETR(Detector):
+class RTDETR(AnchorQueries, Detector):
     """Real-time DETR. ``forward(pixel_values)`` -> ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}``.
 
     pixel_values: float ``[B, 3, H, W]`` preprocessed as ``pretrained_cfg`` says; H and W multiples of
@@ -59,36 +59,6 @@ class RTDETR(Detector):
         check_pixel_values(pixel_values, self.size_divisor)
         return self.decoder(self.encoder(self.backbone(pixel_values)), denoising)
 
-    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """(h, w) of every level the decoder reads for an input of ``height`` x ``width`` (padded to the largest
-        stride, as ``model.predict`` pads it): the backbone's levels, then the decoder's extra stride-2 levels."""
-        d = self.size_divisor
-        height, width = -(-height // d) * d, -(-width // d) * d
-        sizes = [(height // s, width // s) for s in self.backbone.strides]
-        while len(sizes) < self.decoder.num_levels:
-            sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
-        return sizes
-
-    def check_input_size(self, height: int, width: int) -> None:
-        """Query selection takes the ``num_queries`` best of one anchor per feature-map cell: an input whose feature
-        maps hold fewer cells than queries cannot run (torch says only "selected index k out of range")."""
-        from zoo.engine.validate import UsageError
-
-        def anchors(h: int, w: int) -> int:
-            return sum(a * b for a, b in self.feature_sizes(h, w))
-
-        queries = self.decoder.num_queries
-        if anchors(height, width) >= queries:
-            return
-        smallest = self.size_divisor
-        while anchors(smallest, smallest) < queries:
-            smallest += self.size_divisor
-        maps = ", ".join(f"{a}x{b}" for a, b in self.feature_sizes(height, width))
-        raise UsageError(f"input size {height}x{width} is too small for {self.config['architecture']}: its feature "
-                         f"maps ({maps}) hold {anchors(height, width)} anchors, fewer than its {queries} queries; the "
-                         f"smallest square input size is {smallest} (--size {smallest}), or build the model with "
-                         "fewer queries (num_queries)")
-
     def criterion(self) -> RTDETRCriterion:
         """Varifocal + L1 + GIoU on the last layer, the auxiliary layers, the encoder top-k and denoising groups."""
         return RTDETRCriterion(self.num_classes)
@@ -113,14 +83,7 @@ class RTDETR(Detector):
         """The batched part of :meth:`postprocess` (also what an exported ``postprocess=True`` graph runs):
         ``(boxes [B, K, 4] normalised cxcywh, scores [B, K], labels [B, K])``, the top ``K = min(top_k, Q * C)``
         (query, class) pairs by sigmoid score, sorted."""
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        num_classes = logits.shape[-1]
-        scores = logits.sigmoid().flatten(1)
-        top_k = min(top_k, scores.shape[1])
-        scores, index = topk_lowest_index(scores, top_k)  # ties in the same order as exported graphs
-        labels = index % num_classes
-        boxes = boxes.gather(1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
-        return boxes, scores, labels
+        return sigmoid_topk(outputs, top_k)
 
 
 # --------------------------------------------------------------------------------------------------

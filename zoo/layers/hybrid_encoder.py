@@ -1,4 +1,7 @@
-"""HybridEncoder of RT-DETR: AIFI (one transformer layer on the stride-32 map) + CCFM (CSP-RepVGG FPN/PAN)."""
+"""HybridEncoder of RT-DETR: AIFI (one transformer layer on the stride-32 map) + CCFM (CSP-RepVGG FPN/PAN).
+
+Shared by RT-DETR and D-FINE (whose CCFM plugs in RepNCSPELAN4 fusion and SCDown downsampling blocks, and drops the
+lateral convs' activation: ``lateral_act=None``), so it lives in zoo.layers."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -24,6 +27,7 @@ class HybridEncoder(nn.Module):
     ``downsample_block`` (default :func:`conv_bn_act`) as
     ``block(hidden, hidden, stride=2, act=..., **downsample_args)``;
     zoo.layers.akconv registers the AKConv alternatives.
+    ``lateral_act``: the top-down lateral 1x1 convs' activation, ``"same"`` (``act``, RT-DETR) or None (D-FINE).
     ``pe_layout``: the AIFI position embedding's layout on non-square maps, ``"transformers"`` (rows and columns as
     they are) or ``"official"`` (lyuwenyu/RT-DETR's, which swaps them); see ``sincos_2d_position_embedding``.
     """
@@ -34,7 +38,7 @@ class HybridEncoder(nn.Module):
                  expansion: float = 1.0, depth_mult: float = 1.0, act: str = "silu",
                  fusion_block: str = CSPRepLayer.component_name, fusion_args: dict[str, Any] | None = None,
                  downsample_block: str = conv_bn_act.component_name, downsample_args: dict[str, Any] | None = None,
-                 pe_layout: str = "transformers"):
+                 pe_layout: str = "transformers", lateral_act: str | None = "same"):
         super().__init__()
         if pe_layout not in SINCOS_LAYOUTS:
             raise ValueError(f"pe_layout must be one of {SINCOS_LAYOUTS}, got {pe_layout!r}")
@@ -57,7 +61,9 @@ class HybridEncoder(nn.Module):
         fusion_kw = dict(num_blocks=round(3 * depth_mult), expansion=expansion, act=act, **(fusion_args or {}))
         down_kw = dict(stride=2, act=act, **(downsample_args or {}))
         levels = len(self.in_channels)
-        self.lateral_convs = nn.ModuleList(ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=act) for _ in range(levels - 1))
+        lateral_act = act if lateral_act == "same" else lateral_act
+        self.lateral_convs = nn.ModuleList(ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=lateral_act)
+                                           for _ in range(levels - 1))
         self.fpn_blocks = nn.ModuleList(fusion(hidden_dim * 2, hidden_dim, **fusion_kw) for _ in range(levels - 1))
         self.downsample_convs = nn.ModuleList(downsample(hidden_dim, hidden_dim, **down_kw) for _ in range(levels - 1))
         self.pan_blocks = nn.ModuleList(fusion(hidden_dim * 2, hidden_dim, **fusion_kw) for _ in range(levels - 1))

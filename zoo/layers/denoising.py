@@ -1,4 +1,5 @@
-"""Contrastive denoising (CDN) queries for RT-DETR training (DINO / RT-DETR recipe).
+"""Contrastive denoising (CDN) queries for the training of RT-DETR-lineage decoders (DINO / RT-DETR recipe; RT-DETR
+and D-FINE share it, so it lives in zoo.layers).
 
 Ground-truth boxes are copied into ``num_group`` groups of positive and negative queries: positives get box noise
 below half the box size (the decoder must reconstruct the box), negatives between one and two half-sizes (the
@@ -7,12 +8,25 @@ An attention mask keeps the matching queries from seeing the denoising ones and 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
+from torch import nn
 from torchvision.ops import box_convert
 
-from zoo.models.rtdetr.decoder import DenoisingQueries, RTDETRDecoder, inverse_sigmoid
+from zoo.layers.query_selection import inverse_sigmoid
 
-__all__ = ["build_denoising_queries", "denoising_attn_mask"]
+__all__ = ["DenoisingQueries", "build_denoising_queries", "denoising_attn_mask", "denoising_indices"]
+
+
+@dataclass
+class DenoisingQueries:
+    """Contrastive denoising queries prepended to the decoder input during training (built by the loss code)."""
+    class_embed: torch.Tensor  # [B, num_dn, D]
+    boxes_unact: torch.Tensor  # [B, num_dn, 4], inverse-sigmoid space
+    attn_mask: torch.Tensor    # [num_dn + num_queries, num_dn + num_queries], True = blocked
+    meta: dict[str, Any]       # dn_num_split, dn_num_group, dn_positive_idx
 
 
 def denoising_attn_mask(group_size: int, num_group: int, num_queries: int,
@@ -27,13 +41,13 @@ def denoising_attn_mask(group_size: int, num_group: int, num_queries: int,
     return mask
 
 
-def build_denoising_queries(targets: list[dict[str, torch.Tensor]], decoder: RTDETRDecoder,
+def build_denoising_queries(targets: list[dict[str, torch.Tensor]], decoder: nn.Module,
                             num_denoising: int | None = None, label_noise_ratio: float | None = None,
                             box_noise_scale: float | None = None) -> DenoisingQueries | None:
     """Build the denoising queries for one batch, or None when there is nothing to denoise.
 
     targets: per image ``{"labels": LongTensor[n], "boxes": Tensor[n, 4] normalised cxcywh}``.
-    decoder: supplies ``denoising_class_embed``, ``num_queries``, ``num_classes`` and the noise defaults
+    decoder (RT-DETR's or D-FINE's): supplies ``denoising_class_embed``, ``num_queries``, ``num_classes`` and the noise defaults
     (``num_denoising``, ``label_noise_ratio``, ``box_noise_scale``), any of which may be overridden here.
 
     Returns None when denoising is off (``num_denoising <= 0``) or no image has a box. An image with more boxes
@@ -98,3 +112,20 @@ def build_denoising_queries(targets: list[dict[str, torch.Tensor]], decoder: RTD
             "dn_num_split": [reps * max_gt, decoder.num_queries], "dn_gt_idx": gt_idx}
     attn_mask = denoising_attn_mask(2 * max_gt, num_group, decoder.num_queries, device)
     return DenoisingQueries(class_embed=embed(labels), boxes_unact=boxes_unact, attn_mask=attn_mask, meta=meta)
+
+
+def denoising_indices(meta: dict[str, Any], targets: list[dict[str, torch.Tensor]]
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Denoising query ``k`` of group ``g`` reconstructs target ``gt_idx[k]``: pair them up per image."""
+    indices = []
+    for i, t in enumerate(targets):
+        device = t["labels"].device
+        gt_idx = meta["dn_gt_idx"][i] if "dn_gt_idx" in meta else torch.arange(len(t["labels"]))
+        gt_idx = gt_idx.to(device).repeat(meta["dn_num_group"])
+        query_idx = meta["dn_positive_idx"][i].to(device)
+        if len(query_idx) != len(gt_idx):
+            raise ValueError(f"dn_meta has {len(query_idx)} positive queries for image {i} but its "
+                             f"{len(gt_idx) // max(meta['dn_num_group'], 1)} boxes x {meta['dn_num_group']} groups "
+                             "need as many: build the denoising queries from these targets")
+        indices.append((query_idx, gt_idx))
+    return indices
