@@ -19,7 +19,9 @@ from conftest import TINY_DETR, TINY_RTDETR
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 #: family folder -> (model, narrow model arguments): the smallest structure that still has every part
-NARROW = {"rtdetr": ("rtdetr_r18vd", TINY_RTDETR), "detr": ("detr_resnet50", TINY_DETR)}
+NARROW = {"rtdetr": ("rtdetr_r18vd", TINY_RTDETR), "detr": ("detr_resnet50", TINY_DETR),
+          # dfine_n's two levels hold 20 anchors at 64x64: as many queries as fit
+          "dfine": ("dfine_n", dict(decoder={"num_queries": 16}))}
 
 
 def _families() -> dict[str, list[str]]:

@@ -313,6 +313,8 @@ def verify_export(model: nn.Module, path: str | os.PathLike, postprocess: bool, 
     A shape whose first input disagrees is tried once more with other random images, and the second result is
     the one returned: two candidates within rounding of each other at the edge of RT-DETR's top-k query selection
     can come out either way, which changes one input's queries, while a wrong graph disagrees on every input.
+    A float32 comparison beyond the fixed bound is judged against the model's own float32 rounding, measured on
+    the same inputs against a float64 copy: the graph may be at most twice as far from eager as that.
     """
     from zoo.export.session import open_session
 
@@ -351,9 +353,25 @@ def _verify_once(graph: nn.Module, session: Any, postprocess: bool, half: bool, 
         raise ExportError(f"the runtime cannot run the export at input {list(inputs[0].shape)}: "
                           f"{str(exc).strip().splitlines()[0]}") from exc
     names = (POSTPROCESS_NAMES if postprocess else RAW_NAMES)[1]
-    reference, candidate = dict(zip(names, expected)), dict(zip(names, got))
-    if postprocess:  # compare boxes relative to the image size, like the raw outputs
-        scale = inputs[1].repeat(1, 2)[:, None].to(torch.float64)
-        reference["boxes"] = reference["boxes"] / scale
-        candidate["boxes"] = candidate["boxes"].double() / scale
-    return compare_queries(reference, candidate, dtype, names, allowed=sum(ties))
+
+    def compare(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor], tolerance: float | None = None
+                ) -> Agreement:
+        reference, candidate = dict(zip(names, reference)), dict(zip(names, candidate))
+        if postprocess:  # compare boxes relative to the image size, like the raw outputs
+            scale = inputs[1].repeat(1, 2)[:, None].to(torch.float64)
+            reference["boxes"] = reference["boxes"].double() / scale
+            candidate["boxes"] = candidate["boxes"].double() / scale
+        return compare_queries(reference, candidate, dtype, names, tolerance, allowed=sum(ties))
+
+    agreement = compare(expected, got)
+    if agreement.ok or half:
+        return agreement
+    # Some models amplify float32 rounding more than the fixed bound assumes (D-FINE's distribution refinement:
+    # ~300 units on random weights). Measure this model's own float32 rounding on these inputs against a float64
+    # copy: a graph that is no further from eager than eager float32 is from float64 only differs by rounding.
+    with torch.no_grad():
+        exact = copy.deepcopy(graph).double()(*(t.double() if t.is_floating_point() else t for t in inputs))
+    own = compare(exact, expected, tolerance=float("inf")).worst_query
+    if 2 * own <= TOLERANCE_UNITS[dtype]:
+        return agreement
+    return compare(expected, got, tolerance=2 * own)
