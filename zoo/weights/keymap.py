@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-__all__ = ["KeyRule", "KeyMap", "merge_qkv", "split_in_proj"]
+__all__ = ["KeyRule", "KeyMap", "merge_qkv", "split_in_proj", "fold_top_level_heads"]
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -123,3 +123,14 @@ def split_in_proj(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
         else:
             out[key] = value
     return out
+
+
+def fold_top_level_heads(state_dict: Mapping[str, torch.Tensor], heads: tuple[str, ...] = ("class_embed", "bbox_embed"),
+                         prefix: str = "model.decoder.") -> dict[str, torch.Tensor]:
+    """transformers' detection models may save their heads twice (tied copies at the top level, ``class_embed.*``,
+    beside ``model.decoder.class_embed.*``) or, in older saves, only at the top: keep the nested copies and read a
+    top-level head only where its nested copy is absent."""
+    top = {k: v for k, v in state_dict.items() if k.split(".")[0] in heads}
+    body = {k: v for k, v in state_dict.items() if k not in top}
+    body.update({k: v for k, v in top.items() if f"{prefix}{k}" not in body})
+    return body

@@ -21,7 +21,7 @@ from typing import Mapping
 import torch
 
 from zoo.weights.checkpoint import CheckpointError, Layout, StateDict
-from zoo.weights.keymap import KeyMap, KeyRule
+from zoo.weights.keymap import KeyMap, KeyRule, fold_top_level_heads
 from zoo.weights.transformers_format import TransformersMapping, UnrepresentableConfigError, require
 
 __all__ = ["KEYS", "LAYOUTS", "TRANSFORMERS", "transformers_to_zoo", "zoo_to_transformers", "official_to_zoo", "to_transformers",
@@ -109,12 +109,7 @@ def transformers_to_zoo(sd: StateDict) -> StateDict:
     """``DFineForObjectDetection`` keys -> zoo keys (q/k/v packed); refuses files with the k_proj == v_proj bug.
     Heads duplicated at the top level (tied copies) are read when the ``model.decoder.*`` ones are absent."""
     _check_k_proj(sd)
-    top = {k: v for k, v in sd.items() if k.split(".")[0] in ("class_embed", "bbox_embed")}
-    body = {k: v for k, v in sd.items() if k not in top}
-    for key, value in top.items():
-        if f"model.decoder.{key}" not in body:
-            body[key] = value
-    return KEYS.load(body)
+    return KEYS.load(fold_top_level_heads(sd))
 
 
 def zoo_to_transformers(sd: StateDict) -> StateDict:

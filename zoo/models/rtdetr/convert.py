@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 
 from zoo.weights.checkpoint import Layout, StateDict
-from zoo.weights.keymap import KeyMap, KeyRule
+from zoo.weights.keymap import KeyMap, KeyRule, fold_top_level_heads
 from zoo.weights.transformers_format import TransformersMapping, UnrepresentableConfigError, require
 
 __all__ = ["KEYS", "LAYOUTS", "TRANSFORMERS", "transformers_to_zoo", "zoo_to_transformers", "official_v2_to_zoo",
@@ -83,12 +83,7 @@ def transformers_to_zoo(sd: StateDict) -> StateDict:
     """Map ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` keys to zoo (= official) keys;
     q/k/v projections are concatenated. Heads duplicated at the top level (older saves) are read when the
     ``model.decoder.*`` copies are absent."""
-    top = {k: v for k, v in sd.items() if k.split(".")[0] in ("class_embed", "bbox_embed")}
-    body = {k: v for k, v in sd.items() if k not in top}
-    for key, value in top.items():
-        if f"model.decoder.{key}" not in body:
-            body[key] = value
-    return KEYS.load(body)
+    return KEYS.load(fold_top_level_heads(sd))
 
 
 def zoo_to_transformers(sd: StateDict) -> StateDict:
