@@ -1,10 +1,17 @@
 """Sharded evaluation and batch inference: ``torchrun --nproc_per_node 2`` (gloo, CPU) against one process, on the
 synthetic shapes with image counts that do not divide evenly, through the ``zoo`` command line with the bundled
-demo weights. Results must be identical: shards are whole single-process batches, so no bit may differ."""
+demo weights. Results must be identical: shards are whole single-process batches, so no bit may differ.
+
+``zoo eval`` runs as ``torchrun -m zoo`` (the command joins and leaves its own process group). The predict jobs
+and the exit check share one launch (:func:`two_rank_jobs`: three interpreters instead of three per job): each rank
+joins the group with zoo's ``init_distributed`` and runs the jobs in turn as ``python -m zoo`` runs them (the
+module ``zoo`` as ``__main__``), inside that group (gloo cannot join a second default group in one process)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -64,9 +71,65 @@ def shapes(tmp_path_factory) -> Path:
     return root
 
 
+def _eval_args(shapes: Path) -> list[str]:
+    return ["eval", MODEL, "--ann", str(shapes / "val.json"), "--images", str(shapes / "val"), "--batch-size", "4",
+            "--workers", "0", "--device", "cpu"]
+
+
+def _predict_args(out: Path) -> list[str]:
+    return ["--out", str(out), "--batch-size", "2", "--device", "cpu", "--threshold", "0.3"]
+
+
+def _random_args(shapes: Path) -> list[str]:
+    return ["predict", "rtdetr_mobilenetv3_small", *_seven(shapes)[:4], "--random-weights", "--size", "128",
+            "--threshold", "0", "--top-k", "5", "--batch-size", "2", "--device", "cpu", "--no-draw"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_jobs(shapes, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The command-line jobs of the tests below, run in one ``torchrun --nproc_per_node 2`` launch: (their
+    folder, each job's standard output, both ranks')."""
+    root = tmp_path_factory.mktemp("two")
+    seven = _seven(shapes)
+    assert main(["predict", MODEL, *seven[:4], *_predict_args(root / "resumed")]) == 0  # a first, smaller job
+    jobs = {"predict": ["predict", MODEL, *seven, *_predict_args(root / "predict")],
+            "resumed": ["predict", MODEL, *seven, *_predict_args(root / "resumed")],
+            "random": [*_random_args(shapes), "--out", str(root / "random")]}
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    torchrun(__file__, "--jobs", str(root / "jobs.json"))
+    return root, {name: "".join((root / f"{name}.rank{r}.out").read_text() for r in (0, 1)) for name in jobs}
+
+
+def _run_jobs(jobs_file: str) -> None:
+    """Runs under torchrun: joins the group with zoo's ``init_distributed`` (its own exit handler, registered first,
+    runs after zoo's and records in ``exit.rank<R>`` whether the group is still alive: see
+    test_a_group_zoo_joins_is_destroyed_before_the_interpreter_tears_down), then runs each job of ``jobs_file`` as
+    ``python -m zoo ARGS`` does, its standard output to ``<name>.rank<R>.out`` beside the file; exits non-zero when
+    any job did."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from zoo.engine.distributed import init_distributed
+
+    folder, rank = Path(jobs_file).parent, os.environ["RANK"]
+    atexit.register(lambda: (folder / f"exit.rank{rank}").write_text(str(dist.is_initialized())))
+    init_distributed("cpu")
+    jobs, failed = json.loads(Path(jobs_file).read_text()), []
+    for name, argv in jobs.items():
+        out = folder / f"{name}.rank{rank}.out"
+        sys.argv = ["zoo", *argv]
+        with open(out, "w") as stdout, contextlib.redirect_stdout(stdout):
+            try:
+                runpy.run_module("zoo", run_name="__main__", alter_sys=True)
+            except SystemExit as done:
+                if done.code not in (0, None):
+                    failed.append(f"{name}: exit {done.code}")
+    sys.exit("\n".join(failed) or None)
+
+
 def test_eval_two_processes_equals_one(shapes, tmp_path, capsys):
-    common = ["eval", MODEL, "--ann", str(shapes / "val.json"), "--images", str(shapes / "val"), "--batch-size", "4",
-              "--workers", "0", "--device", "cpu"]
+    common = _eval_args(shapes)
     torchrun("-m", "zoo", *common, "--out", str(tmp_path / "two"))
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
@@ -102,25 +165,21 @@ def _seven(shapes: Path) -> list[str]:
     return sorted(str(p) for p in (shapes / "val").iterdir())[:7]
 
 
-def test_predict_two_processes_equals_one(shapes, single_run, tmp_path):
-    out = tmp_path / "two"
-    proc = torchrun("-m", "zoo", "predict", MODEL, *_seven(shapes), "--out", str(out), "--batch-size", "2",
-                    "--device", "cpu", "--threshold", "0.3")
+def test_predict_two_processes_equals_one(two_rank_jobs, single_run):
+    out, printed = two_rank_jobs[0] / "predict", two_rank_jobs[1]["predict"]
     assert _result(out) == _result(single_run)
     assert sum(len(r["boxes"]) for r in _result(out)["images"]) >= 7  # the demo model finds shapes
     for record in _result(out)["images"]:
         assert (out / record["annotated"]).read_bytes() == (single_run / record["annotated"]).read_bytes()
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in single_run.iterdir())  # parts removed
-    assert proc.stdout.count(" detections") == 7  # one line per image, from the rank that did it
+    assert printed.count(" detections") == 7  # one line per image, from the rank that did it
 
 
-def test_predict_resumes_under_torchrun(shapes, single_run, tmp_path, capsys):
-    out, seven = tmp_path / "resumed", _seven(shapes)
-    args = ["--out", str(out), "--batch-size", "2", "--device", "cpu", "--threshold", "0.3"]
-    assert main(["predict", MODEL, *seven[:4], *args]) == 0  # a first, smaller job
-    proc = torchrun("-m", "zoo", "predict", MODEL, *seven, *args)
-    assert "4 of 7 images already done, skipping them" in proc.stdout
-    assert proc.stdout.count(" detections") == 3
+def test_predict_resumes_under_torchrun(two_rank_jobs, single_run):
+    """The fixture ran a first, smaller job (4 of the 7 images) in one process before the launch."""
+    out, printed = two_rank_jobs[0] / "resumed", two_rank_jobs[1]["resumed"]
+    assert "4 of 7 images already done, skipping them" in printed
+    assert printed.count(" detections") == 3
     assert _result(out) == _result(single_run)
 
 
@@ -163,37 +222,21 @@ def test_predict_retries_a_failed_image_and_skips_the_rest(shapes, single_run, t
     assert json.loads((out / "detections.json").read_text())["threshold"] == 0.5
 
 
-def test_random_weights_are_the_same_in_every_process(shapes, tmp_path):
+def test_random_weights_are_the_same_in_every_process(shapes, two_rank_jobs, tmp_path):
     """Issue 21 item 19: ``--random-weights`` was unseeded, so each rank built another model."""
-    common = ["predict", "rtdetr_mobilenetv3_small", *_seven(shapes)[:4], "--random-weights", "--size", "128",
-              "--threshold", "0", "--top-k", "5", "--batch-size", "2", "--device", "cpu", "--no-draw"]
-    torchrun("-m", "zoo", *common, "--out", str(tmp_path / "two"))
-    assert main([*common, "--out", str(tmp_path / "one")]) == 0
-    one, two = (json.loads((tmp_path / n / "detections.json").read_text()) for n in ("one", "two"))
+    assert main([*_random_args(shapes), "--out", str(tmp_path / "one")]) == 0
+    one, two = (json.loads((folder / "detections.json").read_text())
+                for folder in (tmp_path / "one", two_rank_jobs[0] / "random"))
     assert len(one["images"]) == 4 and all(len(r["scores"]) == 5 for r in one["images"])
     assert two == one
 
 
-EXIT_CHECK = """
-import atexit, os, sys
-from pathlib import Path
-import torch.distributed as dist
-from zoo.engine.distributed import init_distributed
-
-record = Path(sys.argv[1]) / f"rank{os.environ['RANK']}"
-atexit.register(lambda: record.write_text(str(dist.is_initialized())))
-init_distributed("cpu")
-"""
-
-
-def test_a_group_zoo_joins_is_destroyed_before_the_interpreter_tears_down(tmp_path):
+def test_a_group_zoo_joins_is_destroyed_before_the_interpreter_tears_down(two_rank_jobs):
     """A gloo group left alive into the interpreter's teardown can abort the process (pytorch/pytorch#190489: 7 of
-    20 four-process runs here). Each rank's own exit handler, registered first, runs after zoo's and records
-    whether the group is still alive."""
-    script = tmp_path / "exit_check.py"
-    script.write_text(EXIT_CHECK)
-    torchrun(str(script), str(tmp_path))
-    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]
+    20 four-process runs here). Each rank of the jobs' launch joined with ``init_distributed``; its own exit
+    handler, registered first, runs after zoo's and records whether the group is still alive."""
+    root = two_rank_jobs[0]
+    assert [(root / f"exit.rank{r}").read_text() for r in (0, 1)] == ["False", "False"]
 
 
 def _train_worker(data: str, out: str) -> None:
@@ -235,4 +278,7 @@ def test_training_validation_is_sharded_and_equals_zoo_eval(shapes, tmp_path):
 
 
 if __name__ == "__main__":
-    _train_worker(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--jobs":
+        _run_jobs(sys.argv[2])
+    else:
+        _train_worker(sys.argv[1], sys.argv[2])

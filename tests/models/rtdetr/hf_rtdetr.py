@@ -15,22 +15,25 @@ HF_CONFIGS = {
 }
 
 
-def hf_rtdetr(name: str, num_classes: int = 80, seed: int = 0):
+def hf_rtdetr(name: str, num_classes: int = 80, seed: int = 0, calibrate: bool = True):
+    """``RTDetrForObjectDetection`` for a zoo ``rtdetr_*`` name; ``calibrate=False`` skips the BatchNorm
+    calibration (forward passes at 320x320) where only a valid file is needed, not well-conditioned outputs."""
     from transformers import RTDetrConfig, RTDetrForObjectDetection
 
     config = RTDetrConfig(**_hf_config_args(name, num_classes))
     torch.manual_seed(seed)
-    return _randomise(RTDetrForObjectDetection(config).eval())
+    return _randomise(RTDetrForObjectDetection(config).eval(), calibrate)
 
 
-def hf_rtdetrv2(name: str, num_classes: int = 80, seed: int = 0, decoder_method: str = "default"):
+def hf_rtdetrv2(name: str, num_classes: int = 80, seed: int = 0, decoder_method: str = "default",
+                calibrate: bool = True):
     """``RTDetrV2ForObjectDetection`` for a zoo ``rtdetrv2_*`` name (same architectures as v1)."""
     from transformers import RTDetrV2Config, RTDetrV2ForObjectDetection
 
     config = RTDetrV2Config(**_hf_config_args(name.replace("rtdetrv2_", "rtdetr_"), num_classes),
                             decoder_method=decoder_method)
     torch.manual_seed(seed)
-    return _randomise(RTDetrV2ForObjectDetection(config).eval())
+    return _randomise(RTDetrV2ForObjectDetection(config).eval(), calibrate)
 
 
 def _hf_config_args(name: str, num_classes: int) -> dict:
@@ -47,7 +50,7 @@ def _hf_config_args(name: str, num_classes: int) -> dict:
     )
 
 
-def _randomise(model):
+def _randomise(model, calibrate: bool = True):
     # default init leaves heads at zero and BN statistics trivial: perturb everything so that every
     # weight matters, then set each BatchNorm's statistics from the data it sees (with +-20% noise) so
     # that activations stay O(1) through deep random networks and the encoder top-k is well separated.
@@ -56,7 +59,8 @@ def _randomise(model):
         for key, tensor in model.state_dict().items():
             if tensor.is_floating_point() and not key.endswith(("running_mean", "running_var", "n_points_scale")):
                 tensor.add_(torch.randn_like(tensor) * 0.02)
-        calibrate_batch_norms(model, lambda: model(pixel_values=torch.rand(2, 3, 320, 320)))
+        if calibrate:
+            calibrate_batch_norms(model, lambda: model(pixel_values=torch.rand(2, 3, 320, 320)))
     return model
 
 
