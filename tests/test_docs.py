@@ -6,6 +6,10 @@ manifest entry of an architecture the code mentions, its default tag or a tag it
 weights when it asks for ``pretrained_backbone``): random but valid weights in the entry's upstream layout
 (transformers ``save_pretrained``, timm state dicts), served by the local Hub of tests/weights through a manifest
 copy that records their sha256 and size. A block whose first line is a ``# needs network`` comment is skipped.
+
+Each file's blocks run in a process of their own, forked from a server interpreter that has imported torch, timm
+and zoo and run nothing (:data:`SERVER`): what a fresh interpreter gives, without paying the imports per file; a
+block that registers a model cannot leak into the other files' or the tests' registry.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import functools
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -124,20 +129,53 @@ def docs_hub(tmp_path_factory):
     hub.hub.stop()
 
 
+class BlockServer:
+    """The :data:`SERVER` interpreter: :meth:`run` forks it into a process that runs one file's blocks."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.log = log
+        with open(log, "w") as stderr:
+            self.proc = subprocess.Popen([sys.executable, "-c", SERVER, RUNNER], env=env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+    def run(self, blocks: Path, name: str, cwd: Path, timeout: float = 900) -> tuple[int, str]:
+        """(exit status, standard error) of the blocks in ``blocks`` (a JSON list) run in ``cwd``."""
+        stdout, stderr = blocks.with_suffix(".out"), blocks.with_suffix(".err")
+        request = dict(blocks=str(blocks), name=name, cwd=str(cwd), stdout=str(stdout), stderr=str(stderr))
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.proc.kill()
+            pytest.fail(f"the block server answered nothing within {timeout} s: {self.log.read_text()[-4000:]}")
+        return json.loads(line), stderr.read_text() if stderr.exists() else ""
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def block_server(docs_hub, tmp_path_factory):
+    """A :class:`BlockServer` whose environment points zoo and huggingface_hub at ``docs_hub``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ZOO_WEIGHTS_MANIFEST": str(docs_hub.root / "manifest.json"),
+           "HF_ENDPOINT": docs_hub.hub.endpoint, "HF_HUB_CACHE": str(docs_hub.root / "cache"),
+           "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("HF_HUB_OFFLINE", None)
+    server = BlockServer(env, tmp_path_factory.mktemp("block-server") / "server.log")
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("doc", [d for d in DOCS if any(map(_runnable, python_blocks(d)))],
                          ids=lambda d: str(d.relative_to(REPO)))
-def test_python_blocks_run(doc, docs_hub, tmp_path, monkeypatch, single_thread):
+def test_python_blocks_run(doc, docs_hub, block_server, tmp_path, single_thread):
     blocks = [b for b in python_blocks(doc) if _runnable(b)]
     code = "\n".join(blocks)
     docs_hub.serve(weights_named(code))
-    monkeypatch.setenv("ZOO_WEIGHTS_MANIFEST", str(docs_hub.root / "manifest.json"))
-    monkeypatch.setenv("HF_ENDPOINT", docs_hub.hub.endpoint)
-    monkeypatch.setenv("HF_HUB_CACHE", str(docs_hub.root / "cache"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     work = tmp_path / "work"
     work.mkdir()
-    monkeypatch.chdir(work)
     for name in sorted(set(IMAGE.findall(code))):
         target = work / name
         if not target.exists():
@@ -145,13 +183,10 @@ def test_python_blocks_run(doc, docs_hub, tmp_path, monkeypatch, single_thread):
             from PIL import Image
 
             Image.open(DEMO_IMAGE).convert("RGB").save(target)
-    # in a fresh interpreter: a block that registers a model must not leak into the other tests' registry
+    # in a process of its own: a block that registers a model must not leak into the other tests' registry
     (tmp_path / "blocks.json").write_text(json.dumps(blocks))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", RUNNER, str(tmp_path / "blocks.json"), doc.name], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{doc.relative_to(REPO)}: {done.stderr[-4000:]}"
+    status, stderr = block_server.run(tmp_path / "blocks.json", doc.name, work)
+    assert status == 0, f"{doc.relative_to(REPO)}: {stderr[-4000:]}"
 
 
 #: runs the blocks of one file in order, in one namespace; a failure names the block
@@ -164,6 +199,42 @@ for i, block in enumerate(blocks):
         exec(compile(block, f"{name}, python block {i + 1}", "exec"), namespace)
     except Exception:
         sys.exit(f"{name}, python block {i + 1} fails:\n{block}\n{traceback.format_exc()}")
+"""
+
+#: ``python -c SERVER RUNNER`` reads one request (JSON: blocks, name, cwd, stdout, stderr) a line; for each, a forked child runs :data:`RUNNER`
+#: as ``python -c RUNNER blocks name`` would in ``cwd`` (its output to the two files, the exit handlers run at the
+#: end) and the server answers the child's exit status. Imports only: no thread pool or tensor exists to fork.
+SERVER = r"""
+import atexit, json, os, sys, traceback
+import torch, torchvision, timm, PIL.Image, zoo  # what every page imports, once
+
+RUNNER = sys.argv[1]
+
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.chdir(request["cwd"])
+            for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            sys.argv = ["-c", request["blocks"], request["name"]]
+            try:
+                exec(compile(RUNNER, "<string>", "exec"), {"__name__": "__main__"})
+                status = 0
+            except SystemExit as done:
+                if isinstance(done.code, str):
+                    print(done.code, file=sys.stderr)
+                status = 1 if isinstance(done.code, str) else (done.code or 0)
+            atexit._run_exitfuncs()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 
