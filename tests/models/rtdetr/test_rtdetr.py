@@ -23,7 +23,9 @@ def hf_checkpoint(request, tmp_path_factory):
     return saved(request.param, hf_rtdetr(request.param), tmp_path_factory)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 320, 320), (1, 3, 480, 640)], ids=["batch2", "480x640"])
+# a batch, and a non-square input: 4:3 like 480x640 with, like it, an odd side at stride 32 (9x12 there, 15x20
+# at 480x640), at 0.36 of its pixels (float64 parity of R101 at 480x640 was the slowest model test)
+@pytest.mark.parametrize("shape", [(2, 3, 320, 320), (1, 3, 288, 384)], ids=["batch2", "288x384"])
 def test_parity_with_transformers(hf_checkpoint, shape):
     name, hf_model, path = hf_checkpoint
     model = zoo.create_model(name, checkpoint_path=path).eval()
