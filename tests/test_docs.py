@@ -1,6 +1,7 @@
 """Every ```python block of README.md and docs/*.md runs as written.
 
-The blocks of one file share a namespace and run in order, in a fresh interpreter and an empty temporary folder. What they name is provided:
+The blocks of one file share a namespace and run in order, in a process of their own and an empty temporary folder.
+What they name is provided:
 images (a copy of the bundled demo image under each image file name the code mentions) and pretrained weights (every
 manifest entry of an architecture the code mentions, its default tag or a tag it names, plus the backbone's ImageNet
 weights when it asks for ``pretrained_backbone``): random but valid weights in the entry's upstream layout
@@ -201,9 +202,10 @@ for i, block in enumerate(blocks):
         sys.exit(f"{name}, python block {i + 1} fails:\n{block}\n{traceback.format_exc()}")
 """
 
-#: ``python -c SERVER RUNNER`` reads one request (JSON: blocks, name, cwd, stdout, stderr) a line; for each, a forked child runs :data:`RUNNER`
-#: as ``python -c RUNNER blocks name`` would in ``cwd`` (its output to the two files, the exit handlers run at the
-#: end) and the server answers the child's exit status. Imports only: no thread pool or tensor exists to fork.
+#: ``python -c SERVER RUNNER`` reads one request a line (JSON: blocks, name, cwd, stdout, stderr); for each, a forked
+#: child runs :data:`RUNNER` as ``python -c RUNNER blocks name`` would in ``cwd`` (its output to the two files, the
+#: exit handlers run at the end) and the server answers the child's exit status. The server only imports: no thread
+#: pool or tensor exists to fork.
 SERVER = r"""
 import atexit, json, os, sys, traceback
 import torch, torchvision, timm, PIL.Image, zoo  # what every page imports, once
