@@ -2,10 +2,13 @@
 eager PyTorch finds on the demo."""
 from __future__ import annotations
 
+import contextlib
+import io
+from pathlib import Path
+
 import pytest
 import torch
 
-import zoo
 from zoo.cli import main
 from zoo.export import OpenVinoDetector
 from zoo.export.openvino import read_openvino_metadata
@@ -18,14 +21,20 @@ DEMO_IMAGE = "zoo/assets/shapes_demo.png"
 
 
 @pytest.fixture(scope="module")
-def demo_ir(demo_model, tmp_path_factory):
-    return zoo.export(demo_model, tmp_path_factory.mktemp("ir") / "demo", format="openvino", dynamic_batch=True,
-                      dynamic_size=True)
+def demo_ir(tmp_path_factory) -> tuple[Path, str]:
+    """The demo exported once, through the command line (zoo.export's openvino format is tested on every family in
+    test_every_family.py), with a dynamic batch and size: (its model.xml, what the command printed)."""
+    out = tmp_path_factory.mktemp("ir") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", DEMO, "--format", "openvino", "--output", str(out), "--dynamic-batch",
+                     "--dynamic-size"]) == 0
+    return out / "model.xml", printed.getvalue()
 
 
 def test_same_detections_as_eager_on_the_demo(demo_model, demo_ir):
     expected = demo_model.predict([DEMO_IMAGE, DEMO_IMAGE], score_threshold=0.3)
-    got = OpenVinoDetector(demo_ir.parent, threads=1).predict([DEMO_IMAGE, DEMO_IMAGE], score_threshold=0.3)
+    got = OpenVinoDetector(demo_ir[0].parent, threads=1).predict([DEMO_IMAGE, DEMO_IMAGE], score_threshold=0.3)
     for e, g in zip(expected, got):
         assert len(e) == len(g) >= 4 and g.label_names == e.label_names
         torch.testing.assert_close(g.boxes, e.boxes, atol=1e-3, rtol=0)
@@ -33,17 +42,15 @@ def test_same_detections_as_eager_on_the_demo(demo_model, demo_ir):
 
 
 def test_metadata_is_kept(demo_model, demo_ir):
-    meta = read_openvino_metadata(demo_ir.parent)
+    meta = read_openvino_metadata(demo_ir[0].parent)
     assert meta["config"] == demo_model.config and meta["family"] == "rtdetr"
     assert meta["pretrained_cfg"]["label_names"] == demo_model.pretrained_cfg["label_names"]
 
 
 def test_cli_export_and_predict(demo_ir, tmp_path, capsys):
-    out = tmp_path / "ir"
-    assert main(["export", DEMO, "--format", "openvino", "--output", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "openvino vs eager rtdetr_mobilenetv3_small at 1x3x96x96" in printed and f"wrote {out / 'model.xml'}" in printed
-    assert main(["predict", str(demo_ir.parent), DEMO_IMAGE, "--backend", "openvino", "--threshold", "0.7",
+    xml, printed = demo_ir
+    assert "openvino vs eager rtdetr_mobilenetv3_small at 1x3x96x96" in printed and f"wrote {xml}" in printed
+    assert main(["predict", str(xml.parent), DEMO_IMAGE, "--backend", "openvino", "--threshold", "0.7",
                  "--out", str(tmp_path / "pred")]) == 0
     assert "4 detections (2 circle, 1 triangle, 1 square)" in capsys.readouterr().out
 
