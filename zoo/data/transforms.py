@@ -183,15 +183,42 @@ class MixUp:
 class SampleMixing(torch.utils.data.Dataset):
     """A detection dataset (one with ``load(i)`` -> raw sample and ``transforms``, as
     :class:`zoo.data.coco.CocoDetection`) whose samples become a :class:`Mosaic` with probability ``mosaic`` and
-    are mixed with another with probability ``mixup``, before the dataset's own transforms. With ``enabled``
-    False (the last ``no_aug_epochs``) samples go through ``plain`` instead (resize only), unmixed."""
+    are mixed with another with probability ``mixup``, before the dataset's own transforms (a mosaic's through
+    ``mosaic_transforms`` when given: DEIM leaves out zoom-out and IoU crop there).
+
+    ``stage`` (set per epoch by the trainer): ``"mix"`` as above; ``"augment"``: the dataset's transforms, unmixed;
+    ``"light"``: the ``light`` transforms (DEIM's first epochs: flips only), unmixed; ``"plain"`` (the last
+    ``no_aug_epochs``): ``plain`` (resize only), unmixed. ``enabled`` is ``stage != "plain"`` (setting it True
+    means "mix")."""
+
+    STAGES = ("mix", "augment", "light", "plain")
 
     def __init__(self, dataset: Any, mosaic: float = 0.0, mixup: float = 0.0, plain: Any = None,
-                 mosaic_size: int | None = None, mixup_alpha: float = 32.0):
+                 mosaic_size: int | None = None, mixup_alpha: float = 32.0, light: Any = None,
+                 mosaic_transforms: Any = None):
         self.dataset, self.mosaic_p, self.mixup_p, self.plain = dataset, float(mosaic), float(mixup), plain
+        self.light, self.mosaic_transforms = light, mosaic_transforms
         self.mosaic = Mosaic(mosaic_size or 640)
         self.mixup = MixUp(mixup_alpha)
-        self.enabled = True
+        self._stage = "mix"
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        if value not in self.STAGES:
+            raise ValueError(f"stage must be one of {self.STAGES}, got {value!r}")
+        self._stage = value
+
+    @property
+    def enabled(self) -> bool:
+        return self._stage != "plain"
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._stage = "mix" if value else "plain"
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -201,12 +228,13 @@ class SampleMixing(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         sample = self.dataset.load(index)
-        if not self.enabled:
-            transforms = self.plain
-        else:
-            transforms = self.dataset.transforms
+        transforms = {"plain": self.plain, "light": self.light if self.light is not None else self.plain
+                      }.get(self._stage, self.dataset.transforms)
+        if self._stage == "mix":
             if self.mosaic_p and random.random() < self.mosaic_p:
                 sample = self.mosaic([sample, *self._others(3)])
+                if self.mosaic_transforms is not None:
+                    transforms = self.mosaic_transforms
             if self.mixup_p and random.random() < self.mixup_p:
                 sample = self.mixup([sample, *self._others(1)])
         image, target = transforms(*sample) if transforms is not None else sample

@@ -1,0 +1,157 @@
+"""D-FINE through zoo's trainer: ``zoo train dfine_n`` end to end with every loss term in metrics.jsonl under
+transformers' names, D-FINE's official recipe per size, the box heads in float32 under autocast, and DEIM's
+recipe (``--recipe deim``: MAL, mosaic / mixup on DEIM's epoch schedule, flat-cosine lr)."""
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+
+import pytest
+import torch
+
+import zoo
+from trainer_setup import make_data
+
+#: a dfine_n that fits 64x64 inputs (20 anchors) and trains a step in about a second
+TINY_DFINE = {"num_queries": 10, "num_denoising": 8}
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _expected_terms(cls: str, layers: int = 3) -> set[str]:
+    """transformers' names for D-FINE's terms (enc top-k as the last aux), plus the official _pre / _dn_pre and
+    the last layer's FGL (its DDF would distil it from itself: there is none)."""
+    heads = ["", *(f"_aux_{i}" for i in range(layers)), *(f"_dn_{i}" for i in range(layers)), "_pre", "_dn_pre"]
+    local = {*(f"_aux_{i}" for i in range(layers - 1)), *(f"_dn_{i}" for i in range(layers))}
+    return ({f"loss_{t}{h}" for h in heads for t in (cls, "bbox", "giou")} | {"loss_fgl"}
+            | {f"loss_{t}{h}" for h in local for t in ("fgl", "ddf")})
+
+
+def test_zoo_train_dfine_n_logs_every_term(tmp_path):
+    from zoo.cli import main
+
+    make_data(tmp_path / "data", num_train=4, num_val=1)  # a dataset folder: train.json + train/, val.json + val/
+    code = main(["train", "dfine_n", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"),
+                 "--epochs", "1", "--batch-size", "4", "--size", "64", "--workers", "0", "--no-progress",
+                 "--model-args", json.dumps(TINY_DFINE), "--warmup-steps", "1"])
+    assert code == 0
+    epoch = _records(tmp_path / "run")[-1]  # the epoch record: every term averaged over the epoch's steps
+    assert epoch["step"] == 1 and "val_AP" in epoch
+    expected = {f"train_{k}" for k in _expected_terms("vfl")}
+    assert expected <= set(epoch), sorted(expected - set(epoch))
+    assert all(math.isfinite(epoch[k]) for k in expected)
+    assert abs(sum(epoch[k] for k in expected) - epoch["train_loss"]) < 1e-4 * epoch["train_loss"]
+    # D-FINE-N's official recipe, as configs/dfine/dfine_hgnetv2_n_coco.yml
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["lr"], config["backbone_lr_mult"], config["weight_decay"], config["clip_max_norm"]) == \
+        (8e-4, 0.5, 1e-4, 0.1)
+    assert config["multiscale"] is False and config["epochs"] == 1 and config["warmup_steps"] == 1
+
+
+@pytest.mark.parametrize("name, lr, backbone_lr, weight_decay, epochs, no_aug", [
+    ("dfine_n", 8e-4, 4e-4, 1e-4, 160, 12), ("dfine_s", 2e-4, 1e-4, 1e-4, 132, 12),
+    ("dfine_m", 2e-4, 2e-5, 1e-4, 132, 12), ("dfine_l", 2.5e-4, 1.25e-5, 1.25e-4, 80, 8),
+    ("dfine_x", 2.5e-4, 2.5e-6, 1.25e-4, 80, 8)])
+def test_official_dfine_recipes(name, lr, backbone_lr, weight_decay, epochs, no_aug):
+    """configs/dfine/dfine_hgnetv2_*_coco.yml: optimizer lr / backbone lr / weight decay, epochs, policy epoch."""
+    from zoo.engine.trainer import recipe_of
+    from zoo.models.dfine.model import DFINE
+
+    model = DFINE.__new__(DFINE)  # the recipe depends on the architecture name only
+    torch.nn.Module.__init__(model)
+    model.config = {"architecture": name}
+    recipe = recipe_of(model, None)
+    assert recipe["lr"] == lr and math.isclose(recipe["lr"] * recipe["backbone_lr_mult"], backbone_lr)
+    assert (recipe["weight_decay"], recipe["epochs"], recipe["no_aug_epochs"]) == (weight_decay, epochs, no_aug)
+    assert (recipe["warmup_steps"], recipe["clip_max_norm"], recipe["schedule"]) == (500, 0.1, "constant")
+    deim = recipe_of(model, "deim")
+    assert deim["criterion"] == {"cls_loss": "mal", "gamma": 1.5, "mal_alpha": None}
+    assert deim["schedule"] == "flat_cosine" and deim["mosaic"] == deim["mixup"] == 0.5
+    with pytest.raises(ValueError, match="no training recipe 'yolo'.*deim"):
+        recipe_of(model, "yolo")
+
+
+def test_box_heads_run_in_float32_under_bf16_autocast():
+    model = zoo.create_model("dfine_n", num_classes=3, **TINY_DFINE).train()
+    dtypes = {}
+
+    def hook(name, module, inputs, output):
+        dtypes[name] = output.dtype
+
+    heads = {"pre_bbox_head": model.decoder.pre_bbox_head, "enc_bbox_head": model.decoder.enc_bbox_head,
+             **{f"dec_bbox_head.{i}": h for i, h in enumerate(model.decoder.dec_bbox_head)}}
+    for name, head in heads.items():
+        head.register_forward_hook(partial(hook, name))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert dtypes.pop("enc_bbox_head") == torch.bfloat16  # autocast is on: the other heads do run in bf16
+    assert dtypes == {name: torch.float32 for name in heads if name != "enc_bbox_head"}
+    assert out["pred_corners"].dtype == torch.float32
+    with torch.no_grad():  # without autocast nothing changes: float64 stays float64
+        model.double()(x.double())
+    assert set(dtypes.values()) == {torch.float64}
+
+
+def _flat_cosine_schedule(total_iter, warmup_iter, flat_iter, no_aug_iter, current_iter, init_lr, min_lr):
+    """Copied from ShihuaHuang95/DEIM engine/optim/lr_scheduler.py (the reference)."""
+    if current_iter <= warmup_iter:
+        return init_lr * (current_iter / float(warmup_iter)) ** 2
+    elif warmup_iter < current_iter <= flat_iter:
+        return init_lr
+    elif current_iter >= total_iter - no_aug_iter:
+        return min_lr
+    else:
+        cosine_decay = 0.5 * (1 + math.cos(math.pi * (current_iter - flat_iter) /
+                                           (total_iter - flat_iter - no_aug_iter)))
+        return min_lr + (init_lr - min_lr) * cosine_decay
+
+
+def test_flat_cosine_equals_deims_schedule():
+    from zoo.engine.trainer import _lr_lambda
+
+    total, warmup, flat, no_aug = 1320, 20, 640, 120
+    factor = _lr_lambda(warmup, total, "flat_cosine", flat=flat, no_aug=no_aug, min_ratio=0.5)
+    for step in range(total + 5):
+        expected = _flat_cosine_schedule(total, warmup, flat, no_aug, step, 4e-4, 2e-4)
+        assert abs(4e-4 * factor(step) - expected) <= 1e-18, step
+    assert factor(10) == 0.25 and factor(300) == 1.0 and factor(1250) == 0.5 and 0.5 < factor(900) < 1.0
+
+
+def test_deim_recipe_schedule_and_mal(tmp_path):
+    """``recipe="deim"`` on dfine_s: DEIM's data stages by epoch (deim_hgnetv2_s_coco.yml policy [4, 64, 120] of
+    132 epochs), MAL with gamma 1.5, flat-cosine; then a short run whose samples follow the stages."""
+    from zoo.engine.trainer import TrainConfig, Trainer
+
+    data = make_data(tmp_path / "d", num_train=4, num_val=1)
+    trainer = Trainer(TrainConfig(model="dfine_s", recipe="deim", input_size=64, batch_size=2, num_workers=0,
+                                  progress=False, output_dir=str(tmp_path / "s"),
+                                  model_args={"num_queries": 8, "num_denoising": 4}, **data))
+    cfg = trainer.cfg
+    assert (cfg.epochs, cfg.lr, cfg.backbone_lr_mult, cfg.schedule, cfg.flat_epochs, cfg.min_lr_ratio) == \
+        (132, 4e-4, 0.5, "flat_cosine", 64, 0.5)
+    assert (cfg.mosaic, cfg.mixup, cfg.mosaic_epochs, cfg.no_aug_epochs, cfg.warmup_steps) == \
+        (0.5, 0.5, (4, 64), 12, 2000)
+    stages = [trainer.data_stage(e) for e in range(132)]
+    assert stages == ["light"] * 4 + ["mix"] * 60 + ["augment"] * 56 + ["plain"] * 12
+    assert (trainer.criterion.cls_loss, trainer.criterion.gamma, trainer.criterion.mal_alpha) == ("mal", 1.5, None)
+    assert trainer.criterion.matching == "union" and trainer.criterion.style == "official"
+    # a short DEIM run: mosaic (p=1 here) only in epoch 1 of 0..2, all of MAL's terms logged
+    run = Trainer(TrainConfig(model="dfine_n", recipe="deim", epochs=3, mosaic_epochs=(1, 2), mosaic=1.0, mixup=0.0,
+                              no_aug_epochs=0, input_size=64, batch_size=4, num_workers=0, progress=False,
+                              log_every=1, warmup_steps=1, eval_every=0, output_dir=str(tmp_path / "n"), augment=False,
+                              model_args=TINY_DFINE, **data))
+    counts = {}
+    for epoch in range(3):
+        run._loader(epoch)
+        counts[epoch] = [len(run.train_data[i][1]["labels"]) for i in range(4)]
+    own = [len(run.train_set.load(i)[1]["labels"]) for i in range(4)]
+    assert counts[0] == own and counts[2] == own  # (augment=False: resized only) each image keeps its boxes
+    assert all(c > o for c, o in zip(counts[1], own))  # a mosaic adds three images' boxes
+    run.fit()
+    records = _records(tmp_path / "n")
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 3 and _expected_terms("mal") <= set(steps[0]) and "loss_vfl" not in steps[0]
