@@ -74,6 +74,24 @@ def test_official_dfine_recipes(name, lr, backbone_lr, weight_decay, epochs, no_
         recipe_of(model, "yolo")
 
 
+def test_recipe_milestones_scale_with_the_epochs_given(capsys):
+    """DEIM's dfine_s schedule (132 epochs: mosaic [4, 64), flat 64, no-aug 12) run for 33 epochs: a quarter of each;
+    a milestone given explicitly stays."""
+    from zoo.engine.trainer import TrainConfig, _with_recipe
+    from zoo.models.dfine.model import DFINE
+
+    model = DFINE.__new__(DFINE)
+    torch.nn.Module.__init__(model)
+    model.config = {"architecture": "dfine_s"}
+    cfg = _with_recipe(TrainConfig(model="dfine_s", recipe="deim", epochs=33), model)
+    assert (cfg.epochs, cfg.mosaic_epochs, cfg.flat_epochs, cfg.no_aug_epochs) == (33, (1, 16), 16, 3)
+    assert "33 epochs instead of the recipe's 132" in capsys.readouterr().out
+    cfg = _with_recipe(TrainConfig(model="dfine_s", recipe="deim", epochs=33, no_aug_epochs=1), model)
+    assert (cfg.mosaic_epochs, cfg.no_aug_epochs) == ((1, 16), 1)
+    cfg = _with_recipe(TrainConfig(model="dfine_s", recipe="deim"), model)
+    assert (cfg.epochs, cfg.mosaic_epochs, cfg.flat_epochs, cfg.no_aug_epochs) == (132, (4, 64), 64, 12)
+
+
 def test_box_heads_run_in_float32_under_bf16_autocast():
     model = zoo.create_model("dfine_n", num_classes=3, **TINY_DFINE).train()
     dtypes = {}
@@ -152,6 +170,7 @@ def test_deim_recipe_schedule_and_mal(tmp_path):
     assert counts[0] == own and counts[2] == own  # (augment=False: resized only) each image keeps its boxes
     assert all(c > o for c, o in zip(counts[1], own))  # a mosaic adds three images' boxes
     run.fit()
+    assert run.criterion.epoch == 2  # the trainer told the criterion each epoch (DEIMv2's matcher switch)
     records = _records(tmp_path / "n")
     steps = [r for r in records if "loss" in r]
     assert len(steps) == 3 and _expected_terms("mal") <= set(steps[0]) and "loss_vfl" not in steps[0]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_convert, box_iou
 
 from zoo.losses.matcher import HungarianMatcher
-from zoo.models.dfine.criterion import DFINECriterion
+from zoo.models.dfine.criterion import DEIMV2_LOSS, DFINECriterion
 
 
 def box_cxcywh_to_xyxy(x):
@@ -132,7 +132,8 @@ def test_deimv2_late_matcher_equals_the_official_cost():
 
 def test_criterion_switches_matcher_at_the_change_epoch():
     outputs, targets, _ = _problem(3)
-    criterion = DFINECriterion(7, cls_loss="mal", gamma=1.5, matcher_change_epoch=2)
+    criterion = DFINECriterion(7, **DEIMV2_LOSS, matcher_change_epoch=2)
+    assert (criterion.cls_loss, criterion.gamma, criterion.mal_alpha) == ("mal", 1.5, None)
     late = HungarianMatcher(iou_order=4.0)(outputs, targets)
     early = criterion.matcher(outputs, targets)
     for epoch, expected in ((0, early), (1, early), (2, late), (5, late)):

@@ -169,11 +169,26 @@ def recipe_of(model: nn.Module, name: str | None) -> dict[str, Any]:
     return recipe
 
 
+#: recipe settings counted in epochs: they scale with ``epochs`` when a run sets another number than the recipe's
+EPOCH_SETTINGS = ("no_aug_epochs", "flat_epochs", "mosaic_epochs")
+
+
 def _with_recipe(config: TrainConfig, model: nn.Module) -> TrainConfig:
-    """Fill the fields left at None (or an empty ``mosaic_epochs``) from :func:`recipe_of`."""
+    """Fill the fields left at None (or an empty ``mosaic_epochs``) from :func:`recipe_of`. When ``epochs`` is
+    given and differs from the recipe's, the recipe's epoch milestones (:data:`EPOCH_SETTINGS`) scale with it (DEIM's
+    schedule of 132 epochs run for 33: mosaic in [1, 16) instead of [4, 64)), as the official configs set them per
+    length; milestones given explicitly are kept."""
     recipe = recipe_of(model, config.recipe)
     unset = {k: v for k, v in recipe.items() if k not in RECIPE_EXTRAS
              and (getattr(config, k) is None or (k == "mosaic_epochs" and not config.mosaic_epochs))}
+    if config.epochs is not None and config.epochs != recipe["epochs"]:
+        scale = config.epochs / recipe["epochs"]
+        scaled = {k: tuple(round(e * scale) for e in v) if k == "mosaic_epochs" else round(v * scale)
+                  for k, v in unset.items() if k in EPOCH_SETTINGS and v}
+        if scaled and distributed.rank() == 0:
+            print(f"{config.epochs} epochs instead of the recipe's {recipe['epochs']}: its "
+                  + ", ".join(f"{k} {unset[k]} -> {v}" for k, v in scaled.items()))
+        unset.update(scaled)
     return dataclasses.replace(config, **{k: tuple(v) if k == "mosaic_epochs" else v for k, v in unset.items()})
 
 

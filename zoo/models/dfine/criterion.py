@@ -23,7 +23,7 @@ the trainer tells the criterion the epoch through :meth:`DFINECriterion.set_epoc
 conventions the union follows: ``"official"`` (the repos' ``DEIMCriterion`` / ``DFINECriterion``: the ``_pre``
 terms, FGL/DDF on the last layer, DDF balance ``8 / batch``) or ``"transformers"`` (``Deimv2Loss`` with
 ``use_dense_one_to_one``: none of those, the union over the last layer, the earlier ones and the encoder).
-:data:`DEIM_LOSS` holds DEIM's settings.
+:data:`DEIM_LOSS` and :data:`DEIMV2_LOSS` hold their settings.
 """
 from __future__ import annotations
 
@@ -40,13 +40,19 @@ from zoo.losses.targets import Indices, box_losses, check_targets, count_boxes, 
 from zoo.losses.varifocal import matchability_aware_loss, paired_iou, varifocal_loss
 from zoo.models.dfine.decoder import weighting_function
 
-__all__ = ["DFINECriterion", "bbox_to_distance", "DEIM_LOSS"]
+__all__ = ["DFINECriterion", "bbox_to_distance", "DEIM_LOSS", "DEIMV2_LOSS", "DEIMV2_MATCHER_CHANGE_EPOCH"]
 
 MATCHINGS = ("union", "per_layer")
 STYLES = ("official", "transformers")
 CLS_LOSSES = ("vfl", "mal")
-#: DEIM's loss (configs/base/deim.yml ``DEIMCriterion``; DEIMv2's configs/base/deimv2.yml adds the matcher change)
+#: DEIM's loss (ShihuaHuang95/DEIM configs/base/deim.yml ``DEIMCriterion``)
 DEIM_LOSS = {"cls_loss": "mal", "gamma": 1.5, "mal_alpha": None}
+#: DEIMv2's (Intellindust-AI-Lab/DEIMv2 configs/base/deimv2.yml): DEIM's, and from ``matcher_change_epoch`` on the
+#: matching cost ``-(p * IoU**4)``; pass ``matcher_change_epoch=DEIMV2_MATCHER_CHANGE_EPOCH[size]``
+DEIMV2_LOSS = {**DEIM_LOSS, "iou_order": 4.0}
+#: ``matcher_change_epoch`` of configs/deimv2/deimv2_{hgnetv2_atto,...,dinov3_x}_coco.yml (L and X: 50 and the
+#: base's 45), 0-based epochs as the official ``epoch >= matcher_change_epoch``
+DEIMV2_MATCHER_CHANGE_EPOCH = {"atto": 450, "femto": 450, "pico": 450, "n": 136, "s": 100, "m": 80, "l": 50, "x": 45}
 
 
 def _translate(gt: torch.Tensor, reg_max: int, reg_scale: torch.Tensor, up: torch.Tensor
