@@ -157,11 +157,11 @@ def test_deim_recipe_schedule_and_mal(tmp_path):
     assert stages == ["light"] * 4 + ["mix"] * 60 + ["augment"] * 56 + ["plain"] * 12
     assert (trainer.criterion.cls_loss, trainer.criterion.gamma, trainer.criterion.mal_alpha) == ("mal", 1.5, None)
     assert trainer.criterion.matching == "union" and trainer.criterion.style == "official"
-    # a short DEIM run: mosaic (p=1 here) only in epoch 1 of 0..2, all of MAL's terms logged
+    # mosaic (p=1 here) only in epoch 1 of 0..2
     run = Trainer(TrainConfig(model="dfine_n", recipe="deim", epochs=3, mosaic_epochs=(1, 2), mosaic=1.0, mixup=0.0,
                               no_aug_epochs=0, input_size=64, batch_size=4, num_workers=0, progress=False,
-                              log_every=1, warmup_steps=1, eval_every=0, output_dir=str(tmp_path / "n"), augment=False,
-                              model_args=TINY_DFINE, **data))
+                              eval_every=0, output_dir=str(tmp_path / "n"), augment=False, model_args=TINY_DFINE,
+                              **data))
     counts = {}
     for epoch in range(3):
         run._loader(epoch)
@@ -169,8 +169,24 @@ def test_deim_recipe_schedule_and_mal(tmp_path):
     own = [len(run.train_set.load(i)[1]["labels"]) for i in range(4)]
     assert counts[0] == own and counts[2] == own  # (augment=False: resized only) each image keeps its boxes
     assert all(c > o for c, o in zip(counts[1], own))  # a mosaic adds three images' boxes
+    seen = []
+    run.criterion.set_epoch = seen.append  # what fit tells the criterion (DEIMv2's matcher switch)
+    run._loader = lambda epoch: []  # no steps: the epochs' bookkeeping only
     run.fit()
-    assert run.criterion.epoch == 2  # the trainer told the criterion each epoch (DEIMv2's matcher switch)
-    records = _records(tmp_path / "n")
-    steps = [r for r in records if "loss" in r]
-    assert len(steps) == 3 and _expected_terms("mal") <= set(steps[0]) and "loss_vfl" not in steps[0]
+    assert seen == [0, 1, 2]
+
+
+def test_zoo_train_recipe_deim_logs_mal(tmp_path):
+    """``zoo train dfine_n --recipe deim``: one step, MAL's terms (not VFL's) in metrics.jsonl."""
+    from zoo.cli import main
+
+    make_data(tmp_path / "data", num_train=4, num_val=1)
+    assert main(["train", "dfine_n", "--recipe", "deim", "--data", str(tmp_path / "data"), "--output",
+                 str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--size", "64", "--workers", "0",
+                 "--no-progress", "--model-args", json.dumps(TINY_DFINE), "--warmup-steps", "1"]) == 0
+    epoch = _records(tmp_path / "run")[-1]
+    expected = {f"train_{k}" for k in _expected_terms("mal")}
+    assert expected <= set(epoch), sorted(expected - set(epoch))
+    assert not any("vfl" in k for k in epoch)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["recipe"], config["schedule"], config["lr"]) == ("deim", "flat_cosine", 8e-4)
