@@ -151,14 +151,20 @@ def test_deim_recipe_schedule_and_mal(tmp_path):
     cfg = trainer.cfg
     assert (cfg.epochs, cfg.lr, cfg.backbone_lr_mult, cfg.schedule, cfg.flat_epochs, cfg.min_lr_ratio) == \
         (132, 4e-4, 0.5, "flat_cosine", 64, 0.5)
-    assert (cfg.mosaic, cfg.mixup, cfg.mosaic_epochs, cfg.no_aug_epochs, cfg.warmup_steps) == \
-        (0.5, 0.5, (4, 64), 12, 2000)
+    assert (cfg.mosaic, cfg.mixup, cfg.mosaic_epochs, cfg.no_aug_epochs, cfg.warmup_steps, cfg.mosaic_style) == \
+        (0.5, 0.5, (4, 64), 12, 2000, "deim")
+    assert type(trainer.train_data.mosaic).__name__ == "AffineMosaic"
+    trainer.train_data.stage, trainer.train_data.mosaic_p = "mix", 1.0  # a DEIM mosaic through the training transforms
+    image, target = trainer.train_data[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert len(target["boxes"]) == len(target["labels"]) and ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
     stages = [trainer.data_stage(e) for e in range(132)]
     assert stages == ["light"] * 4 + ["mix"] * 60 + ["augment"] * 56 + ["plain"] * 12
     assert (trainer.criterion.cls_loss, trainer.criterion.gamma, trainer.criterion.mal_alpha) == ("mal", 1.5, None)
     assert trainer.criterion.matching == "union" and trainer.criterion.style == "official"
-    # mosaic (p=1 here) only in epoch 1 of 0..2
+    # mosaic (p=1 here; zoo's grid mosaic, which keeps every box) only in epoch 1 of 0..2
     run = Trainer(TrainConfig(model="dfine_n", recipe="deim", epochs=3, mosaic_epochs=(1, 2), mosaic=1.0, mixup=0.0,
+                              mosaic_style="grid",
                               no_aug_epochs=0, input_size=64, batch_size=4, num_workers=0, progress=False,
                               eval_every=0, output_dir=str(tmp_path / "n"), augment=False, model_args=TINY_DFINE,
                               **data))
@@ -174,6 +180,39 @@ def test_deim_recipe_schedule_and_mal(tmp_path):
     run._loader = lambda epoch: []  # no steps: the epochs' bookkeeping only
     run.fit()
     assert seen == [0, 1, 2]
+
+
+def test_deim_mosaic_pastes_four_tiles_and_moves_them_by_one_affine(tmp_path):
+    from torchvision import tv_tensors
+
+    from zoo.data.transforms import AffineMosaic
+
+    def sample(h, w, boxes, labels):
+        image = tv_tensors.Image(torch.randint(0, 255, (3, h, w), dtype=torch.uint8))
+        return image, {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYXY",
+                                                         canvas_size=(h, w)),
+                       "labels": torch.tensor(labels), "image_id": 7}
+
+    samples = [sample(64, 96, [[8, 8, 40, 32]], [0]), sample(80, 80, [[0, 0, 80, 80], [10, 20, 30, 40]], [1, 2]),
+               sample(40, 60, [[30, 10, 60, 40]], [3]), sample(32, 32, [[4, 4, 12, 28]], [4])]
+    # no movement: tiles resized to a shortest side of 32, in a grid of the largest tile (32 x 48), boxes offset
+    image, target = AffineMosaic(tile=32, degrees=0.0, translate=(0.0, 0.0), scale=(1.0, 1.0))(samples)
+    assert image.shape == (3, 64, 96) and target["image_id"] == 7
+    expected = torch.tensor([[4, 4, 20, 16],                              # 64x96 -> 32x48 at (0, 0): x0.5
+                             [48, 0, 80, 32], [52, 8, 60, 16],            # 80x80 -> 32x32 at (48, 0): x0.4
+                             [24, 40, 48, 64],                            # 40x60 -> 32x48 at (0, 32): x0.8
+                             [52, 36, 60, 60]], dtype=torch.float32)      # 32x32 at (48, 32)
+    assert torch.allclose(target["boxes"].as_subclass(torch.Tensor), expected, atol=1e-4)
+    assert target["labels"].tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(image[:, 32:64, 48:80], samples[3][0]) and not image[:, 32:, 80:].any()  # fill 0
+    # DEIM's affine: every kept box inside the canvas, at least 1 pixel, with its label
+    torch.manual_seed(0)
+    for _ in range(5):
+        image, target = AffineMosaic(tile=32)(samples)
+        boxes = target["boxes"].as_subclass(torch.Tensor)
+        assert len(boxes) == len(target["labels"]) >= 1
+        assert (boxes[:, 2:] - boxes[:, :2] >= 1).all() and boxes.min() >= 0
+        assert (boxes[:, [0, 2]] <= 96).all() and (boxes[:, [1, 3]] <= 64).all()
 
 
 def test_zoo_train_recipe_deim_logs_mal(tmp_path):

@@ -77,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="the last N epochs without mosaic, mixup, random augmentation or multi-scale")
     tune.add_argument("--mosaic-epochs", type=int, nargs=2, default=None, metavar=("START", "STOP"),
                       help="DEIM's policy: mosaic / mixup only in epochs [START, STOP) (0-based), flips only before")
+    tune.add_argument("--mosaic-style", choices=("grid", "deim"), default=None,
+                      help="grid: 4 images in the tiles of a random centre; deim: DEIM's (4 images at half the input "
+                           "size in a 2 x 2 grid, then a random affine); default: the recipe's (grid)")
     p.set_defaults(func=_train)
 
 
@@ -104,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
                                               "warmup_steps", "schedule", "clip_max_norm", "ema_decay", "amp",
                                               "eval_every", "seed", "device", "report_to", "accumulate", "patience",
                                               "mosaic", "mixup", "no_aug_epochs", "recipe", "flat_epochs",
-                                              "min_lr_ratio")}}
+                                              "min_lr_ratio", "mosaic_style")}}
     with process_group(args.device):  # torchrun's group, destroyed at the end
         if args.resume:  # the checkpoint's settings, except those given on this command line
             given = _given_options(args)

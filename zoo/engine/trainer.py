@@ -112,6 +112,7 @@ class TrainConfig:
     # DEIM's data policy (start, stop): mosaic / mixup only in epochs [start, stop) (0-based), a mosaic without
     # zoom-out and IoU crop; before start flips only; from stop on the usual augmentation. () : every epoch
     mosaic_epochs: tuple[int, ...] = ()
+    mosaic_style: str | None = None       # "grid" (zoo's Mosaic) or "deim" (DEIM's AffineMosaic)
 
     def __post_init__(self) -> None:
         """Refuse values no run can use (a ValueError naming the setting) instead of failing later or oddly."""
@@ -145,7 +146,7 @@ class TrainConfig:
 #: the official RT-DETR and DETR recipe (both use these), for models that declare no train_defaults
 RECIPE = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1, "epochs": 72,
           "warmup_steps": 2000, "schedule": "constant", "flat_epochs": 0, "min_lr_ratio": 1.0, "multiscale": True,
-          "mosaic": 0.0, "mixup": 0.0, "no_aug_epochs": 0}
+          "mosaic": 0.0, "mixup": 0.0, "no_aug_epochs": 0, "mosaic_style": "grid"}
 #: what a recipe may set besides TrainConfig fields: keyword arguments of the family's ``criterion()``
 RECIPE_EXTRAS = ("criterion",)
 
@@ -497,7 +498,7 @@ class Trainer:
                 mosaic = train_transforms(self.preprocess, zoom_out_p=0.0, iou_crop_p=0.0, scales=self.scales)
         return SampleMixing(self.train_set, mosaic=config.mosaic, mixup=config.mixup,
                             plain=eval_transforms(self.preprocess), mosaic_size=self.input_size, light=light,
-                            mosaic_transforms=mosaic)
+                            mosaic_transforms=mosaic, mosaic_style=config.mosaic_style)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``cfg.epochs``; returns the last evaluation metrics (or {})."""

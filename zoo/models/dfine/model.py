@@ -191,7 +191,7 @@ def _deim_recipe(size: str, lr: float, backbone_lr: float, weight_decay: float, 
     return {**TRAIN_DEFAULTS[size], **dict(
         lr=lr, backbone_lr_mult=backbone_lr / lr, weight_decay=weight_decay, epochs=epochs, warmup_steps=2000,
         schedule="flat_cosine", flat_epochs=flat_epochs, min_lr_ratio=min_lr_ratio, no_aug_epochs=epochs - policy[2],
-        mosaic=0.5, mixup=0.5, mosaic_epochs=policy[:2], criterion=dict(DEIM_LOSS))}
+        mosaic=0.5, mixup=0.5, mosaic_epochs=policy[:2], mosaic_style="deim", criterion=dict(DEIM_LOSS))}
 
 
 #: DEIM's recipes for the D-FINE sizes (ShihuaHuang95/DEIM configs/deim_dfine/deim_hgnetv2_{n,s,m,l,x}_coco.yml;
