@@ -21,7 +21,7 @@ the Matchability-Aware Loss: ``cls_loss="mal"`` (term ``loss_mal``, weight 1; DE
 none). DEIMv2 also switches the matcher late in training to the cost ``-(p * IoU**4)`` (``matcher_change_epoch``;
 the trainer tells the criterion the epoch through :meth:`DFINECriterion.set_epoch`). ``style`` says whose
 conventions the union follows: ``"official"`` (the repos' ``DEIMCriterion`` / ``DFINECriterion``: the ``_pre``
-terms, FGL/DDF on the last layer, DDF balance ``8 / batch``) or ``"transformers"`` (``Deimv2Loss`` with
+terms, FGL on the last layer, DDF balance ``8 / batch``) or ``"transformers"`` (``Deimv2Loss`` with
 ``use_dense_one_to_one``: none of those, the union over the last layer, the earlier ones and the encoder).
 :data:`DEIM_LOSS` and :data:`DEIMV2_LOSS` hold their settings.
 """
