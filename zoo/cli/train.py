@@ -28,13 +28,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     again.add_argument("--overwrite", action="store_true",
                        help="start again in an OUTPUT that holds a run, deleting its checkpoints, metrics and final/ "
                             "(without it such a folder is refused)")
-    p.add_argument("--epochs", type=int_at_least(1), default=72)
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="a training recipe the family declares instead of its default one, e.g. deim for D-FINE "
+                        "(MAL loss, mosaic / mixup on DEIM's epoch schedule, flat-cosine lr); options given here "
+                        "win over it")
+    p.add_argument("--epochs", type=int_at_least(1), default=None, help="default: the recipe's (72 for RT-DETR)")
     p.add_argument("--batch-size", type=int_at_least(1), default=16, help="global batch size")
     p.add_argument("--lr", type=float, default=None, help="default: the family's recipe (1e-4)")
     p.add_argument("--backbone-lr-mult", type=float, default=None, help="default: the family's recipe (0.1)")
     p.add_argument("--weight-decay", type=float, default=None, help="default: the family's recipe (1e-4)")
-    p.add_argument("--warmup-steps", type=int_at_least(0), default=2000)
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    p.add_argument("--warmup-steps", type=int_at_least(0), default=None, help="default: the recipe's (2000)")
+    p.add_argument("--schedule", choices=("constant", "cosine", "flat_cosine"), default=None,
+                   help="lr after warm-up; default: the recipe's (constant)")
+    p.add_argument("--flat-epochs", type=int_at_least(0), default=None, metavar="N",
+                   help="flat_cosine: epochs at the peak lr before the cosine decay")
+    p.add_argument("--min-lr-ratio", type=float, default=None, metavar="R",
+                   help="flat_cosine: the lr at the end of the decay, as a fraction of the peak")
     p.add_argument("--lr-drops", type=int, nargs="*", default=[], metavar="EPOCH",
                    help="epochs after which the lr is multiplied by 0.1")
     p.add_argument("--clip-max-norm", type=float, default=None, help="default: the family's recipe (0.1)")
@@ -44,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input size: the square side (models resized to a square) or the shortest side "
                         "(models that keep the aspect ratio); default: the model's")
     p.add_argument("--no-augment", action="store_true", help="resize only")
-    p.add_argument("--no-multiscale", action="store_true")
+    p.add_argument("--no-multiscale", action="store_true", help="no multi-scale training (default: the recipe's)")
     p.add_argument("--eval-every", type=int_at_least(0), default=1, help="epochs between evaluations (0: at the end)")
     p.add_argument("--workers", type=int_at_least(0), default=2, help="data loading processes (0: in the main one)")
     p.add_argument("--seed", type=int, default=0)
@@ -60,10 +69,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--patience", type=int, default=0, metavar="N",
                       help="stop after N epochs without a better validation AP (0: never); best.safetensors keeps "
                            "the best")
-    tune.add_argument("--mosaic", type=float, default=0.0, metavar="P", help="probability of a 4-image mosaic")
-    tune.add_argument("--mixup", type=float, default=0.0, metavar="P", help="probability of mixing in another image")
-    tune.add_argument("--no-aug-epochs", type=int, default=0, metavar="N",
+    tune.add_argument("--mosaic", type=float, default=None, metavar="P",
+                      help="probability of a 4-image mosaic (default: the recipe's, 0)")
+    tune.add_argument("--mixup", type=float, default=None, metavar="P",
+                      help="probability of mixing in another image (default: the recipe's, 0)")
+    tune.add_argument("--no-aug-epochs", type=int, default=None, metavar="N",
                       help="the last N epochs without mosaic, mixup, random augmentation or multi-scale")
+    tune.add_argument("--mosaic-epochs", type=int, nargs=2, default=None, metavar=("START", "STOP"),
+                      help="DEIM's policy: mosaic / mixup only in epochs [START, STOP) (0-based), flips only before")
+    tune.add_argument("--mosaic-style", choices=("grid", "deim"), default=None,
+                      help="grid: 4 images in the tiles of a random centre; deim: DEIM's (4 images at half the input "
+                           "size in a 2 x 2 grid, then a random affine); default: the recipe's (grid)")
     p.set_defaults(func=_train)
 
 
@@ -83,12 +99,15 @@ def _train(args: argparse.Namespace) -> int:
         "pretrained_backbone": (args.pretrained_backbone, "pretrained_backbone"),
         "num_classes": (args.num_classes, "num_classes"), "model_args": (model_args, "model_args"),
         "input_size": (args.size, "size"), "lr_drops": (tuple(args.lr_drops), "lr_drops"),
-        "augment": (not args.no_augment, "no_augment"), "multiscale": (not args.no_multiscale, "no_multiscale"),
+        "augment": (not args.no_augment, "no_augment"),
+        "multiscale": (False if args.no_multiscale else None, "no_multiscale"),
+        "mosaic_epochs": (tuple(args.mosaic_epochs or ()), "mosaic_epochs"),
         "num_workers": (args.workers, "workers"), "progress": (not args.no_progress, "no_progress"),
         **{k: (getattr(args, k), k) for k in ("epochs", "batch_size", "lr", "backbone_lr_mult", "weight_decay",
                                               "warmup_steps", "schedule", "clip_max_norm", "ema_decay", "amp",
                                               "eval_every", "seed", "device", "report_to", "accumulate", "patience",
-                                              "mosaic", "mixup", "no_aug_epochs")}}
+                                              "mosaic", "mixup", "no_aug_epochs", "recipe", "flat_epochs",
+                                              "min_lr_ratio", "mosaic_style")}}
     with process_group(args.device):  # torchrun's group, destroyed at the end
         if args.resume:  # the checkpoint's settings, except those given on this command line
             given = _given_options(args)

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from zoo.data.images import Preprocess
 
 __all__ = ["train_transforms", "eval_transforms", "to_model_target", "multiscale_resize", "default_scales",
-           "ModelResize", "Mosaic", "MixUp", "SampleMixing"]
+           "ModelResize", "Mosaic", "AffineMosaic", "MixUp", "SampleMixing", "MOSAIC_STYLES"]
 
 
 def _preprocess(resize: Preprocess | int | tuple[int, int], mean: Sequence[float] | None,
@@ -160,6 +160,41 @@ class Mosaic:
         return _combined(canvas, boxes, labels, samples[0][1])
 
 
+class AffineMosaic:
+    """DEIM's mosaic (ShihuaHuang95/DEIM engine/data/transforms/mosaic.py, without its sample cache): the four
+    samples resized to a shortest side of ``tile``, pasted into a 2 x 2 grid of the largest tile's size, and the
+    canvas moved by one random affine transform (rotation up to ``degrees``, ``translate``, ``scale``; torchvision's
+    ``RandomAffine``, boxes becoming the enclosing boxes of the moved ones, clamped to the canvas). Boxes left
+    under 1 pixel wide or high are dropped with their labels."""
+
+    num_samples = 4
+
+    def __init__(self, tile: int = 320, degrees: float = 10.0, translate: tuple[float, float] = (0.1, 0.1),
+                 scale: tuple[float, float] = (0.5, 1.5), fill: int = 0):
+        self.resize = v2.Resize(int(tile))
+        self.affine = v2.RandomAffine(degrees=degrees, translate=translate, scale=scale, fill=fill)
+        self.sanitize = v2.SanitizeBoundingBoxes(min_size=1)
+
+    def __call__(self, samples: Sequence[Sample]) -> Sample:
+        if len(samples) != 4:
+            raise ValueError(f"AffineMosaic takes 4 samples, got {len(samples)}")
+        resized = [self.resize(image, target) for image, target in samples]
+        h = max(image.shape[-2] for image, _ in resized)
+        w = max(image.shape[-1] for image, _ in resized)
+        canvas = torch.zeros((3, 2 * h, 2 * w), dtype=samples[0][0].dtype)
+        boxes, labels = [], []
+        for (image, target), (x0, y0) in zip(resized, [(0, 0), (w, 0), (0, h), (w, h)]):
+            canvas[:, y0:y0 + image.shape[-2], x0:x0 + image.shape[-1]] = image
+            boxes.append(target["boxes"].as_subclass(torch.Tensor) + torch.tensor([x0, y0, x0, y0]))
+            labels.append(target["labels"])
+        image, target = _combined(canvas, boxes, labels, samples[0][1])
+        return self.sanitize(*self.affine(image, target))
+
+
+#: the mosaics :class:`SampleMixing` makes: zoo's grid (:class:`Mosaic`) or DEIM's (:class:`AffineMosaic`)
+MOSAIC_STYLES = ("grid", "deim")
+
+
 class MixUp:
     """Two samples blended (mixup for detection): the second resized to the first's size, pixels mixed with a
     weight drawn from Beta(``alpha``, ``alpha``), the boxes of both kept."""
@@ -183,15 +218,47 @@ class MixUp:
 class SampleMixing(torch.utils.data.Dataset):
     """A detection dataset (one with ``load(i)`` -> raw sample and ``transforms``, as
     :class:`zoo.data.coco.CocoDetection`) whose samples become a :class:`Mosaic` with probability ``mosaic`` and
-    are mixed with another with probability ``mixup``, before the dataset's own transforms. With ``enabled``
-    False (the last ``no_aug_epochs``) samples go through ``plain`` instead (resize only), unmixed."""
+    are mixed with another with probability ``mixup``, before the dataset's own transforms (a mosaic's through
+    ``mosaic_transforms`` when given: DEIM leaves out zoom-out and IoU crop there). ``mosaic_style``: ``"grid"``
+    (:class:`Mosaic`) or ``"deim"`` (:class:`AffineMosaic`, tiles of half ``mosaic_size``).
+
+    ``stage`` (set per epoch by the trainer): ``"mix"`` as above; ``"augment"``: the dataset's transforms, unmixed;
+    ``"light"``: the ``light`` transforms (DEIM's first epochs: flips only), unmixed; ``"plain"`` (the last
+    ``no_aug_epochs``): ``plain`` (resize only), unmixed. ``enabled`` is ``stage != "plain"`` (setting it True
+    means "mix")."""
+
+    STAGES = ("mix", "augment", "light", "plain")
 
     def __init__(self, dataset: Any, mosaic: float = 0.0, mixup: float = 0.0, plain: Any = None,
-                 mosaic_size: int | None = None, mixup_alpha: float = 32.0):
+                 mosaic_size: int | None = None, mixup_alpha: float = 32.0, light: Any = None,
+                 mosaic_transforms: Any = None, mosaic_style: str = "grid"):
+        if mosaic_style not in MOSAIC_STYLES:
+            raise ValueError(f"mosaic_style must be one of {MOSAIC_STYLES}, got {mosaic_style!r}")
         self.dataset, self.mosaic_p, self.mixup_p, self.plain = dataset, float(mosaic), float(mixup), plain
-        self.mosaic = Mosaic(mosaic_size or 640)
+        self.light, self.mosaic_transforms = light, mosaic_transforms
+        # DEIM's tiles are half its 640 input: the same share of the training size here
+        self.mosaic = (Mosaic(mosaic_size or 640) if mosaic_style == "grid"
+                       else AffineMosaic(tile=(mosaic_size or 640) // 2))
         self.mixup = MixUp(mixup_alpha)
-        self.enabled = True
+        self._stage = "mix"
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        if value not in self.STAGES:
+            raise ValueError(f"stage must be one of {self.STAGES}, got {value!r}")
+        self._stage = value
+
+    @property
+    def enabled(self) -> bool:
+        return self._stage != "plain"
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._stage = "mix" if value else "plain"
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -201,12 +268,13 @@ class SampleMixing(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         sample = self.dataset.load(index)
-        if not self.enabled:
-            transforms = self.plain
-        else:
-            transforms = self.dataset.transforms
+        transforms = {"plain": self.plain, "light": self.light if self.light is not None else self.plain
+                      }.get(self._stage, self.dataset.transforms)
+        if self._stage == "mix":
             if self.mosaic_p and random.random() < self.mosaic_p:
                 sample = self.mosaic([sample, *self._others(3)])
+                if self.mosaic_transforms is not None:
+                    transforms = self.mosaic_transforms
             if self.mixup_p and random.random() < self.mixup_p:
                 sample = self.mixup([sample, *self._others(1)])
         image, target = transforms(*sample) if transforms is not None else sample

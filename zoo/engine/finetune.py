@@ -24,7 +24,8 @@ def train(model: str | nn.Module, data: str | os.PathLike, epochs: int = 12,
     family has one), ``"architecture.tag"`` to fine-tune pretrained weights (class heads adapted to the dataset's
     class names), or a module you built (its ``num_classes`` must be the dataset's). ``settings``: any other
     :class:`zoo.engine.trainer.TrainConfig` field (``batch_size``, ``lr``, ``accumulate``, ``patience``,
-    ``mosaic``, ``mixup``, ``no_aug_epochs``, ``input_size``, ...).
+    ``mosaic``, ``mixup``, ``no_aug_epochs``, ``input_size``, ``recipe`` — a named recipe of the family, e.g.
+    ``recipe="deim"`` for D-FINE, whose epoch milestones scale to ``epochs`` —, ...).
 
     The returned model is the EMA model with the best validation AP (``best.safetensors``; with ``patience`` the
     run may stop early), or the final one when there is no validation split; it carries ``pretrained_cfg`` (label

@@ -78,20 +78,24 @@ class TrainConfig:
     num_classes: int | None = None        # default: the training set's category count
     model_args: dict[str, Any] = field(default_factory=dict)  # architecture overrides (create_model kwargs)
     input_size: int | None = None         # square training/eval size; default: the model's pretrained_cfg
-    epochs: int = 72
+    # None (here and below): the recipe's value, ``recipe`` (a named one the family declares, e.g. "deim"), else
+    # the family's default (Detector.train_defaults), else the values in RECIPE
+    recipe: str | None = None
+    epochs: int | None = None
     batch_size: int = 16                  # global batch (split over processes)
-    # optimiser recipe: None takes the family's default (Detector.train_defaults, else the values in RECIPE)
     lr: float | None = None
     backbone_lr_mult: float | None = None
     weight_decay: float | None = None
-    warmup_steps: int = 2000
-    schedule: str = "constant"            # after warm-up: "constant" (official RT-DETR) or "cosine"
+    warmup_steps: int | None = None
+    schedule: str | None = None           # after warm-up: "constant" (RT-DETR, D-FINE), "cosine" or "flat_cosine"
+    flat_epochs: int | None = None        # flat_cosine (DEIM): the lr stays at its peak until this epoch, then
+    min_lr_ratio: float | None = None     # ... decays (cosine) to lr * min_lr_ratio at the last no_aug_epochs
     lr_drops: tuple[int, ...] = ()        # epochs after which the lr is multiplied by 0.1 (MultiStepLR)
     clip_max_norm: float | None = None
     ema_decay: float = 0.9999             # 0 disables EMA
     amp: str = "auto"                     # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, none
     augment: bool = True
-    multiscale: bool = True
+    multiscale: bool | None = None
     eval_every: int = 1                   # epochs; 0 = only at the end
     num_workers: int = 2
     seed: int = 0
@@ -102,21 +106,26 @@ class TrainConfig:
     # fine-tuning (zoo.engine.trainer.Trainer.accumulated_step, fit)
     accumulate: int = 1                   # batches per optimisation step (gradient accumulation)
     patience: int = 0                     # stop after this many epochs without a better validation AP (0: never)
-    mosaic: float = 0.0                   # probability of a 4-image mosaic per sample (zoo.data.transforms.Mosaic)
-    mixup: float = 0.0                    # probability of mixing in a second image (zoo.data.transforms.MixUp)
-    no_aug_epochs: int = 0                # the last N epochs: no mosaic, mixup, random augmentation or multi-scale
+    mosaic: float | None = None           # probability of a 4-image mosaic per sample (zoo.data.transforms.Mosaic)
+    mixup: float | None = None            # probability of mixing in a second image (zoo.data.transforms.MixUp)
+    no_aug_epochs: int | None = None      # the last N epochs: no mosaic, mixup, random augmentation or multi-scale
+    # DEIM's data policy (start, stop): mosaic / mixup only in epochs [start, stop) (0-based), a mosaic without
+    # zoom-out and IoU crop; before start flips only; from stop on the usual augmentation. () : every epoch
+    mosaic_epochs: tuple[int, ...] = ()
+    mosaic_style: str | None = None       # "grid" (zoo's Mosaic) or "deim" (DEIM's AffineMosaic)
 
     def __post_init__(self) -> None:
         """Refuse values no run can use (a ValueError naming the setting) instead of failing later or oddly."""
         minimum = {"epochs": 1, "batch_size": 1, "num_classes": 1, "input_size": 1, "warmup_steps": 0,
-                   "eval_every": 0, "num_workers": 0, "log_every": 0}
+                   "eval_every": 0, "num_workers": 0, "log_every": 0, "flat_epochs": 0, "no_aug_epochs": 0}
         for name, least in minimum.items():
             value = getattr(self, name)
-            if value is None and name in ("num_classes", "input_size"):
+            if value is None and name in ("num_classes", "input_size", "epochs", "warmup_steps", "flat_epochs",
+                                          "no_aug_epochs"):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        for name in ("lr", "backbone_lr_mult", "weight_decay", "clip_max_norm"):
+        for name in ("lr", "backbone_lr_mult", "weight_decay", "clip_max_norm", "min_lr_ratio"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -124,19 +133,64 @@ class TrainConfig:
             check_input_side(self.input_size, "input_size")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {self.ema_decay!r}")
+        epochs = tuple(self.mosaic_epochs)
+        if epochs and not (len(epochs) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in epochs)
+                           and 0 <= epochs[0] <= epochs[1]):
+            raise ValueError(f"mosaic_epochs is (start, stop), two epochs with 0 <= start <= stop, got "
+                             f"{self.mosaic_epochs!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 #: the official RT-DETR and DETR recipe (both use these), for models that declare no train_defaults
-RECIPE = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1}
+RECIPE = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1, "epochs": 72,
+          "warmup_steps": 2000, "schedule": "constant", "flat_epochs": 0, "min_lr_ratio": 1.0, "multiscale": True,
+          "mosaic": 0.0, "mixup": 0.0, "no_aug_epochs": 0, "mosaic_style": "grid"}
+#: what a recipe may set besides TrainConfig fields: keyword arguments of the family's ``criterion()``
+RECIPE_EXTRAS = ("criterion",)
+
+
+def recipe_of(model: nn.Module, name: str | None) -> dict[str, Any]:
+    """The training recipe of ``model``: :data:`RECIPE`, under the family's ``train_defaults``, under its named
+    recipe ``name`` (``train_recipes[name]``, e.g. D-FINE's "deim"); an unknown name is an error."""
+    recipe = {**RECIPE, **getattr(model, "train_defaults", {})}
+    if name is not None:
+        named = getattr(model, "train_recipes", {})
+        if name not in named:
+            architecture = getattr(model, "config", {}).get("architecture", type(model).__name__)
+            raise ValueError(f"{architecture} has no training recipe {name!r}; "
+                             + (f"it has: {', '.join(sorted(named))}" if named else "it declares none")
+                             + " (or leave recipe unset for its default)")
+        recipe.update(named[name])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(recipe) - fields - set(RECIPE_EXTRAS))
+    if unknown:
+        raise ValueError(f"{type(model).__name__}'s recipe sets unknown training settings: {', '.join(unknown)}")
+    return recipe
+
+
+#: recipe settings counted in epochs: they scale with ``epochs`` when a run sets another number than the recipe's
+EPOCH_SETTINGS = ("no_aug_epochs", "flat_epochs", "mosaic_epochs")
 
 
 def _with_recipe(config: TrainConfig, model: nn.Module) -> TrainConfig:
-    """Fill the optimiser fields left at None from the model's ``train_defaults`` (then :data:`RECIPE`)."""
-    defaults = {**RECIPE, **getattr(model, "train_defaults", {})}
-    return dataclasses.replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
+    """Fill the fields left at None (or an empty ``mosaic_epochs``) from :func:`recipe_of`. When ``epochs`` is
+    given and differs from the recipe's, the recipe's epoch milestones (:data:`EPOCH_SETTINGS`) scale with it (DEIM's
+    schedule of 132 epochs run for 33: mosaic in [1, 16) instead of [4, 64)), as the official configs set them per
+    length; milestones given explicitly are kept."""
+    recipe = recipe_of(model, config.recipe)
+    unset = {k: v for k, v in recipe.items() if k not in RECIPE_EXTRAS
+             and (getattr(config, k) is None or (k == "mosaic_epochs" and not config.mosaic_epochs))}
+    if config.epochs is not None and config.epochs != recipe["epochs"]:
+        scale = config.epochs / recipe["epochs"]
+        scaled = {k: tuple(round(e * scale) for e in v) if k == "mosaic_epochs" else round(v * scale)
+                  for k, v in unset.items() if k in EPOCH_SETTINGS and v}
+        if scaled and distributed.rank() == 0:
+            print(f"{config.epochs} epochs instead of the recipe's {recipe['epochs']}: its "
+                  + ", ".join(f"{k} {unset[k]} -> {v}" for k, v in scaled.items()))
+        unset.update(scaled)
+    return dataclasses.replace(config, **{k: tuple(v) if k == "mosaic_epochs" else v for k, v in unset.items()})
 
 
 def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay: float) -> list[dict]:
@@ -160,12 +214,30 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return rates
 
 
-def _lr_lambda(warmup: int, total: int, schedule: str, drop_steps: Sequence[int] = ()):
-    """lr factor per step: linear warm-up, then constant or cosine, times 0.1 per passed drop step."""
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+SCHEDULES = ("constant", "cosine", "flat_cosine")
+
+
+def _lr_lambda(warmup: int, total: int, schedule: str, drop_steps: Sequence[int] = (), flat: int = 0,
+               no_aug: int = 0, min_ratio: float = 1.0):
+    """lr factor per step: linear warm-up, then constant or cosine, times 0.1 per passed drop step.
+
+    ``"flat_cosine"`` (DEIM's ``flat_cosine_schedule``, steps counted as its iterations): quadratic warm-up, the
+    peak until step ``flat``, cosine down to ``min_ratio`` at step ``total - no_aug``, then ``min_ratio``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+    def flat_cosine(step: int) -> float:
+        if step <= warmup:
+            return (step / warmup) ** 2 if warmup else 1.0
+        if step <= flat:
+            return 1.0
+        if step >= total - no_aug:
+            return min_ratio
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * (step - flat) / (total - flat - no_aug)))
 
     def factor(step: int) -> float:
+        if schedule == "flat_cosine":
+            return flat_cosine(step)
         drop = 0.1 ** sum(step >= d for d in drop_steps)
         if step < warmup:
             return drop * (step + 1) / warmup
@@ -214,10 +286,11 @@ class Trainer:
             raise ValueError(f"the model predicts {self.model.num_classes} classes but {self.data_source} has "
                              f"{self.train_set.num_classes} categories; pass num_classes={self.train_set.num_classes}")
         self.cfg = config = _with_recipe(config, self.model)
+        self.recipe = recipe_of(self.model, config.recipe)
         # the model's own resize rule (stretch for RT-DETR, shortest edge for DETR), at the training size
         self.preprocess = Preprocess.from_model(self.model, config.input_size)
         self.input_size = self.preprocess.size[0]
-        scales = default_scales(self.input_size) if config.multiscale else None
+        self.scales = scales = default_scales(self.input_size) if config.multiscale else None
         if scales and self.preprocess.resize_mode == "stretch":  # the smallest multi-scale size must run too
             from zoo.engine.validate import UsageError
 
@@ -234,7 +307,7 @@ class Trainer:
                                      "label_names": list(self.train_set.class_names)}
         self.model.to(self.device)
 
-        self.criterion = self.model.criterion()
+        self.criterion = self.model.criterion(**self.recipe.get("criterion", {}))
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.lr, config.backbone_lr_mult, config.weight_decay), lr=config.lr)
         if isinstance(config.accumulate, bool) or not isinstance(config.accumulate, int) or config.accumulate < 1:
@@ -247,7 +320,10 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(config.warmup_steps, self.total_steps, config.schedule,
-                                       [e * self.steps_per_epoch for e in config.lr_drops]))
+                                       [e * self.steps_per_epoch for e in config.lr_drops],
+                                       flat=config.flat_epochs * self.steps_per_epoch,
+                                       no_aug=config.no_aug_epochs * self.steps_per_epoch,
+                                       min_ratio=config.min_lr_ratio))
         self.amp_dtype = _amp_dtype(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = None
@@ -307,7 +383,7 @@ class Trainer:
         sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch * self.world + self.rank)
         if self.train_data is not self.train_set:  # mosaic / mixup until the last no_aug_epochs
-            self.train_data.enabled = not self._no_aug(epoch)
+            self.train_data.stage = self.data_stage(epoch)
         return DataLoader(self.train_data, batch_size=self.cfg.batch_size // self.world, sampler=sampler,
                           num_workers=self.cfg.num_workers, collate_fn=collate_detection, drop_last=True,
                           generator=generator, persistent_workers=False)
@@ -391,6 +467,17 @@ class Trainer:
         """Whether ``epoch`` (0-based) is one of the last ``no_aug_epochs``: plain resized images only."""
         return self.cfg.no_aug_epochs > 0 and epoch >= self.cfg.epochs - self.cfg.no_aug_epochs
 
+    def data_stage(self, epoch: int) -> str:
+        """What the training data does in ``epoch`` (0-based; :class:`zoo.data.transforms.SampleMixing` stages):
+        "plain" in the last ``no_aug_epochs``; with ``mosaic_epochs`` (start, stop), DEIM's policy: "light"
+        (flips only) before start, "mix" (mosaic / mixup) in [start, stop), "augment" (no mixing) after; else "mix"."""
+        if self._no_aug(epoch):
+            return "plain"
+        if self.cfg.mosaic_epochs:
+            start, stop = self.cfg.mosaic_epochs
+            return "light" if epoch < start else "mix" if epoch < stop else "augment"
+        return "mix"
+
     def _mixing(self, config: TrainConfig) -> Any:
         """The training data: the dataset itself, or with mosaic / mixup (zoo.data.transforms.SampleMixing); the
         last ``no_aug_epochs`` use plain resized images (:meth:`_loader` switches)."""
@@ -401,10 +488,17 @@ class Trainer:
         if isinstance(config.no_aug_epochs, bool) or not isinstance(config.no_aug_epochs, int) \
                 or config.no_aug_epochs < 0:
             raise ValueError(f"no_aug_epochs must be a non-negative int, got {config.no_aug_epochs!r}")
-        if not config.no_aug_epochs and not config.mosaic and not config.mixup:
+        if not config.no_aug_epochs and not config.mosaic and not config.mixup and not config.mosaic_epochs:
             return self.train_set
+        light = mosaic = None
+        if config.augment:  # DEIM: flips only before mosaic_epochs; a mosaic skips zoom-out and IoU crop
+            light = train_transforms(self.preprocess, photometric_p=0.0, zoom_out_p=0.0, iou_crop_p=0.0,
+                                     scales=self.scales)
+            if config.mosaic_epochs:
+                mosaic = train_transforms(self.preprocess, zoom_out_p=0.0, iou_crop_p=0.0, scales=self.scales)
         return SampleMixing(self.train_set, mosaic=config.mosaic, mixup=config.mixup,
-                            plain=eval_transforms(self.preprocess), mosaic_size=self.input_size)
+                            plain=eval_transforms(self.preprocess), mosaic_size=self.input_size, light=light,
+                            mosaic_transforms=mosaic, mosaic_style=config.mosaic_style)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``cfg.epochs``; returns the last evaluation metrics (or {})."""
@@ -419,6 +513,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         while self.epoch < cfg.epochs:
+            if hasattr(self.criterion, "set_epoch"):  # e.g. DEIMv2's matcher changes late in training
+                self.criterion.set_epoch(self.epoch)
             loader = self._loader(self.epoch)
             bar = tqdm(self._steps(loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="it",
                        total=len(loader) // cfg.accumulate, disable=not cfg.progress or self.rank, dynamic_ncols=True)
@@ -429,13 +525,12 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 rates = learning_rates(self.optimizer)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", **{k: f"{v:.2e}" for k, v in rates.items()})
-                if cfg.log_every and self.global_step % cfg.log_every == 0:
-                    self._log({"epoch": self.epoch, "step": self.global_step, **rates, "loss": logs["loss"]})
+                if cfg.log_every and self.global_step % cfg.log_every == 0:  # every term, as the criterion names it
+                    self._log({"epoch": self.epoch, "step": self.global_step, **rates, **logs})
                     self.reporter.log_step(self.global_step, logs, self.optimizer)
             self.epoch += 1
             epoch_log = {"epoch": self.epoch, "step": self.global_step, "time_s": round(time.time() - start, 2),
-                         **{f"train_{k}": v / max(1, len(loader) // cfg.accumulate) for k, v in sums.items()
-                            if k.count("_") <= 1}}  # total and last-layer terms
+                         **{f"train_{k}": v / max(1, len(loader) // cfg.accumulate) for k, v in sums.items()}}
             last = self.epoch == cfg.epochs
             if self.val_data and (last or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
                 metrics = self.evaluate()
@@ -642,7 +737,7 @@ def resume_config(folder: str | os.PathLike, overrides: dict[str, Any]) -> tuple
     if unknown:
         raise TypeError(f"unknown training settings: {', '.join(unknown)}")
     config = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    config.lr_drops = tuple(config.lr_drops)
+    config.lr_drops, config.mosaic_epochs = tuple(config.lr_drops), tuple(config.mosaic_epochs)
     current = config.to_dict()
     changes = {k: (current[k], v) for k, v in overrides.items()
                if (tuple(v) if isinstance(v, list) else v) != current[k]}

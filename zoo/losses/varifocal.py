@@ -1,11 +1,12 @@
-"""Varifocal loss (VarifocalNet), the classification loss of RT-DETR and D-FINE."""
+"""The IoU-aware classification losses: varifocal (VarifocalNet; RT-DETR, D-FINE) and matchability-aware (MAL;
+DEIM, DEIMv2)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import box_convert, box_iou
 
-__all__ = ["varifocal_loss", "paired_iou"]
+__all__ = ["varifocal_loss", "matchability_aware_loss", "paired_iou"]
 
 
 def varifocal_loss(logits: torch.Tensor, one_hot: torch.Tensor, target_score: torch.Tensor, alpha: float = 0.75,
@@ -15,6 +16,17 @@ def varifocal_loss(logits: torch.Tensor, one_hot: torch.Tensor, target_score: to
     prob = logits.detach().sigmoid()
     weight = alpha * prob.pow(gamma) * (1 - one_hot) + target_score
     return F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")
+
+
+def matchability_aware_loss(logits: torch.Tensor, one_hot: torch.Tensor, target_score: torch.Tensor,
+                            gamma: float = 1.5, alpha: float | None = None) -> torch.Tensor:
+    """Per-element MAL (DEIM, ShihuaHuang95/DEIM ``loss_labels_mal``): BCE towards ``target_score ** gamma``, so that
+    low-IoU matches (DEIM's many dense one-to-one matches) are pulled less towards 1 than by VFL; positives weighted
+    1, negatives ``p**gamma`` (times ``alpha`` when given; the official default is none). Shaped like ``logits``."""
+    prob = logits.detach().sigmoid()
+    negative = prob.pow(gamma) * (1 - one_hot)
+    weight = (negative if alpha is None else alpha * negative) + one_hot
+    return F.binary_cross_entropy_with_logits(logits, target_score.pow(gamma), weight=weight, reduction="none")
 
 
 def paired_iou(a_cxcywh: torch.Tensor, b_cxcywh: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ class Detector(nn.Module):
       ``postprocess(outputs, target_sizes, score_threshold, top_k)`` and its batched, traceable part, the static
       method ``select_detections(outputs, top_k)``, which an exported ``postprocess=True`` graph and the
       onnxruntime backend run;
-      :meth:`criterion`, :meth:`training_inputs` and ``train_defaults``: its training recipe;
+      :meth:`criterion`, :meth:`training_inputs`, ``train_defaults`` and ``train_recipes``: its training recipe
+      (and named alternatives, e.g. D-FINE's "deim");
       ``class_heads``: the modules whose rows are classes;
       ``checkpoint_layouts``: the other layouts its checkpoints come in (zoo.weights.checkpoint.Layout);
       ``transformers``: how it maps to a Hugging Face transformers class (zoo.weights.transformers_format), if any.
@@ -61,6 +62,9 @@ class Detector(nn.Module):
     class_heads: tuple[ClassHead, ...] = ()
     #: training recipe defaults of the family (TrainConfig fields), applied where the user set nothing
     train_defaults: dict[str, Any] = {}
+    #: named alternative recipes (``zoo train --recipe NAME``): TrainConfig fields over ``train_defaults``, and
+    #: ``criterion``: keyword arguments of :meth:`criterion`
+    train_recipes: dict[str, dict[str, Any]] = {}
     #: checkpoint layouts besides zoo's own that the family reads (official releases, transformers), detected by keys
     checkpoint_layouts: tuple["Layout", ...] = ()
     #: the family's mapping to and from a transformers class (None: transformers has none)

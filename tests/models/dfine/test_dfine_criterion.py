@@ -1,17 +1,20 @@
-"""D-FINE's criterion against transformers' DFineLoss, term by term on the same outputs and targets.
+"""D-FINE's criterion against transformers' DFineLoss, and with MAL + dense one-to-one (DEIM / DEIMv2) against
+transformers' Deimv2Loss, term by term on the same outputs and targets.
 
 transformers' FGL target code casts bin indices to float32 (``translate_gt``: ``.float()``), so its loss cannot run
-in float64: both criteria run on the same float32 copies of float64 model outputs, compared to 1e-5 relative."""
+in float64: both criteria run on the same float32 copies of float64 model outputs, compared to 1e-5 relative; the
+terms without FGL targets (MAL, L1, GIoU) are also compared in float64 to 1e-12."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import zoo
-from zoo.models.dfine.criterion import DFINECriterion, bbox_to_distance
+from zoo.models.dfine.criterion import DEIM_LOSS, DFINECriterion, bbox_to_distance
 
 transformers = pytest.importorskip("transformers")
 from transformers.loss.loss_d_fine import DFineLoss, bbox2distance  # noqa: E402
+from transformers.loss.loss_deimv2 import Deimv2Loss  # noqa: E402
 
 from hf_dfine import hf_dfine_config  # noqa: E402
 
@@ -105,3 +108,63 @@ def test_model_criterion_is_the_official_recipe():
     assert criterion.matching == "union" and criterion.reg_max == 32
     assert criterion.weight_dict == {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0, "loss_fgl": 0.15,
                                      "loss_ddf": 1.5}
+
+
+def _deimv2_config(mal_alpha):
+    from transformers import Deimv2Config
+
+    # DEIMv2's own loss settings (configs/base/deimv2.yml): MAL with gamma 1.5
+    return Deimv2Config(num_labels=NUM_CLASSES, focal_loss_gamma=1.5, mal_alpha=mal_alpha, use_dense_one_to_one=True)
+
+
+@pytest.mark.parametrize("mal_alpha", [None, 0.75])
+def test_dense_o2o_mal_equals_transformers_deimv2_loss_term_by_term(training_outputs, mal_alpha):
+    _, outputs, targets = training_outputs
+    outputs, targets = _float32(outputs), _float32(targets)
+    ours = DFINECriterion(NUM_CLASSES, cls_loss="mal", gamma=1.5, mal_alpha=mal_alpha, style="transformers")(
+        outputs, targets)
+    theirs = Deimv2Loss(_deimv2_config(mal_alpha))(*_transformers_inputs(outputs, targets))
+    assert set(ours) == set(theirs), sorted(set(ours) ^ set(theirs))
+    assert {"loss_mal", "loss_mal_aux_2", "loss_fgl_aux_0", "loss_ddf_aux_1", "loss_mal_dn_2"} <= set(ours)
+    for key in sorted(theirs):
+        assert abs(ours[key].item() - theirs[key].item()) <= 1e-5 * max(1.0, abs(theirs[key].item())), key
+    # the union is exercised: per-layer matching gives other box terms on some layer
+    per_layer = DFINECriterion(NUM_CLASSES, cls_loss="mal", gamma=1.5, mal_alpha=mal_alpha, matching="per_layer")(
+        outputs, targets)
+    assert any(abs(ours[k].item() - per_layer[k].item()) > 1e-4 for k in ours if k.startswith("loss_bbox"))
+
+
+def test_dense_o2o_mal_and_box_terms_equal_transformers_in_float64(training_outputs):
+    """Without the FGL targets (float32 in transformers), Deimv2Loss runs in float64: MAL, L1 and GIoU of every
+    layer (3), the encoder and the denoising groups (3) agree to 1e-12."""
+    _, outputs, targets = training_outputs
+    reference = Deimv2Loss(_deimv2_config(None))
+    reference.losses = ["mal", "boxes"]
+    theirs = reference(*_transformers_inputs(outputs, targets))
+    ours = DFINECriterion(NUM_CLASSES, cls_loss="mal", gamma=1.5, style="transformers")(outputs, targets)
+    assert len(theirs) == 3 * 7 and all(v.dtype == torch.float64 for v in theirs.values())
+    for key in sorted(theirs):
+        assert abs(ours[key].item() - theirs[key].item()) <= 1e-12 * max(1.0, abs(theirs[key].item())), key
+
+
+def test_deim_official_union_names_mal_and_keeps_the_official_terms(training_outputs):
+    _, outputs, targets = training_outputs
+    deim = DFINECriterion(NUM_CLASSES, **DEIM_LOSS)(outputs, targets)
+    dfine = DFINECriterion(NUM_CLASSES)(outputs, targets)
+    assert {k.replace("_mal", "_vfl") for k in deim} == set(dfine)
+    for key in dfine:  # the box and localisation terms are D-FINE's; only the classification term changes
+        if "vfl" in key:
+            assert deim[key.replace("_vfl", "_mal")].item() != dfine[key].item()
+        else:
+            assert deim[key].item() == dfine[key].item(), key
+
+
+def test_criterion_refuses_unknown_settings():
+    with pytest.raises(ValueError, match="cls_loss"):
+        DFINECriterion(NUM_CLASSES, cls_loss="focal")
+    with pytest.raises(ValueError, match="style"):
+        DFINECriterion(NUM_CLASSES, style="mine")
+    with pytest.raises(ValueError, match="per_layer"):
+        DFINECriterion(NUM_CLASSES, matching="per_layer", style="official")
+    with pytest.raises(ValueError, match="loss_mal"):
+        DFINECriterion(NUM_CLASSES, cls_loss="mal", weight_dict={"loss_vfl": 1.0})

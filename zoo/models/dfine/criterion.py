@@ -15,6 +15,15 @@ Two matchings (``matching``):
 Terms are weighted and named as transformers names them: ``loss_{vfl,bbox,giou,fgl,ddf}`` (last layer),
 ``..._aux_{i}`` (earlier layers, then the encoder top-k as ``_aux_{L-1}``), ``..._dn_{i}`` (denoising), and in
 ``"union"`` mode ``..._pre`` / ``..._dn_pre``. Official weights: vfl 1, bbox 5, giou 2, fgl 0.15, ddf 1.5.
+
+DEIM and DEIMv2 train the same outputs with the same union matching (DEIM's "dense one-to-one") and replace VFL by
+the Matchability-Aware Loss: ``cls_loss="mal"`` (term ``loss_mal``, weight 1; DEIM's ``gamma`` 1.5, ``mal_alpha``
+none). DEIMv2 also switches the matcher late in training to the cost ``-(p * IoU**4)`` (``matcher_change_epoch``;
+the trainer tells the criterion the epoch through :meth:`DFINECriterion.set_epoch`). ``style`` says whose
+conventions the union follows: ``"official"`` (the repos' ``DEIMCriterion`` / ``DFINECriterion``: the ``_pre``
+terms, FGL on the last layer, DDF balance ``8 / batch``) or ``"transformers"`` (``Deimv2Loss`` with
+``use_dense_one_to_one``: none of those, the union over the last layer, the earlier ones and the encoder).
+:data:`DEIM_LOSS` and :data:`DEIMV2_LOSS` hold their settings.
 """
 from __future__ import annotations
 
@@ -28,12 +37,22 @@ from torchvision.ops import box_convert
 from zoo.layers.denoising import denoising_indices
 from zoo.losses.matcher import HungarianMatcher
 from zoo.losses.targets import Indices, box_losses, check_targets, count_boxes, gather_matched
-from zoo.losses.varifocal import paired_iou, varifocal_loss
+from zoo.losses.varifocal import matchability_aware_loss, paired_iou, varifocal_loss
 from zoo.models.dfine.decoder import weighting_function
 
-__all__ = ["DFINECriterion", "bbox_to_distance"]
+__all__ = ["DFINECriterion", "bbox_to_distance", "DEIM_LOSS", "DEIMV2_LOSS", "DEIMV2_MATCHER_CHANGE_EPOCH"]
 
 MATCHINGS = ("union", "per_layer")
+STYLES = ("official", "transformers")
+CLS_LOSSES = ("vfl", "mal")
+#: DEIM's loss (ShihuaHuang95/DEIM configs/base/deim.yml ``DEIMCriterion``)
+DEIM_LOSS = {"cls_loss": "mal", "gamma": 1.5, "mal_alpha": None}
+#: DEIMv2's (Intellindust-AI-Lab/DEIMv2 configs/base/deimv2.yml): DEIM's, and from ``matcher_change_epoch`` on the
+#: matching cost ``-(p * IoU**4)``; pass ``matcher_change_epoch=DEIMV2_MATCHER_CHANGE_EPOCH[size]``
+DEIMV2_LOSS = {**DEIM_LOSS, "iou_order": 4.0}
+#: ``matcher_change_epoch`` of configs/deimv2/deimv2_{hgnetv2_atto,...,dinov3_x}_coco.yml (L and X: 50 and the
+#: base's 45), 0-based epochs as the official ``epoch >= matcher_change_epoch``
+DEIMV2_MATCHER_CHANGE_EPOCH = {"atto": 450, "femto": 450, "pico": 450, "n": 136, "s": 100, "m": 80, "l": 50, "x": 45}
 
 
 def _translate(gt: torch.Tensor, reg_max: int, reg_scale: torch.Tensor, up: torch.Tensor
@@ -77,18 +96,44 @@ class DFINECriterion(nn.Module):
 
     def __init__(self, num_classes: int, reg_max: int = 32, matcher: HungarianMatcher | None = None,
                  weight_dict: dict[str, float] | None = None, alpha: float = 0.75, gamma: float = 2.0,
-                 matching: str = "union", temperature: float = 5.0):
+                 matching: str = "union", temperature: float = 5.0, cls_loss: str = "vfl",
+                 mal_alpha: float | None = None, style: str | None = None, matcher_change_epoch: int | None = None,
+                 iou_order: float = 4.0):
         super().__init__()
         if matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
-        self.num_classes, self.reg_max, self.matching = num_classes, reg_max, matching
+        if cls_loss not in CLS_LOSSES:
+            raise ValueError(f"cls_loss must be one of {CLS_LOSSES}, got {cls_loss!r}")
+        style = style or ("official" if matching == "union" else "transformers")
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        if matching == "per_layer" and style == "official":
+            raise ValueError("the official criteria match per union (GO-LSD / dense one-to-one); "
+                             "matching='per_layer' is transformers' DFineLoss: pass style='transformers'")
+        self.num_classes, self.reg_max, self.matching, self.style = num_classes, reg_max, matching, style
         self.matcher = matcher or HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, use_focal=True,
                                                    alpha=0.25, gamma=2.0)
-        self.weight_dict = dict(weight_dict or {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0,
+        self.cls_loss = cls_loss
+        self.weight_dict = dict(weight_dict or {f"loss_{cls_loss}": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0,
                                                 "loss_fgl": 0.15, "loss_ddf": 1.5})
-        self.alpha, self.gamma, self.temperature = alpha, gamma, temperature
-        self.ddf_batch_scale = 8.0 if matching == "union" else 1.0
+        if f"loss_{cls_loss}" not in self.weight_dict:
+            raise ValueError(f"weight_dict has no weight for loss_{cls_loss} (cls_loss={cls_loss!r}): "
+                             f"{sorted(self.weight_dict)}")
+        self.alpha, self.gamma, self.mal_alpha, self.temperature = alpha, gamma, mal_alpha, temperature
+        self.ddf_batch_scale = 8.0 if style == "official" else 1.0
+        #: DEIMv2: from this epoch on (0-based, as :meth:`set_epoch` counts) match by ``-(p * IoU**iou_order)``
+        self.matcher_change_epoch = matcher_change_epoch
+        self.late_matcher = HungarianMatcher(iou_order=iou_order) if matcher_change_epoch is not None else None
+        self.epoch = 0
         self._balance: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch (0-based) about to run: DEIMv2's matcher changes at ``matcher_change_epoch``."""
+        self.epoch = int(epoch)
+
+    def _match(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> Indices:
+        late = self.late_matcher is not None and self.epoch >= self.matcher_change_epoch
+        return (self.late_matcher if late else self.matcher)(outputs, targets)
 
     def forward(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         check_targets(targets, outputs["pred_logits"].shape[0], self.num_classes,
@@ -101,12 +146,12 @@ class DFINECriterion(nn.Module):
         up, reg_scale = outputs.get("up"), outputs.get("reg_scale")
         aux = list(outputs.get("aux_outputs", []))
         enc = outputs.get("enc_outputs")
-        union = self.matching == "union"
+        union, official = self.matching == "union", self.style == "official"
         self._balance = None  # official: the denoising DDF reuses the last layer's positive/negative balance
-        indices = self.matcher(outputs, targets)
-        aux_indices = [self.matcher(out, targets) for out in aux]
-        pre_indices = self.matcher(outputs["pre_outputs"], targets) if union and "pre_outputs" in outputs else None
-        enc_indices = self.matcher(enc, targets) if enc is not None else None
+        indices = self._match(outputs, targets)
+        aux_indices = [self._match(out, targets) for out in aux]
+        pre_indices = self._match(outputs["pre_outputs"], targets) if official and "pre_outputs" in outputs else None
+        enc_indices = self._match(enc, targets) if enc is not None else None
         if union:
             go = self._union(indices, [*aux_indices, *([pre_indices] if pre_indices else []),
                                        *([enc_indices] if enc_indices else [])])
@@ -119,7 +164,7 @@ class DFINECriterion(nn.Module):
                                 dn=suffix.startswith("_dn"))
             losses.update({k + suffix: v * self.weight_dict[k] for k, v in terms.items()})
 
-        add(outputs, indices, go if union else indices, num_boxes, num_go if union else num_boxes, "", local=union)
+        add(outputs, indices, go if union else indices, num_boxes, num_go if union else num_boxes, "", local=official)
         for i, (out, idx) in enumerate(zip(aux, aux_indices)):
             add(out, idx, go if union else idx, num_boxes, num_go if union else num_boxes, f"_aux_{i}")
         if pre_indices is not None:
@@ -133,9 +178,9 @@ class DFINECriterion(nn.Module):
             dn_boxes = num_boxes * meta["dn_num_group"]
             for i, out in enumerate(outputs["dn_outputs"]):
                 add(out, dn_idx, dn_idx, dn_boxes, dn_boxes, f"_dn_{i}")
-            if union and "dn_pre_outputs" in outputs:
+            if official and "dn_pre_outputs" in outputs:
                 add(outputs["dn_pre_outputs"], dn_idx, dn_idx, dn_boxes, dn_boxes, "_dn_pre")
-        if union:  # as the official criterion (Objects365 pre-training)
+        if official:  # as the official criterion (Objects365 pre-training)
             losses = {k: torch.nan_to_num(v, nan=0.0) for k, v in losses.items()}
         return losses
 
@@ -162,8 +207,11 @@ class DFINECriterion(nn.Module):
         one_hot, score = torch.zeros_like(logits), torch.zeros_like(logits)
         one_hot[batch_idx, query_idx, tgt_labels] = 1.0
         score[batch_idx, query_idx, tgt_labels] = paired_iou(boxes[batch_idx, query_idx].detach(), tgt_boxes)
-        vfl = varifocal_loss(logits, one_hot, score, self.alpha, self.gamma)
-        terms = {"loss_vfl": vfl.mean(1).sum() * logits.shape[1] / num_cls}
+        if self.cls_loss == "mal":
+            cls = matchability_aware_loss(logits, one_hot, score, self.gamma, self.mal_alpha)
+        else:
+            cls = varifocal_loss(logits, one_hot, score, self.alpha, self.gamma)
+        terms = {f"loss_{self.cls_loss}": cls.mean(1).sum() * logits.shape[1] / num_cls}
         batch_idx, query_idx, _, tgt_boxes = gather_matched(targets, box_idx, logits.device)
         src_boxes = boxes[batch_idx, query_idx]
         terms["loss_bbox"], terms["loss_giou"] = box_losses(src_boxes, tgt_boxes, num_box)
@@ -200,7 +248,7 @@ class DFINECriterion(nn.Module):
         distill = weight * t ** 2 * kl.sum(-1)
         scale = self.ddf_batch_scale / out["pred_boxes"].shape[0]
         num_pos, num_neg = (mask.sum() * scale) ** 0.5, ((~mask).sum() * scale) ** 0.5
-        if self.matching == "union":  # official: denoising layers weigh by the last matching layer's balance
+        if self.style == "official":  # denoising layers weigh by the last matching layer's balance
             if dn and self._balance is not None:
                 num_pos, num_neg = self._balance
             elif not dn:

@@ -56,6 +56,15 @@ def integral(corners: torch.Tensor, project: torch.Tensor, reg_max: int) -> torc
     return prob @ project.to(prob.dtype)
 
 
+def _full_precision(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``head(x)`` outside autocast in float32 (Peterande/D-FINE#3: the box heads' bin logits and their residual sum
+    lose the fine bins in half precision); unchanged without autocast (float64 stays float64)."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return head(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return head(x.float())
+
+
 class Gate(nn.Module):
     """Gated residual: ``norm(g1 * x1 + g2 * x2)`` with sigmoid gates from ``[x1, x2]`` (starts at 0.5/0.5)."""
 
@@ -272,10 +281,10 @@ class DFINEDecoder(nn.Module):
             query_pos = self.query_pos_head(ref).clamp(min=-10, max=10)
             target = layer(target, ref.unsqueeze(2), memory, shapes, attn_mask, query_pos)
             if i == 0:
-                pre_boxes = torch.sigmoid(self.pre_bbox_head(target) + inverse_sigmoid(ref))
+                pre_boxes = torch.sigmoid(_full_precision(self.pre_bbox_head, target) + inverse_sigmoid(ref))
                 pre_logits = self.dec_score_head[0](target) if self.training else None
                 ref_initial = pre_boxes.detach()
-            pred_corners = self.dec_bbox_head[i](target + output_detach) + corners_undetach
+            pred_corners = _full_precision(self.dec_bbox_head[i], target + output_detach) + corners_undetach
             box = distance_to_box(ref_initial, integral(pred_corners, project, self.reg_max), self.reg_scale)
             if self.training or i == self.eval_idx:
                 logits.append(self.decoder.lqe_layers[i](self.dec_score_head[i](target), pred_corners))

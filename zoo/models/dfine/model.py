@@ -17,7 +17,7 @@ from zoo.layers.hybrid_encoder import HybridEncoder
 from zoo.models.base import (AnchorQueries, ClassHead, Detector, build_detector, check_pixel_values,
                              detections_to_pixels, sigmoid_topk)
 from zoo.models.dfine import convert
-from zoo.models.dfine.criterion import DFINECriterion
+from zoo.models.dfine.criterion import DEIM_LOSS, DFINECriterion
 from zoo.models.dfine.decoder import DFINEDecoder
 from zoo.models.hgnetv2 import HGNetV2
 from zoo.registry import register_family, register_model
@@ -52,10 +52,21 @@ class DFINE(AnchorQueries, Detector):
         check_pixel_values(pixel_values, self.size_divisor)
         return self.decoder(self.encoder(self.backbone(pixel_values)), denoising)
 
-    def criterion(self) -> DFINECriterion:
+    def criterion(self, **settings: Any) -> DFINECriterion:
         """VFL + L1 + GIoU + FGL + DDF (official weights) on every layer, the first layer's boxes, the encoder
-        top-k and the denoising groups."""
-        return DFINECriterion(self.num_classes, reg_max=self.decoder.reg_max)
+        top-k and the denoising groups; ``settings``: other :class:`DFINECriterion` arguments (the DEIM recipe's
+        MAL)."""
+        return DFINECriterion(self.num_classes, reg_max=self.decoder.reg_max, **settings)
+
+    @property
+    def train_defaults(self) -> dict[str, Any]:
+        """The official training recipe of this size (configs/dfine/dfine_hgnetv2_*_coco.yml)."""
+        return TRAIN_DEFAULTS[_size(self)]
+
+    @property
+    def train_recipes(self) -> dict[str, dict[str, Any]]:
+        """``"deim"``: DEIM's recipe for this size (ShihuaHuang95/DEIM configs/deim_dfine/deim_hgnetv2_*_coco.yml)."""
+        return {"deim": DEIM_RECIPES[_size(self)]}
 
     def training_inputs(self, pixel_values: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         """Denoising queries built from the targets (contrastive denoising training)."""
@@ -141,3 +152,54 @@ def dfine_l(**kwargs: Any) -> DFINE:
 def dfine_x(**kwargs: Any) -> DFINE:
     """D-FINE-X: HGNetV2-B5, encoder width 384 / FFN 2048, 6 decoder layers (COCO 55.8 AP, 62M, 202 GFLOPs)."""
     return _dfine("dfine_x", _backbone("B5", big=True), _encoder(384, 2048), _decoder(6, reg_scale=8.0), kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training recipes (zoo.engine.trainer TrainConfig fields; ``criterion``: DFINECriterion arguments)
+# --------------------------------------------------------------------------------------------------
+
+def _size(model: DFINE) -> str:
+    """The size whose recipe a model follows: its architecture's (dfine_n ... dfine_x), else the L recipe."""
+    architecture = getattr(model, "config", {}).get("architecture", "")
+    return architecture if architecture in TRAIN_DEFAULTS else "dfine_l"
+
+
+def _dfine_recipe(lr: float, backbone_lr: float, weight_decay: float, epochs: int, no_aug: int,
+                  multiscale: bool = True) -> dict[str, Any]:
+    """Peterande/D-FINE: AdamW, 500 linear warm-up steps then constant (MultiStepLR at 500 epochs), clip 0.1; the
+    last ``no_aug`` epochs without photometric / zoom-out / IoU-crop augmentation and multi-scale (policy epoch)."""
+    return dict(lr=lr, backbone_lr_mult=backbone_lr / lr, weight_decay=weight_decay, clip_max_norm=0.1,
+                epochs=epochs, warmup_steps=500, schedule="constant", no_aug_epochs=no_aug, multiscale=multiscale)
+
+
+#: the official D-FINE recipes (configs/dfine/dfine_hgnetv2_{n,s,m,l,x}_coco.yml); N has no multi-scale
+#: (``base_size_repeat: ~``)
+TRAIN_DEFAULTS = {
+    "dfine_n": _dfine_recipe(8e-4, 4e-4, 1e-4, 160, 12, multiscale=False),
+    "dfine_s": _dfine_recipe(2e-4, 1e-4, 1e-4, 132, 12),
+    "dfine_m": _dfine_recipe(2e-4, 2e-5, 1e-4, 132, 12),
+    "dfine_l": _dfine_recipe(2.5e-4, 1.25e-5, 1.25e-4, 80, 8),
+    "dfine_x": _dfine_recipe(2.5e-4, 2.5e-6, 1.25e-4, 80, 8),
+}
+
+
+def _deim_recipe(size: str, lr: float, backbone_lr: float, weight_decay: float, epochs: int, policy: tuple[int, ...],
+                 flat_epochs: int, min_lr_ratio: float = 0.5) -> dict[str, Any]:
+    """DEIM (configs/base/deim.yml + deim_hgnetv2_*_coco.yml): Dense O2O (mosaic p 0.5 and mixup p 0.5 in epochs
+    [policy[0], policy[1]), flips only before, no augmentation or multi-scale from policy[2] on), MAL (gamma 1.5),
+    flat-cosine lr with 2000 quadratic warm-up steps. ``policy`` is the configs' ``policy: epoch``."""
+    return {**TRAIN_DEFAULTS[size], **dict(
+        lr=lr, backbone_lr_mult=backbone_lr / lr, weight_decay=weight_decay, epochs=epochs, warmup_steps=2000,
+        schedule="flat_cosine", flat_epochs=flat_epochs, min_lr_ratio=min_lr_ratio, no_aug_epochs=epochs - policy[2],
+        mosaic=0.5, mixup=0.5, mosaic_epochs=policy[:2], mosaic_style="deim", criterion=dict(DEIM_LOSS))}
+
+
+#: DEIM's recipes for the D-FINE sizes (ShihuaHuang95/DEIM configs/deim_dfine/deim_hgnetv2_{n,s,m,l,x}_coco.yml;
+#: N keeps its lr flat, ``flat_epoch: 7800``, ``lr_gamma: 1.0``)
+DEIM_RECIPES = {
+    "dfine_n": _deim_recipe("dfine_n", 8e-4, 4e-4, 1e-4, 160, (4, 78, 148), 160, min_lr_ratio=1.0),
+    "dfine_s": _deim_recipe("dfine_s", 4e-4, 2e-4, 1e-4, 132, (4, 64, 120), 64),
+    "dfine_m": _deim_recipe("dfine_m", 4e-4, 4e-5, 1e-4, 102, (4, 49, 90), 49),
+    "dfine_l": _deim_recipe("dfine_l", 5e-4, 2.5e-5, 1.25e-4, 58, (4, 29, 50), 29),
+    "dfine_x": _deim_recipe("dfine_x", 5e-4, 5e-6, 1.25e-4, 58, (4, 29, 50), 29),
+}
