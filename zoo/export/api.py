@@ -14,11 +14,20 @@ __all__ = ["export"]
 
 def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size: int | Sequence[int] | None = None,
            dynamic_batch: bool = False, dynamic_size: bool = False, postprocess: bool = False, half: bool = False,
-           opset: int | None = None, verify: bool = True) -> Path:
+           opset: int | None = None, verify: bool = True, int8: bool = False,
+           calibration: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+           calibration_count: int | None = None) -> Path:
     """``format="onnx"``: :func:`zoo.export.onnx.export` (a verified ``.onnx`` file); ``format="openvino"``:
     :func:`zoo.export.openvino.export_openvino` (``path`` a folder receiving ``model.xml`` and ``model.bin``;
-    returns the ``.xml`` path). The options are the same for both."""
+    returns the ``.xml`` path). The options are the same for both, but for ``int8`` (static int8 quantization with
+    ``calibration`` images; ONNX only)."""
     _check_format(format)
-    write = export_openvino if format == "openvino" else export_onnx
-    return write(model, path, input_size=input_size, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
-                 postprocess=postprocess, half=half, opset=opset, verify=verify)
+    if format == "openvino":
+        if int8 or calibration is not None or calibration_count is not None:
+            raise ValueError("int8 quantization is for format='onnx' (onnxruntime); export OpenVINO in float32")
+        return export_openvino(model, path, input_size=input_size, dynamic_batch=dynamic_batch,
+                               dynamic_size=dynamic_size, postprocess=postprocess, half=half, opset=opset,
+                               verify=verify)
+    return export_onnx(model, path, input_size=input_size, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
+                       postprocess=postprocess, half=half, opset=opset, verify=verify, int8=int8,
+                       calibration=calibration, calibration_count=calibration_count)

@@ -1,0 +1,196 @@
+"""Post-training static int8 quantization of a zoo ONNX export (onnxruntime ``quantize_static``).
+
+Format: QDQ (QuantizeLinear / DequantizeLinear pairs around the quantized nodes, which onnxruntime fuses into
+int8 kernels), weights int8 per output channel, activations int8 per tensor with ranges calibrated (min/max) on
+images run through the model's own preprocessing (:class:`zoo.data.images.Preprocess`).
+
+Only convolutions and matrix products (``Conv``, ``MatMul``, ``Gemm``) are quantized, and not all of them. What
+stays float is computed from the graph, not from layer names (:func:`int8_exclusions`), so every family with
+the RT-DETR query selection is treated alike:
+
+- ``query-dependent``: every node downstream of a ``TopK`` (the query selection): the gathered queries, the
+  decoder layers, their sampling offsets and attention weights, the box regression and score heads. A query
+  selection that flips, or a box moved by a quantization step, is a lost detection.
+- ``selection``: nodes that feed a ``TopK`` but not the values the deformable attention samples (the encoder
+  output projection and the score head that rank the anchors).
+- ``sampled values``: the projections whose output ``GridSample`` samples (deformable attention's value
+  projection), so that the sampling reads float values.
+- ``activation x activation``: matrix products without a constant operand (attention scores and the
+  softmax-weighted sums): no weights to quantize, and the softmax output stays float.
+
+Sigmoid, Softmax, GridSample, TopK and the gathers are never quantized (only Conv/MatMul/Gemm are candidates).
+An int8 graph differs from float by far more than rounding, so it is not verified against the float bound of
+compare.py: :func:`detection_agreement` scores its detections against the float32 eager model's by COCO AP.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+__all__ = ["QUANTIZED_OPS", "int8_exclusions", "calibration_images", "quantize_int8", "detection_agreement",
+           "DEFAULT_CALIBRATION_COUNT"]
+
+#: the operator types int8 quantization may touch
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+#: images used for calibration when no count is given
+DEFAULT_CALIBRATION_COUNT = 64
+
+
+def _graph_index(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]], set[str]]:
+    """(producer of each tensor, consumers of each tensor, names of constant tensors)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    return producer, consumers, constants
+
+
+def _reach(starts: Sequence[Any], step: Any, stop: Any = None) -> set[str]:
+    """Names of the nodes reachable from ``starts`` (included) along ``step(node) -> nodes``; the walk does not
+    continue past a node for which ``stop(node)`` is true (it is still included)."""
+    seen: set[str] = set()
+    stack = list(starts)
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if stop is None or not stop(node):
+            stack.extend(step(node))
+    return seen
+
+
+def int8_exclusions(model: Any) -> dict[str, list[str]]:
+    """The ``Conv`` / ``MatMul`` / ``Gemm`` nodes of an ONNX model (a ``ModelProto``) that stay float, by reason
+    (see the module docstring); every other node of those types is quantized."""
+    graph = model.graph
+    producer, consumers, constants = _graph_index(graph)
+    down = lambda node: [c for out in node.output for c in consumers.get(out, [])]  # noqa: E731
+    up = lambda node: [producer[i] for i in node.input if i in producer]  # noqa: E731
+    candidate = lambda node: node.op_type in QUANTIZED_OPS  # noqa: E731
+    topk = [n for n in graph.node if n.op_type == "TopK"]
+    samplers = [n for n in graph.node if n.op_type == "GridSample"]
+    sampled = [producer[n.input[0]] for n in samplers if n.input[0] in producer]
+    after_selection = _reach(topk, down)
+    if samplers:
+        feeds_selection = _reach(topk, up) - _reach(sampled, up)
+    else:  # no deformable sampling: the products whose output reaches a TopK directly (the score heads)
+        feeds_selection = _reach([p for n in topk for p in up(n)], up, stop=candidate)
+    # the last products before each GridSample's value input, walking up through reshapes and splits only
+    value_projections = _reach(sampled, up, stop=candidate)
+    reasons: dict[str, list[str]] = {"query-dependent": [], "selection": [], "sampled values": [],
+                                     "activation x activation": []}
+    for node in graph.node:
+        if not candidate(node):
+            continue
+        if node.name in after_selection:
+            reasons["query-dependent"].append(node.name)
+        elif node.name in feeds_selection:
+            reasons["selection"].append(node.name)
+        elif node.name in value_projections:
+            reasons["sampled values"].append(node.name)
+        elif len(node.input) < 2 or node.input[1] not in constants:
+            reasons["activation x activation"].append(node.name)
+    return reasons
+
+
+def calibration_images(source: str | os.PathLike | Sequence[str | os.PathLike], count: int | None = None
+                       ) -> list[Path]:
+    """Image files for calibration: the first ``count`` (default :data:`DEFAULT_CALIBRATION_COUNT`) image files
+    under a folder (searched recursively, sorted by path), or the given list of files."""
+    from zoo.data.formats.base import IMAGE_SUFFIXES
+
+    count = DEFAULT_CALIBRATION_COUNT if count is None else count
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"calibration_count must be a positive int, got {count!r}")
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"calibration folder {folder} does not exist; pass a folder of images that "
+                                    "look like the deployment data (a few dozen are enough)")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under calibration folder {folder}")
+    else:
+        files = [Path(p) for p in source]
+        missing = [str(p) for p in files if not p.is_file()]
+        if not files or missing:
+            raise FileNotFoundError(f"calibration images not found: {', '.join(missing) or 'the list is empty'}")
+    return files[:count]
+
+
+def _feeds(preprocess: Any, files: Sequence[Path]) -> Iterator[dict[str, Any]]:
+    """One ``pixel_values`` feed per image, preprocessed as the model's ``pretrained_cfg`` says."""
+    for path in files:
+        image, _ = preprocess.load(path)
+        yield {"pixel_values": preprocess.collate([image])[0].numpy()}
+
+
+def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, preprocess: Any, files: Sequence[Path]
+                  ) -> dict[str, list[str]]:
+    """Write the static int8 (QDQ, per-channel weights) version of the float ONNX file ``source`` to ``target``,
+    calibrated on ``files`` (preprocessed by ``preprocess``); returns what was kept float, by reason."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = _feeds(preprocess, files)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.feeds, None)
+
+    model = onnx.load(os.fspath(source))
+    exclusions = int8_exclusions(model)
+    excluded = sorted(name for names in exclusions.values() for name in names)
+    quantizer_log = logging.getLogger()  # quantize_static logs "consider pre-processing" on the root logger
+    level = quantizer_log.level
+    quantizer_log.setLevel(logging.ERROR)
+    try:
+        quantize_static(model, os.fspath(target), Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=excluded, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        quantizer_log.setLevel(level)
+    return exclusions
+
+
+def detection_agreement(reference: torch.nn.Module, detector: torch.nn.Module, files: Sequence[Path],
+                        score_threshold: float = 0.5) -> float | None:
+    """COCO AP (0-100) of ``detector``'s detections on ``files``, taking the ``reference`` model's detections with
+    score >= ``score_threshold`` as the ground truth; None when the reference finds nothing that confident."""
+    from pycocotools.coco import COCO
+
+    from zoo.engine.evaluate import evaluate_detections
+
+    names = [str(p) for p in files]
+    truth = reference.predict(names, score_threshold=score_threshold, top_k=100)
+    found = detector.predict(names, score_threshold=0.0, top_k=100)
+    images, annotations, results = [], [], []
+    for i, (t, f) in enumerate(zip(truth, found)):
+        images.append({"id": i, "height": t.image_size[0], "width": t.image_size[1]})
+        for box, label in zip(t.boxes.tolist(), t.labels.tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": label, "iscrowd": 0,
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                                "area": (box[2] - box[0]) * (box[3] - box[1])})
+        results += [{"image_id": i, "category_id": label, "score": score,
+                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}
+                    for box, label, score in zip(f.boxes.tolist(), f.labels.tolist(), f.scores.tolist())]
+    if not annotations:
+        return None
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations,
+                    "categories": [{"id": c} for c in range(int(reference.num_classes))]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return 100 * evaluate_detections(coco, results, verbose=False)["AP"]
