@@ -321,7 +321,7 @@ def _check_int8(int8: bool, calibration: Any, count: int | None, half: bool, pos
 
 def _quantize(reference: nn.Module, path: Path, size: tuple[int, int], files: Sequence[Path], verify: bool) -> None:
     """Replace the float32 file ``path`` by its static int8 version (metadata kept, ``zoo_dtype`` "int8" and
-    ``zoo_int8`` saying what was kept float); with ``verify``, print its detection AP against eager float32."""
+    ``zoo_int8`` naming the nodes kept float, by reason); with ``verify``, print its detection AP against eager float32."""
     import onnx
 
     from zoo.data.images import Preprocess
@@ -335,7 +335,7 @@ def _quantize(reference: nn.Module, path: Path, size: tuple[int, int], files: Se
         props = {p.key: p.value for p in onnx.load(os.fspath(path), load_external_data=False).metadata_props}
         props.update(zoo_dtype=json.dumps("int8"), zoo_int8=json.dumps({
             "calibration_images": len(files), "quantized_ops": list(QUANTIZED_OPS),
-            "kept_float": {reason: len(names) for reason, names in exclusions.items()}}))
+            "kept_float": exclusions}))
         del proto.metadata_props[:]
         onnx.helper.set_model_props(proto, props)
         onnx.save(proto, os.fspath(quantized))

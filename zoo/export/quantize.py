@@ -38,6 +38,8 @@ __all__ = ["QUANTIZED_OPS", "int8_exclusions", "calibration_images", "quantize_i
 
 #: the operator types int8 quantization may touch
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+#: operators whose output depends on their input's shape only
+SHAPE_OPS = ("Shape", "Size")
 #: images used for calibration when no count is given
 DEFAULT_CALIBRATION_COUNT = 64
 
@@ -74,7 +76,10 @@ def int8_exclusions(model: Any) -> dict[str, list[str]]:
     graph = model.graph
     producer, consumers, constants = _graph_index(graph)
     down = lambda node: [c for out in node.output for c in consumers.get(out, [])]  # noqa: E731
-    up = lambda node: [producer[i] for i in node.input if i in producer]  # noqa: E731
+    # values flow up to a Shape / Size node but not through it: with a dynamic size, shapes computed from one
+    # branch feed reshapes of another without carrying its values
+    up = lambda node: ([] if node.op_type in SHAPE_OPS  # noqa: E731
+                       else [producer[i] for i in node.input if i in producer])
     candidate = lambda node: node.op_type in QUANTIZED_OPS  # noqa: E731
     topk = [n for n in graph.node if n.op_type == "TopK"]
     samplers = [n for n in graph.node if n.op_type == "GridSample"]
