@@ -11,7 +11,6 @@ graph; ``verify`` checks this at a second size.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import json
 import os
@@ -241,9 +240,7 @@ def _write(serialised: bytes, path: Path, metadata: dict[str, str]) -> None:
 
 def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size: int | Sequence[int] | None = None,
            dynamic_batch: bool = False, dynamic_size: bool = False, postprocess: bool = False, half: bool = False,
-           opset: int | None = None, verify: bool = True, int8: bool = False,
-           calibration: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-           calibration_count: int | None = None) -> Path:
+           opset: int | None = None, verify: bool = True) -> Path:
     """Export a detector (or a model name ``create_model`` takes) to ``path``; returns the path.
 
     The graph takes ``pixel_values [B, 3, H, W]`` (preprocessed as ``model.pretrained_cfg`` says) and returns
@@ -256,11 +253,7 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     ``verify``: run the file with onnxruntime (at a second size and batch when those are dynamic), print the
     agreement with the eager model, and raise :class:`ExportError` on a mismatch. The file is written to a
     temporary name and moved into place only when everything succeeded.
-    ``int8``: post-training static int8 quantization (zoo/export/quantize.py) of the verified float32 graph,
-    calibrated on ``calibration`` (a folder of images, or a list of image files; the first ``calibration_count``,
-    default 64, are used); convolutions and matrix products are quantized, the query selection, the deformable
-    sampling and the box and score heads stay float. ``verify`` then also prints the int8 graph's detection AP
-    against the float32 eager model's detections on (up to 8 of) the calibration images.
+    ``zoo.export(..., int8=True, calibration=...)`` (zoo/export/api.py) quantizes the verified graph to int8.
     ``zoo.export(..., format="openvino")`` (zoo/export/api.py) writes OpenVINO IR instead.
     """
     _check_format(format)
@@ -270,7 +263,6 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     path = _output_path(path)
     size = _input_size(model, input_size)
     opset = _check_opset(opset)
-    calibration_files = _check_int8(int8, calibration, calibration_count, half, postprocess)
     _import_onnx()
     architecture = model.config["architecture"]
     # a float32 CPU copy in eval mode is the reference; the graph is traced from a fused copy of it
@@ -291,79 +283,11 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
                 if not agreement.ok:
                     raise ExportError(f"onnxruntime disagrees with the eager model at input {list(shape)}: "
                                       f"{agreement}; the export was removed (verify=False keeps it for inspection)")
-        if int8:
-            _quantize(reference, tmp, size, calibration_files, verify)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
-
-
-def _check_int8(int8: bool, calibration: Any, count: int | None, half: bool, postprocess: bool) -> list[Path]:
-    """The calibration image files for ``int8``; a clear error for options that do not go together."""
-    if not int8:
-        if calibration is not None or count is not None:
-            raise ValueError("calibration images are for int8 quantization: pass int8=True (zoo export --int8) "
-                             "or drop the calibration")
-        return []
-    if half:
-        raise ValueError("int8=True quantizes the float32 graph; drop half=True (--half)")
-    if postprocess:
-        raise ValueError("int8=True quantizes the raw graph (pixel_values -> pred_logits, pred_boxes); drop "
-                         "postprocess=True (--postprocess)")
-    if calibration is None:
-        raise ValueError("int8=True needs calibration images: calibration=FOLDER (zoo export --int8 --calibration "
-                         "DIR), a few dozen images like the deployment data")
-    from zoo.export.quantize import calibration_images
-
-    return calibration_images(calibration, count)
-
-
-def _quantize(reference: nn.Module, path: Path, size: tuple[int, int], files: Sequence[Path], verify: bool) -> None:
-    """Replace the float32 file ``path`` by its static int8 version (metadata kept, ``zoo_dtype`` "int8" and
-    ``zoo_int8`` naming the nodes kept float, by reason); with ``verify``, print its detection AP against eager float32."""
-    import onnx
-
-    from zoo.data.images import Preprocess
-    from zoo.export.quantize import QUANTIZED_OPS, detection_agreement, quantize_int8
-
-    architecture = reference.config["architecture"]
-    quantized = path.with_name(f"{path.stem}.int8{path.suffix}")
-    try:
-        # calibration images are stretched to the export size (a fixed-size graph takes nothing else; the
-        # activation ranges do not depend on the aspect ratio being kept)
-        preprocess = dataclasses.replace(Preprocess.from_model(reference), resize_mode="stretch", size=size)
-        exclusions = quantize_int8(path, quantized, preprocess, files)
-        proto = onnx.load(os.fspath(quantized))
-        props = {p.key: p.value for p in onnx.load(os.fspath(path), load_external_data=False).metadata_props}
-        props.update(zoo_dtype=json.dumps("int8"), zoo_int8=json.dumps({
-            "calibration_images": len(files), "quantized_ops": list(QUANTIZED_OPS),
-            "kept_float": exclusions}))
-        del proto.metadata_props[:]
-        onnx.helper.set_model_props(proto, props)
-        onnx.save(proto, os.fspath(quantized))
-        kept = ", ".join(f"{len(names)} {reason}" for reason, names in exclusions.items() if names)
-        print(f"int8 {architecture}: {sum(n.op_type == 'DequantizeLinear' for n in proto.graph.node)} "
-              f"dequantize nodes, calibrated on {len(files)} images; kept float: {kept or 'nothing'}")
-        if verify:
-            from zoo.export.runtime import OnnxRuntimeDetector
-
-            try:
-                detector = OnnxRuntimeDetector(quantized)
-            except ValueError as exc:  # e.g. a fixed-size export of a model that keeps the aspect ratio
-                ap, why = None, f"not measured: {exc}"
-            else:
-                ap = detection_agreement(reference, detector, files[:8])
-                why = "not measured: eager float32 finds nothing with score >= 0.5 on the calibration images"
-            print(f"int8 vs eager float32 {architecture}: " + (
-                f"detection AP {ap:.1f} on {len(files[:8])} calibration images, eager's detections with score "
-                ">= 0.5 as ground truth (an int8 graph is not within float rounding; check the AP on labelled "
-                "data with zoo eval)" if ap is not None else why))
-        os.replace(quantized, path)
-    finally:
-        if quantized.exists():
-            quantized.unlink()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,7 +25,10 @@ compare.py: :func:`detection_agreement` scores its detections against the float3
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -34,7 +37,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 __all__ = ["QUANTIZED_OPS", "int8_exclusions", "calibration_images", "quantize_int8", "detection_agreement",
-           "DEFAULT_CALIBRATION_COUNT"]
+           "check_int8_options", "export_int8", "DEFAULT_CALIBRATION_COUNT"]
 
 #: the operator types int8 quantization may touch
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -168,6 +171,88 @@ def quantize_int8(source: str | os.PathLike, target: str | os.PathLike, preproce
     finally:
         quantizer_log.setLevel(level)
     return exclusions
+
+
+def check_int8_options(int8: bool, calibration: Any, count: int | None, half: bool, postprocess: bool) -> list[Path]:
+    """The calibration image files for ``int8``; a clear error for options that do not go together."""
+    if not int8:
+        if calibration is not None or count is not None:
+            raise ValueError("calibration images are for int8 quantization: pass int8=True (zoo export --int8) "
+                             "or drop the calibration")
+        return []
+    if half:
+        raise ValueError("int8=True quantizes the float32 graph; drop half=True (--half)")
+    if postprocess:
+        raise ValueError("int8=True quantizes the raw graph (pixel_values -> pred_logits, pred_boxes); drop "
+                         "postprocess=True (--postprocess)")
+    if calibration is None:
+        raise ValueError("int8=True needs calibration images: calibration=FOLDER (zoo export --int8 --calibration "
+                         "DIR), a few dozen images like the deployment data")
+    return calibration_images(calibration, count)
+
+
+def export_int8(model: Any, path: str | os.PathLike, files: Sequence[Path], input_size: Any = None,
+                dynamic_batch: bool = False, dynamic_size: bool = False, opset: int | None = None,
+                verify: bool = True) -> Path:
+    """``zoo.export(..., int8=True)``: export and verify the float32 graph (:func:`zoo.export.onnx.export`) under a
+    temporary name beside ``path``, quantize it (:func:`quantize_int8`, calibrated on ``files``), and write
+    ``path`` with the float32 file's metadata plus ``zoo_dtype`` "int8" and ``zoo_int8`` (the nodes kept float,
+    by rule). ``verify`` also prints the int8 graph's detection AP against eager float32
+    (:func:`detection_agreement`) on up to 8 of the calibration images."""
+    import onnx
+
+    from zoo.data.images import Preprocess
+    from zoo.export.onnx import _output_path, export, read_metadata, resolve_detector
+
+    model = resolve_detector(model)
+    path = _output_path(path)
+    architecture = model.config["architecture"]
+    fp32 = path.with_name(f".{path.stem}.{os.getpid()}.fp32{path.suffix}")
+    staged = path.with_name(f".{path.stem}.{os.getpid()}.int8{path.suffix}")
+    try:
+        export(model, fp32, input_size=input_size, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
+               opset=opset, verify=verify)
+        metadata = read_metadata(fp32)
+        reference = copy.deepcopy(model).float().cpu().eval()
+        # calibration images are stretched to the export size (a fixed-size graph takes nothing else; the
+        # activation ranges do not depend on the aspect ratio being kept)
+        preprocess = dataclasses.replace(Preprocess.from_model(reference), resize_mode="stretch",
+                                         size=tuple(metadata["export_size"]))
+        exclusions = quantize_int8(fp32, staged, preprocess, files)
+        proto = onnx.load(os.fspath(staged))
+        props = {p.key: p.value for p in onnx.load(os.fspath(fp32), load_external_data=False).metadata_props}
+        props.update(zoo_dtype=json.dumps("int8"), zoo_int8=json.dumps({
+            "calibration_images": len(files), "quantized_ops": list(QUANTIZED_OPS), "kept_float": exclusions}))
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, props)
+        onnx.save(proto, os.fspath(staged))
+        kept = ", ".join(f"{len(names)} {reason}" for reason, names in exclusions.items() if names)
+        print(f"int8 {architecture}: {sum(n.op_type == 'DequantizeLinear' for n in proto.graph.node)} "
+              f"dequantize nodes, calibrated on {len(files)} images; kept float: {kept or 'nothing'}")
+        if verify:
+            _print_agreement(reference, staged, files[:8])
+        os.replace(staged, path)
+    finally:
+        for temporary in (fp32, staged):
+            if temporary.exists():
+                temporary.unlink()
+    return path
+
+
+def _print_agreement(reference: torch.nn.Module, path: Path, files: Sequence[Path]) -> None:
+    from zoo.export.runtime import OnnxRuntimeDetector
+
+    try:
+        detector = OnnxRuntimeDetector(path)
+    except ValueError as exc:  # e.g. a fixed-size export of a model that keeps the aspect ratio
+        ap, why = None, f"not measured: {exc}"
+    else:
+        ap = detection_agreement(reference, detector, files)
+        why = "not measured: eager float32 finds nothing with score >= 0.5 on the calibration images"
+    print(f"int8 vs eager float32 {reference.config['architecture']}: " + (
+        f"detection AP {ap:.1f} on {len(files)} calibration images, eager's detections with score >= 0.5 as "
+        "ground truth (an int8 graph is not within float rounding; check the AP on labelled data with zoo eval)"
+        if ap is not None else why))
 
 
 def detection_agreement(reference: torch.nn.Module, detector: torch.nn.Module, files: Sequence[Path],
