@@ -209,8 +209,9 @@ def build_rows(name: str, x: torch.Tensor, folder: Path, threads: int, calibrati
         start = time.perf_counter()
         with torch.inference_mode():
             compiled(x_cl)
-        rows.notes["zoo deploy() + torch.compile fp32"] = f"first call (compilation) {time.perf_counter() - start:.0f} s"
-        rows.runs["zoo deploy() + torch.compile fp32"] = _zoo_run(compiled, x_cl)
+        key = "zoo deploy() + torch.compile fp32"
+        rows.notes[key] = f"first call (compilation) {time.perf_counter() - start:.0f} s"
+        rows.runs[key] = _zoo_run(compiled, x_cl)
     _export_rows(rows, name, model, x, folder, threads, calibration, int8_gate)
     return rows
 
@@ -240,8 +241,8 @@ def measure(runs: dict[str, Run], rounds: int, warmup: int, label: str = ""
                 start = time.perf_counter()
                 run()
                 times[key].append(time.perf_counter() - start)
-            print(f"{label} round {i + 1}/{rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()),
-                  file=sys.stderr, flush=True)
+            latest = ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items())
+            print(f"{label} round {i + 1}/{rounds}: {latest}", file=sys.stderr, flush=True)
     return times, diffs
 
 
@@ -252,7 +253,8 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def table(times: dict[str, list[float]], diffs: dict[str, float], rows: Rows, header: str) -> str:
     baseline = quartiles(times[BASELINE])[1]
-    lines = [header, "", "| runtime | median ms | IQR ms | / transformers fp32 | max abs diff of top-100 scores | note |",
+    lines = [header, "",
+             "| runtime | median ms | IQR ms | / transformers fp32 | max abs diff of top-100 scores | note |",
              "|---|---|---|---|---|---|"]
     for key, values in times.items():
         q1, median, q3 = quartiles(values)
@@ -278,8 +280,8 @@ def summary(results: dict[str, dict], peak_gflops: float) -> str:
                f"fp32 {'-' if best_fp32 is None else 'yes' if best_fp32 <= TARGETS['best fp32 runtime'] else 'no'}",
                f"int8 {'-' if INT8 not in ratio else 'yes' if ratio[INT8] <= TARGETS[INT8] else 'no'}"]
         cells = [f"{ratio[k]:.2f}x" if k in ratio else "-" for k in columns]
-        lines.append(f"| {name} | {result['gflops']:.1f} | {floor * 1e3:.0f} ({floor / base:.2f}x) | {base * 1e3:.0f} | "
-                     + " | ".join(cells) + f" | {', '.join(met)} |")
+        lines.append(f"| {name} | {result['gflops']:.1f} | {floor * 1e3:.0f} ({floor / base:.2f}x) | "
+                     f"{base * 1e3:.0f} | " + " | ".join(cells) + f" | {', '.join(met)} |")
     return "\n".join(lines)
 
 
