@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import zoo
-from zoo.cli.benchmark import latency_stats, measure_latency
+from zoo.cli.benchmark import latency_stats, machine_state, measure_latency
 from zoo.weights.checkpoint import load_checkpoint
 from zoo.engine.device import resolve_device
 
@@ -127,6 +127,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    before = machine_state(torch.get_num_threads()) if device.type == "cpu" else None
     rows = [bench(name, device, args.size, args.batch_size, args.warmup, args.iters) for name in args.models]
     import transformers
 
@@ -135,6 +136,9 @@ def main() -> None:
               f"{args.size}x{args.size}; torch {torch.__version__}, transformers {transformers.__version__}. "
               "Ratios > 1: zoo is faster.")
     print(table(rows, header))
+    if before:  # the state of the CPU beside its numbers: load average, measured conv peak, a warning when busy
+        after = machine_state(torch.get_num_threads(), running=torch.get_num_threads())
+        print(f"before: {before['text']}\nafter: {after['text']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 

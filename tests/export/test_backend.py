@@ -66,6 +66,10 @@ def test_commands_export_once_to_the_cache(shapes, tmp_path, monkeypatch, capsys
     out = capsys.readouterr().out
     result = json.loads(out[out.index("{"):])
     assert result["model"] == str(cached[0]) and result["input_size"] == [96, 96] and result["median_ms"] > 0
+    # beside the numbers, the state of the machine they were measured on (issue 23 item 6)
+    machine = result["machine"]
+    assert len(machine["load_average"]) == 3 and machine["conv_peak_gflops"] > 0
+    assert machine["busy"] == (machine["load_average"][0] > 1.5)
     assert main(["predict", str(cached[0]), DEMO_IMAGE, "--backend", "onnxruntime", "--weights", "x",
                  "--out", str(tmp_path / "p2")]) == 1
     assert "drop --weights" in capsys.readouterr().err

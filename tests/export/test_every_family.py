@@ -7,10 +7,13 @@ NARROW knows the family (else at its smallest registered size, found by name ord
 """
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 
 import zoo
+from zoo.data.synthetic import make_synthetic_coco
+from zoo.export import OnnxRuntimeDetector, read_metadata
 from zoo.models.base import Detector
 from zoo.registry import list_models, model_entrypoint
 
@@ -59,3 +62,28 @@ def test_family_exports_to_onnx_and_openvino(family, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "ir").iterdir()) == ["model.bin", "model.xml"]  # nothing else left
     detector = zoo.export.OpenVinoDetector(xml, threads=1)
     assert detector.config == model.config and detector.fixed_size is None and detector.fixed_batch is None
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_exports_to_static_int8(family, tmp_path):
+    """Static int8 (issue 23 item 3) for every family: the file runs in onnxruntime with its convolutions
+    quantized, and where the graph selects queries (a TopK) the rules keep the selection and everything after it
+    in float: those nodes read no dequantized tensor."""
+    name, narrow = NARROW.get(family, (sorted(FAMILIES[family])[0], {}))
+    torch.manual_seed(0)
+    model = zoo.create_model(name, **narrow).eval()
+    make_synthetic_coco(tmp_path / "calibration", "images", 2, seed=7, image_size=80)
+    path = zoo.export(model, tmp_path / "int8.onnx", input_size=64, int8=True, calibration=tmp_path / "calibration")
+    kept = read_metadata(path)["int8"]["kept_float"]
+    graph = onnx.load(str(path)).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    assert any(node.op_type == "Conv" and set(node.input) & dequantized for node in graph.node)
+    if any(node.op_type == "TopK" for node in graph.node):
+        assert kept["query-dependent"] and kept["selection"], kept
+    names = {n for names in kept.values() for n in names}
+    for node in graph.node:
+        if node.name in names or node.op_type in ("TopK", "GridSample"):
+            assert not set(node.input) & dequantized, node.name
+    if model.pretrained_cfg.get("resize_mode", "stretch") == "stretch":  # fixed-size files of the others refuse
+        out = OnnxRuntimeDetector(path, threads=1)(torch.rand(1, 3, 64, 64))
+        assert out["pred_logits"].isfinite().all() and out["pred_boxes"].isfinite().all()

@@ -12,12 +12,17 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from typing import Callable
 
 from zoo.cli.predict import add_model_arguments, int_at_least, model_from_args
 
-__all__ = ["measure_latency", "latency_stats", "peak_memory_mib", "benchmark_model"]
+__all__ = ["measure_latency", "latency_stats", "peak_memory_mib", "benchmark_model", "conv_peak_gflops",
+           "machine_state", "BUSY_LOAD"]
+
+#: a 1-minute load average above this (beyond the threads of the run itself) means other work shares the cores
+BUSY_LOAD = 1.5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,6 +81,50 @@ def peak_memory_mib(device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
 
 
+def conv_peak_gflops(threads: int | None = None, repeat: int = 5) -> float:
+    """This CPU's float32 convolution throughput in GFLOP/s, the ceiling of what any fp32 runtime can reach on
+    convolutional detectors: the best of ``repeat`` runs of torch's 3x3, 256-channel convolution on an 80x80 map
+    in channels-last memory (rtdetr_r18vd's typical layer), with ``threads`` torch threads (default: as set)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 256, 80, 80).contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    try:
+        with torch.inference_mode():
+            conv(x)
+            for _ in range(repeat):
+                start = time.perf_counter()
+                conv(x)
+                best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * 256 * 256 * 9 * 80 * 80 / best / 1e9
+
+
+def machine_state(threads: int, running: int = 0) -> dict:
+    """The load average (1, 5, 15 min), the core count, the measured fp32 convolution peak and whether the machine
+    is busy: a 1-minute load above :data:`BUSY_LOAD` plus ``running``, the threads this process itself keeps busy
+    (0 before a run; a quiet machine right after a 2-thread run shows a load near 2). ``text`` says it in a line,
+    with a warning when busy."""
+    import os
+
+    load = os.getloadavg()
+    peak = conv_peak_gflops(threads)
+    busy = load[0] > BUSY_LOAD + running
+    text = (f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) on {os.cpu_count()} cores; "
+            f"fp32 conv peak {peak:.0f} GFLOP/s (torch 3x3 conv, channels-last, {threads} threads)")
+    if busy:
+        text += (f"\nWARNING: the machine is busy (1-minute load {load[0]:.2f} > {BUSY_LOAD + running:g}): other "
+                 "processes share the cores, so these numbers are not those of a quiet machine; rerun alone "
+                 "before quoting them")
+    return {"load_average": [round(v, 2) for v in load], "cpu_count": os.cpu_count(),
+            "conv_peak_gflops": round(peak, 1), "busy": busy, "text": text}
+
+
 def benchmark_model(model, batch_size: int = 1, size: int | None = None, device=None, warmup: int = 5,
                     iters: int = 30, progress: bool = False) -> dict:
     """Time ``model`` as described in the module docstring; returns latencies, throughput and peak memory."""
@@ -110,13 +159,18 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, device = model_from_args(args, random_ok=True, deploy=not args.no_deploy)
+    machine = machine_state(torch.get_num_threads()) if device.type == "cpu" else None
     weights = ((getattr(model, "pretrained_cfg", None) or {}).get("weights") or args.checkpoint
                or "random (latency does not depend on the weights' values)")
     result = {"model": args.name, "weights": weights, "deploy": not args.no_deploy, "dtype": args.dtype,
               "compile": args.compile,
               **benchmark_model(model, args.batch_size, args.size, device, args.warmup, args.iters, progress=True)}
+    if machine:
+        result["machine"] = {k: v for k, v in machine.items() if k != "text"}
     if args.json:
         print(json.dumps(result, indent=2))
+        if machine and machine["busy"]:
+            print(machine["text"].splitlines()[-1], file=sys.stderr)
         return 0
     h, w = result["input_size"]
     print(f"{args.name} {'deployed' if result['deploy'] else 'not deployed'}, {args.dtype}"
@@ -126,4 +180,6 @@ def _benchmark(args: argparse.Namespace) -> int:
     print(f"  latency  median {result['median_ms']:.2f} ms   p90 {result['p90_ms']:.2f} ms")
     print(f"  throughput {result['images_per_s']:.2f} images/s")
     print(f"  peak memory {result['peak_memory_mib']:.0f} MiB ({result['peak_memory_kind']})")
+    if machine:
+        print(f"  machine  {machine['text']}")
     return 0

@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--half", action="store_true", help="float16 weights, inputs and outputs")
     p.add_argument("--opset", type=int_at_least(1), default=None, metavar="N",
                    help="ONNX opset (default: zoo.export.onnx.DEFAULT_OPSET)")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantization (onnxruntime QDQ) of convolutions and matrix products, calibrated "
+                        "on --calibration; the query selection, deformable sampling and heads stay float")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="folder of images like the deployment data, for --int8 (searched recursively)")
+    p.add_argument("--calibration-count", type=int_at_least(1), default=None, metavar="N",
+                   help="calibrate on the first N images of --calibration (default 64)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison with eager PyTorch")
     p.set_defaults(func=_export)
 
@@ -44,7 +51,8 @@ def _export(args: argparse.Namespace) -> int:
         model = create_model_from_args(args)
         path = export(model, args.output, format=args.format, input_size=args.size,
                       dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size, postprocess=args.postprocess,
-                      half=args.half, opset=args.opset, verify=not args.no_verify)
+                      half=args.half, opset=args.opset, verify=not args.no_verify, int8=args.int8,
+                      calibration=args.calibration, calibration_count=args.calibration_count)
     except ExportError as exc:
         print(f"zoo export: error: {exc}", file=sys.stderr)
         return 1

@@ -253,6 +253,7 @@ def export(model: Any, path: str | os.PathLike, format: str = "onnx", input_size
     ``verify``: run the file with onnxruntime (at a second size and batch when those are dynamic), print the
     agreement with the eager model, and raise :class:`ExportError` on a mismatch. The file is written to a
     temporary name and moved into place only when everything succeeded.
+    ``zoo.export(..., int8=True, calibration=...)`` (zoo/export/api.py) quantizes the verified graph to int8.
     ``zoo.export(..., format="openvino")`` (zoo/export/api.py) writes OpenVINO IR instead.
     """
     _check_format(format)
