@@ -28,17 +28,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     again.add_argument("--overwrite", action="store_true",
                        help="start again in an OUTPUT that holds a run, deleting its checkpoints, metrics and final/ "
                             "(without it such a folder is refused)")
-    p.add_argument("--epochs", type=int_at_least(1), default=72)
+    p.add_argument("--epochs", type=int_at_least(1), default=None, help="default: the family's recipe (72)")
     p.add_argument("--batch-size", type=int_at_least(1), default=16, help="global batch size")
     p.add_argument("--lr", type=float, default=None, help="default: the family's recipe (1e-4)")
     p.add_argument("--backbone-lr-mult", type=float, default=None, help="default: the family's recipe (0.1)")
     p.add_argument("--weight-decay", type=float, default=None, help="default: the family's recipe (1e-4)")
-    p.add_argument("--warmup-steps", type=int_at_least(0), default=2000)
+    p.add_argument("--warmup-steps", type=int_at_least(0), default=None,
+                   help="default: the family's recipe (2000)")
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     p.add_argument("--lr-drops", type=int, nargs="*", default=[], metavar="EPOCH",
                    help="epochs after which the lr is multiplied by 0.1")
     p.add_argument("--clip-max-norm", type=float, default=None, help="default: the family's recipe (0.1)")
-    p.add_argument("--ema-decay", type=float, default=0.9999, help="0 disables EMA")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="0 disables EMA; default: the family's recipe (0.9999)")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
     p.add_argument("--size", type=int_at_least(1), default=None,
                    help="input size: the square side (models resized to a square) or the shortest side "

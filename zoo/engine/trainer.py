@@ -78,17 +78,17 @@ class TrainConfig:
     num_classes: int | None = None        # default: the training set's category count
     model_args: dict[str, Any] = field(default_factory=dict)  # architecture overrides (create_model kwargs)
     input_size: int | None = None         # square training/eval size; default: the model's pretrained_cfg
-    epochs: int = 72
+    # recipe: None takes the family's default (Detector.train_defaults, else the values in RECIPE)
+    epochs: int | None = None
     batch_size: int = 16                  # global batch (split over processes)
-    # optimiser recipe: None takes the family's default (Detector.train_defaults, else the values in RECIPE)
     lr: float | None = None
     backbone_lr_mult: float | None = None
     weight_decay: float | None = None
-    warmup_steps: int = 2000
+    warmup_steps: int | None = None
     schedule: str = "constant"            # after warm-up: "constant" (official RT-DETR) or "cosine"
     lr_drops: tuple[int, ...] = ()        # epochs after which the lr is multiplied by 0.1 (MultiStepLR)
     clip_max_norm: float | None = None
-    ema_decay: float = 0.9999             # 0 disables EMA
+    ema_decay: float | None = None        # 0 disables EMA
     amp: str = "auto"                     # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, none
     augment: bool = True
     multiscale: bool = True
@@ -112,7 +112,7 @@ class TrainConfig:
                    "eval_every": 0, "num_workers": 0, "log_every": 0}
         for name, least in minimum.items():
             value = getattr(self, name)
-            if value is None and name in ("num_classes", "input_size"):
+            if value is None and name in ("num_classes", "input_size", "epochs", "warmup_steps"):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
@@ -122,7 +122,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.input_size is not None:
             check_input_side(self.input_size, "input_size")
-        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {self.ema_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,17 +130,22 @@ class TrainConfig:
 
 
 #: the official RT-DETR and DETR recipe (both use these), for models that declare no train_defaults
-RECIPE = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1}
+RECIPE = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1, "epochs": 72,
+          "warmup_steps": 2000, "ema_decay": 0.9999}
 
 
 def _with_recipe(config: TrainConfig, model: nn.Module) -> TrainConfig:
-    """Fill the optimiser fields left at None from the model's ``train_defaults`` (then :data:`RECIPE`)."""
+    """Fill the recipe fields left at None from the model's ``train_defaults`` (then :data:`RECIPE`)."""
     defaults = {**RECIPE, **getattr(model, "train_defaults", {})}
     return dataclasses.replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
 
 
 def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay: float) -> list[dict]:
-    """Backbone at ``lr * backbone_mult``; no weight decay on 1-d parameters (norms, biases, embeddings' none)."""
+    """The model's own ``param_groups(lr, backbone_lr_mult, weight_decay)`` where it has one (a family's recipe:
+    e.g. layer-wise decay); else the backbone at ``lr * backbone_mult`` and no weight decay on 1-d parameters
+    (norms, biases). Groups carry a unique ``name`` (logged as ``lr_<name>``, ``_no_decay`` aside)."""
+    if callable(getattr(model, "param_groups", None)):
+        return model.param_groups(lr, backbone_mult, weight_decay)
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
