@@ -15,7 +15,8 @@ import torch
 
 from zoo.models.base import (AnchorQueries, ClassHead, Detector, build_detector, check_pixel_values,
                              detections_to_pixels, sigmoid_topk)
-from zoo.models.lwdetr import convert
+from zoo.models.lwdetr import convert, recipe
+from zoo.models.lwdetr.criterion import LWDETRCriterion
 from zoo.models.lwdetr.backbone import WindowedViT
 from zoo.models.lwdetr.decoder import LWDETRDecoder
 from zoo.models.lwdetr.projector import Projector
@@ -63,11 +64,19 @@ class LWDETR(AnchorQueries, Detector):
         height, width = -(-height // d) * d, -(-width // d) * d
         return [(height // s, width // s) for s in self.encoder.strides]
 
-    def criterion(self) -> torch.nn.Module:
+    def criterion(self) -> LWDETRCriterion:
         """The LW-DETR loss (IoU-aware BCE, L1, GIoU on every layer and the two-stage proposals, per group)."""
-        from zoo.models.lwdetr.criterion import LWDETRCriterion  # written on its own branch (training recipe)
-
         return LWDETRCriterion(self.num_classes, group_detr=self.decoder.group_detr)
+
+    @property
+    def train_defaults(self) -> dict[str, Any]:
+        """This model's official recipe (lr, the ViT's rate as ``backbone_lr_mult``, epochs, EMA; recipe.py)."""
+        return recipe.recipe_for(self).train_defaults()
+
+    def param_groups(self, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The official optimiser groups: layer-wise decay in the ViT, component decay (recipe.param_groups)."""
+        r = recipe.recipe_for(self)
+        return recipe.param_groups(self, lr, lr * backbone_lr_mult, weight_decay, r.layer_decay, r.component_decay)
 
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, torch.Tensor], target_sizes: torch.Tensor, score_threshold: float = 0.0,

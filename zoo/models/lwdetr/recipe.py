@@ -53,7 +53,7 @@ class Recipe:
 
     def train_defaults(self) -> dict[str, Any]:
         """The :class:`zoo.engine.trainer.TrainConfig` fields this recipe sets (the ViT's rate as a multiplier)."""
-        return {"lr": self.lr, "backbone_lr_mult": self.lr_encoder / self.lr, "weight_decay": self.weight_decay,
+        return {"lr": self.lr, "backbone_lr_mult": round(self.lr_encoder / self.lr, 12), "weight_decay": self.weight_decay,
                 "clip_max_norm": self.clip_max_norm, "epochs": self.epochs, "warmup_steps": self.warmup_steps,
                 "ema_decay": self.ema_decay}
 
