@@ -71,7 +71,8 @@ def official_lr_wd(name: str, style: str, num_layers: int, layer_decay: float, c
 #: are one ``qkv`` there, and the key has no bias
 CAE = {r"^embeddings\.position_embeddings$": "pos_embed",
        r"^embeddings\.patch_embeddings\.projection\.": "patch_embed.proj.",
-       r"^encoder\.layer\.(\d+)\.": r"blocks.\1.", r"attention\.attention\.(query|key|value)\.weight$": "attn.qkv.weight",
+       r"^encoder\.layer\.(\d+)\.": r"blocks.\1.",
+       r"attention\.attention\.(query|key|value)\.weight$": "attn.qkv.weight",
        r"attention\.attention\.query\.bias$": "attn.q_bias", r"attention\.attention\.value\.bias$": "attn.v_bias",
        r"attention\.output\.dense\.": "attn.proj.", r"layer_scale(\d)\.lambda1$": r"gamma_\1"}
 

@@ -53,9 +53,9 @@ class Recipe:
 
     def train_defaults(self) -> dict[str, Any]:
         """The :class:`zoo.engine.trainer.TrainConfig` fields this recipe sets (the ViT's rate as a multiplier)."""
-        return {"lr": self.lr, "backbone_lr_mult": round(self.lr_encoder / self.lr, 12), "weight_decay": self.weight_decay,
-                "clip_max_norm": self.clip_max_norm, "epochs": self.epochs, "warmup_steps": self.warmup_steps,
-                "ema_decay": self.ema_decay}
+        return {"lr": self.lr, "backbone_lr_mult": round(self.lr_encoder / self.lr, 12),
+                "weight_decay": self.weight_decay, "clip_max_norm": self.clip_max_norm, "epochs": self.epochs,
+                "warmup_steps": self.warmup_steps, "ema_decay": self.ema_decay}
 
 
 _LW_BIG = dict(batch_size=16)
