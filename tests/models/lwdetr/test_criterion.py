@@ -176,3 +176,17 @@ def test_on_a_transformers_lwdetr_training_forward():
     for k in ours:
         torch.testing.assert_close(ours[k], expected[k], rtol=RTOL, atol=0, msg=k)
     torch.testing.assert_close(sum(ours.values()), out.loss, rtol=RTOL, atol=0)
+
+
+def test_mixed_precision_outputs_are_summed_in_float32(random_targets):
+    """bf16 outputs (AMP): the terms equal float32 ones on the same (bf16) values, not bf16 sums over all queries."""
+    outputs = random_outputs(2, QUERIES * GROUPS, seed=8)
+    low = {"pred_logits": outputs["pred_logits"].detach().bfloat16(),
+           "pred_boxes": outputs["pred_boxes"].detach().bfloat16()}
+    targets = random_targets([4, 3], seed=9)
+    criterion = LWDETRCriterion(NUM_CLASSES, group_detr=GROUPS)
+    ours = criterion(low, targets)
+    ref = criterion({k: v.float() for k, v in low.items()}, targets)
+    for k in ref:
+        assert ours[k].dtype == torch.float32
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-6, atol=0, msg=k)

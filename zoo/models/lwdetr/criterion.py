@@ -89,7 +89,7 @@ class LWDETRCriterion(nn.Module):
     def forward(self, outputs: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         check_targets(targets, outputs["pred_logits"].shape[0], self.num_classes,
                       "map dataset category ids to contiguous labels (zoo.data.CocoDetection does)")
-        device, dtype = outputs["pred_boxes"].device, outputs["pred_boxes"].dtype
+        device, dtype = outputs["pred_boxes"].device, torch.promote_types(outputs["pred_boxes"].dtype, torch.float32)
         targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device=device, dtype=dtype)}
                    for t in targets]
         groups = self.group_detr if self.training else 1
@@ -106,8 +106,8 @@ class LWDETRCriterion(nn.Module):
     def _terms(self, out: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]], indices: Indices,
                num_boxes: float) -> dict[str, torch.Tensor]:
         logits, boxes = out["pred_logits"], out["pred_boxes"]
-        if logits.element_size() < 4:  # AMP outputs: sum over Q x C elements in float32
-            logits = logits.float()
+        if logits.element_size() < 4:  # AMP outputs (bf16 / fp16): the sums over all queries in float32
+            logits, boxes = logits.float(), boxes.float()
         batch_idx, query_idx, labels, tgt_boxes = gather_matched(targets, indices, logits.device)
         src_boxes = boxes[batch_idx, query_idx]
         iou = paired_iou(src_boxes.detach(), tgt_boxes).to(logits.dtype)
