@@ -159,3 +159,15 @@ def test_manifest_entries():
         assert e.hub.repo_id.startswith("Roboflow/rf-detr-" if rf else "AnnaZhang/lwdetr_")
         assert e.metric("box_ap") == aps[name] and e.preprocessing["input_size"][1] == SIZES[name]
         assert manifest.resolve(name).name == key
+
+
+@pytest.mark.parametrize("postprocess", [False, True])
+def test_lwdetr_onnx_export(tmp_path, postprocess):
+    """LW-DETR's ViT (16 windows, global blocks across them) exports raw and with postprocessing, dynamic batch,
+    verified by zoo.export with onnxruntime at batch 1 and 2 (RF-DETR's: tests/export/test_every_family.py)."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = zoo.create_model("lwdetr_tiny", backbone={"depth": 2, "window_blocks": [0], "out_indices": [0, 1]},
+                             decoder={"num_queries": 16, "num_decoder_layers": 1}).eval()
+    path = zoo.export(model, tmp_path / "lwdetr.onnx", input_size=128, dynamic_batch=True, postprocess=postprocess)
+    assert path.is_file()
