@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.layers.tracing import is_tracing
 from zoo.registry import register_component
 
 __all__ = ["WindowedViT"]
@@ -124,6 +125,22 @@ class Embeddings(nn.Module):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
 
+def _bicubic_aa_weights(size: int | torch.Tensor, grid: int, device: torch.device) -> torch.Tensor:
+    """``[size, grid]`` weights of PyTorch's antialiased bicubic resize (``F.interpolate(mode="bicubic",
+    antialias=True, align_corners=False)``, PIL's cubic with a = -0.5, widened by the scale when shrinking),
+    computed with tensor ops so that ``size`` may be a traced size."""
+    out = torch.arange(size, device=device, dtype=torch.float32)
+    scale = torch.as_tensor(grid, dtype=torch.float32, device=device) / torch.as_tensor(size, dtype=torch.float32,
+                                                                                         device=device)
+    stretch = torch.clamp(scale, min=1.0)
+    x = ((torch.arange(grid, device=device, dtype=torch.float32)[None] + 0.5 - scale * (out[:, None] + 0.5))
+         / stretch).abs()
+    a = -0.5
+    weights = torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                          torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)))
+    return weights / weights.sum(1, keepdim=True)
+
+
 @register_component("backbone", "windowed_vit")
 class WindowedViT(nn.Module):
     """Plain ViT with windowed and global blocks returning the maps after blocks ``out_indices`` (all of stride
@@ -171,19 +188,26 @@ class WindowedViT(nn.Module):
         self.size_divisor = patch_size * self.windows_side
 
     def _positions(self, h: int, w: int, height: int, width: int) -> torch.Tensor:
+        """The position embeddings for an ``h`` x ``w`` patch grid (resized from the stored grid where it differs;
+        while tracing always, so that an exported graph resizes them for any input size)."""
         pos = self.embeddings.position_embeddings
         grid = math.isqrt(pos.shape[1] - 1)
         patch = pos[:, 1:]
+        tracing = is_tracing()
         if self.style == "cae":
-            if grid != h or grid != w:
+            if tracing or grid != h or grid != w:
                 patch = F.interpolate(patch.reshape(1, grid, grid, -1).permute(0, 3, 1, 2), size=(h, w),
                                       mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
             return patch.reshape(1, h, w, -1)
-        if grid * grid == h * w and height == width:
+        if not tracing and grid * grid == h * w and height == width:
             return pos
-        patch = patch.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-        patch = F.interpolate(patch.float(), size=(h, w), mode="bicubic", align_corners=False,
-                              antialias=True).to(pos.dtype)
+        patch = patch.reshape(1, grid, grid, -1).permute(0, 3, 1, 2).float()
+        if tracing:  # ONNX has no antialiased bicubic resize: the same resize as two matrix products
+            rows, cols = _bicubic_aa_weights(h, grid, patch.device), _bicubic_aa_weights(w, grid, patch.device)
+            patch = torch.einsum("hi,bcij,wj->bchw", rows, patch, cols)
+        else:
+            patch = F.interpolate(patch, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+        patch = patch.to(pos.dtype)
         return torch.cat([pos[:, :1], patch.permute(0, 2, 3, 1).reshape(1, h * w, -1)], 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

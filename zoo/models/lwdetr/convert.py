@@ -95,7 +95,13 @@ def rfdetr_to_zoo(sd: StateDict) -> StateDict:
 
 def zoo_to_rfdetr(sd: StateDict) -> StateDict:
     """Zoo RF-DETR keys -> the official / transformers RfDetr layout (with a zero mask token)."""
-    out = RF_KEYS.save(sd)
+    out, unmapped = {}, []
+    for key, value in sd.items():  # the official layout keeps nn.MultiheadAttention's packed in_proj
+        theirs = RF_KEYS.to_theirs(key)
+        unmapped += [key] if theirs is None else []
+        out[theirs or key] = value.contiguous()
+    if unmapped:
+        raise KeyError(f"{len(unmapped)} keys have no counterpart in the rf-detr layout: {', '.join(unmapped[:8])}")
     dim = sd["backbone.embeddings.position_embeddings"].shape[-1]
     out[_MASK_TOKEN] = torch.zeros(1, dim, dtype=sd["backbone.embeddings.position_embeddings"].dtype)
     return out

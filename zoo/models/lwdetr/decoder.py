@@ -146,7 +146,7 @@ class LWDETRDecoder(nn.Module):
         enc_boxes_all = torch.cat(enc_boxes, 1)
         b = memory.shape[0]
         reference = refine_boxes(enc_boxes_all.detach(), self.refpoint_embed.weight[:q * groups][None])
-        tgt = self.query_feat.weight[:q * groups][None].expand(b, -1, -1)
+        tgt = self.query_feat.weight[:q * groups][None].repeat(b, 1, 1)  # (a view would be a leaf under no_grad)
         pos = self.ref_point_head(sine_embedding(reference, self.hidden_dim // 2))
         hidden = []
         for layer in self.layers:
