@@ -222,7 +222,9 @@ class Trainer:
         # the model's own resize rule (stretch for RT-DETR, shortest edge for DETR), at the training size
         self.preprocess = Preprocess.from_model(self.model, config.input_size)
         self.input_size = self.preprocess.size[0]
-        scales = default_scales(self.input_size) if config.multiscale else None
+        # multi-scale sizes in steps the model takes (LW-DETR's windowed ViT: multiples of 64)
+        self.scale_step = math.lcm(32, int(getattr(self.model, "size_divisor", 32) or 32))
+        scales = default_scales(self.input_size, self.scale_step) if config.multiscale else None
         if scales and self.preprocess.resize_mode == "stretch":  # the smallest multi-scale size must run too
             from zoo.engine.validate import UsageError
 
@@ -321,7 +323,7 @@ class Trainer:
         """Batch-level multi-scale size for stretch-resize models (shortest-edge models draw it per image)."""
         if not self.cfg.multiscale or self.preprocess.resize_mode != "stretch" or self._no_aug(self.epoch):
             return self.input_size
-        scales = default_scales(self.input_size)
+        scales = default_scales(self.input_size, self.scale_step)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.global_step)  # same on every rank
         return scales[int(torch.randint(len(scales), (1,), generator=g))]
 

@@ -31,7 +31,7 @@ def data(tmp_path_factory, single_thread):
 def test_zoo_train_lwdetr_tiny(data, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "lwdetr_tiny", "--data", str(data), "--output", str(out), "--epochs", "1",
-                 "--batch-size", "2", "--size", "64", "--workers", "0", "--no-progress", "--no-multiscale",
+                 "--batch-size", "2", "--size", "64", "--workers", "0", "--no-progress",
                  "--model-args", json.dumps(TINY)])
     assert code == 0, capsys.readouterr()
     config = json.loads((out / "config.json").read_text())
@@ -64,3 +64,21 @@ def test_a_training_step_computes_every_term(data, tmp_path):
     assert set(logs) == TERMS | {"loss"}
     assert logs["loss"] == pytest.approx(sum(logs[k] for k in TERMS), rel=1e-6)
     assert not torch.equal(before, trainer.model.decoder.class_embed.weight)
+
+
+def test_multi_scale_sizes_fit_the_windows(data, tmp_path):
+    """LW-DETR's ViT takes multiples of 64 (16-px patches, 4 x 4 windows): the trainer draws its multi-scale sizes
+    in those steps (RT-DETR's 32 would give 224 and 288 here, which the windows cannot split)."""
+    trainer = Trainer(TrainConfig(model="lwdetr_tiny", model_args=TINY, data=str(data), output_dir=str(tmp_path),
+                                  input_size=256, epochs=1, batch_size=2, num_workers=0, progress=False,
+                                  augment=False, ema_decay=0.0))
+    assert trainer.model.size_divisor == trainer.scale_step == 64
+    sizes = {}
+    for step in range(40):
+        trainer.global_step = step
+        sizes.setdefault(trainer._step_size(), step)
+    assert set(sizes) == {192, 256, 320}
+    images, targets = next(iter(trainer._loader(0)))
+    trainer.global_step = sizes[192]
+    logs = trainer.train_step(images, targets)
+    assert set(logs) == TERMS | {"loss"}
