@@ -82,3 +82,15 @@ def test_multi_scale_sizes_fit_the_windows(data, tmp_path):
     trainer.global_step = sizes[192]
     logs = trainer.train_step(images, targets)
     assert set(logs) == TERMS | {"loss"}
+
+
+def test_a_mixed_precision_step(data, tmp_path):
+    """AMP (bf16 autocast, here on CPU): bf16 class logits reach the criterion, which sums in float32."""
+    trainer = Trainer(TrainConfig(model="lwdetr_tiny", model_args=TINY, data=str(data), output_dir=str(tmp_path),
+                                  input_size=64, epochs=1, batch_size=2, num_workers=0, progress=False,
+                                  augment=False, ema_decay=0.0, amp="bf16"))
+    images, targets = next(iter(trainer._loader(0)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert trainer.model.train()(images)["pred_logits"].dtype == torch.bfloat16
+    logs = trainer.train_step(images, targets)
+    assert set(logs) == TERMS | {"loss"} and all(v == v and abs(v) < 1e3 for v in logs.values())
