@@ -19,7 +19,12 @@ The rules read zoo's parameter names (zoo.models.lwdetr.backbone.WindowedViT use
 parameter's rate and decay against the official functions applied to the official names.
 
 Per-model defaults (:data:`RECIPES`): the official training scripts (scripts/lwdetr_{size}_coco_train.sh, 8 GPUs)
-and rfdetr/config.py ``TrainConfig`` (batch 4 x 4 accumulation).
+and rfdetr/config.py ``TrainConfig`` (batch 4 x 4 accumulation). The trainer takes lr, the ViT's rate (as
+``backbone_lr_mult``), weight decay, clipping, epochs (the official step schedule drops at the last epoch, so the
+rate is constant: zoo's default schedule), warm-up and the EMA decay; ``batch_size`` is the official global batch,
+for reference (a run's batch is the machine's choice). Not reproduced: rf-detr's EMA warm-up ``tau`` (zoo's EMA warms
+up as timm's ``ModelEmaV3``), the official multi-scale list (zoo draws 0.75-1.25 x the size in multiples of 64 for
+LW-DETR, the official 448-896) and drop path 0.1 of LW-DETR large / xlarge (a backbone setting).
 """
 from __future__ import annotations
 
