@@ -24,7 +24,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 #: family folder -> (model, narrow model arguments): the smallest structure that still has every part
 NARROW = {"rtdetr": ("rtdetr_r18vd", TINY_RTDETR), "detr": ("detr_resnet50", TINY_DETR),
           # dfine_n's two levels hold 20 anchors at 64x64: as many queries as fit
-          "dfine": ("dfine_n", dict(decoder={"num_queries": 16}))}
+          "dfine": ("dfine_n", dict(decoder={"num_queries": 16})),
+          # RF-DETR (size divisor 32; LW-DETR's 64 does not divide 96): 2 windowed + global DINOv2 blocks, one
+          # decoder layer, the 16 queries 4 x 4 patches hold
+          "lwdetr": ("rfdetr_nano", dict(backbone={"depth": 2, "out_indices": [1, 2]},
+                                         decoder={"num_queries": 16, "num_decoder_layers": 1}))}
 
 
 def _families() -> dict[str, list[str]]:

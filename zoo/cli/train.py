@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-drops", type=int, nargs="*", default=[], metavar="EPOCH",
                    help="epochs after which the lr is multiplied by 0.1")
     p.add_argument("--clip-max-norm", type=float, default=None, help="default: the family's recipe (0.1)")
-    p.add_argument("--ema-decay", type=float, default=0.9999, help="0 disables EMA")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="0 disables EMA; default: the family's recipe (0.9999)")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
     p.add_argument("--size", type=int_at_least(1), default=None,
                    help="input size: the square side (models resized to a square) or the shortest side "

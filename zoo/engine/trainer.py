@@ -92,7 +92,7 @@ class TrainConfig:
     min_lr_ratio: float | None = None     # ... decays (cosine) to lr * min_lr_ratio at the last no_aug_epochs
     lr_drops: tuple[int, ...] = ()        # epochs after which the lr is multiplied by 0.1 (MultiStepLR)
     clip_max_norm: float | None = None
-    ema_decay: float = 0.9999             # 0 disables EMA
+    ema_decay: float | None = None        # 0 disables EMA
     amp: str = "auto"                     # auto (bf16/fp16 on CUDA, off on CPU), bf16, fp16, none
     augment: bool = True
     multiscale: bool | None = None
@@ -131,7 +131,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.input_size is not None:
             check_input_side(self.input_size, "input_size")
-        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {self.ema_decay!r}")
         epochs = tuple(self.mosaic_epochs)
         if epochs and not (len(epochs) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in epochs)
@@ -146,7 +146,8 @@ class TrainConfig:
 #: the official RT-DETR and DETR recipe (both use these), for models that declare no train_defaults
 RECIPE = {"lr": 1e-4, "backbone_lr_mult": 0.1, "weight_decay": 1e-4, "clip_max_norm": 0.1, "epochs": 72,
           "warmup_steps": 2000, "schedule": "constant", "flat_epochs": 0, "min_lr_ratio": 1.0, "multiscale": True,
-          "mosaic": 0.0, "mixup": 0.0, "no_aug_epochs": 0, "mosaic_style": "grid"}
+          "mosaic": 0.0, "mixup": 0.0, "no_aug_epochs": 0, "mosaic_style": "grid",
+          "ema_decay": 0.9999}
 #: what a recipe may set besides TrainConfig fields: keyword arguments of the family's ``criterion()``
 RECIPE_EXTRAS = ("criterion",)
 
@@ -194,7 +195,11 @@ def _with_recipe(config: TrainConfig, model: nn.Module) -> TrainConfig:
 
 
 def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay: float) -> list[dict]:
-    """Backbone at ``lr * backbone_mult``; no weight decay on 1-d parameters (norms, biases, embeddings' none)."""
+    """The model's own ``param_groups(lr, backbone_lr_mult, weight_decay)`` where it has one (a family's recipe:
+    e.g. layer-wise decay); else the backbone at ``lr * backbone_mult`` and no weight decay on 1-d parameters
+    (norms, biases). Groups carry a unique ``name`` (logged as ``lr_<name>``, ``_no_decay`` aside)."""
+    if callable(getattr(model, "param_groups", None)):
+        return model.param_groups(lr, backbone_mult, weight_decay)
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -290,7 +295,9 @@ class Trainer:
         # the model's own resize rule (stretch for RT-DETR, shortest edge for DETR), at the training size
         self.preprocess = Preprocess.from_model(self.model, config.input_size)
         self.input_size = self.preprocess.size[0]
-        self.scales = scales = default_scales(self.input_size) if config.multiscale else None
+        # multi-scale sizes in steps the model takes (LW-DETR's windowed ViT: multiples of 64)
+        self.scale_step = math.lcm(32, int(getattr(self.model, "size_divisor", 32) or 32))
+        self.scales = scales = default_scales(self.input_size, self.scale_step) if config.multiscale else None
         if scales and self.preprocess.resize_mode == "stretch":  # the smallest multi-scale size must run too
             from zoo.engine.validate import UsageError
 
@@ -392,7 +399,7 @@ class Trainer:
         """Batch-level multi-scale size for stretch-resize models (shortest-edge models draw it per image)."""
         if not self.cfg.multiscale or self.preprocess.resize_mode != "stretch" or self._no_aug(self.epoch):
             return self.input_size
-        scales = default_scales(self.input_size)
+        scales = default_scales(self.input_size, self.scale_step)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.global_step)  # same on every rank
         return scales[int(torch.randint(len(scales), (1,), generator=g))]
 

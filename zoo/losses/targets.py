@@ -41,12 +41,13 @@ def check_targets(targets: list[dict[str, torch.Tensor]], batch_size: int, num_c
             raise ValueError(f"target {i} has labels outside [0, {num_classes}); {label_hint}")
 
 
-def count_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device) -> float:
-    """Boxes in the batch, averaged over processes under torch.distributed, at least 1 (the loss normaliser);
-    inside :func:`box_count`, the count given there."""
+def count_boxes(targets: list[dict[str, torch.Tensor]], device: torch.device, scale: float = 1.0) -> float:
+    """Boxes in the batch times ``scale``, averaged over processes under torch.distributed, at least 1 (the loss
+    normaliser); inside :func:`box_count`, the count given there (times ``scale``). ``scale``: Group DETR's
+    number of query groups, which the official criteria multiply by before the clamp to 1."""
     if _BOX_COUNT.get() is not None:
-        return max(float(_BOX_COUNT.get()), 1.0)
-    n = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        return max(float(_BOX_COUNT.get()) * scale, 1.0)
+    n = torch.tensor([float(sum(len(t["labels"]) for t in targets)) * scale], device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(n)
         n = n / dist.get_world_size()
