@@ -359,6 +359,8 @@ def to_transformers(model: torch.nn.Module) -> tuple[dict, StateDict]:
     if dinov3 and backbone["vit"].get("ffn") == "swiglu":
         state = {re.sub(r"\.mlp\.w([123])\.", lambda m: f".mlp.swiglu_{('gate', 'up', 'down')[int(m[1]) - 1]}.", k)
                  if k.startswith("backbone.dinov3.") else k: v for k, v in state.items()}
+    if decoder.get("share_bbox_head"):  # one module for every layer: its own tensor per key, as files need
+        state = {k: v.clone() if k.startswith("decoder.dec_bbox_head.") else v for k, v in state.items()}
     return config, zoo_to_transformers(state, key_bias)
 
 

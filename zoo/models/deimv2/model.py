@@ -104,7 +104,8 @@ def _decoder(hidden_dim: int, num_layers: int, dim_feedforward: int, num_levels:
                 num_levels=num_levels, num_points=num_points, num_heads=8, num_decoder_layers=num_layers,
                 dim_feedforward=dim_feedforward, dropout=0.0, activation="silu", num_denoising=100,
                 label_noise_ratio=0.5, box_noise_scale=1.0, eval_idx=-1, cross_attn_method="default", reg_max=32,
-                reg_scale=4.0, use_gateway=not lite, share_bbox_head=lite, mlp_act="silu")
+                reg_scale=4.0, use_gateway=not lite, share_bbox_head=lite, mlp_act="silu", head_act="silu",
+                lqe_act="silu", enc_projection=False, query_pos_per_layer=False)
 
 
 def _deimv2(architecture: str, backbone: dict, encoder: dict, decoder: dict, overrides: dict, size: int) -> DEIMv2:
