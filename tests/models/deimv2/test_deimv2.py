@@ -168,3 +168,40 @@ def test_deploy_and_onnx_export_with_postprocess(tmp_path):
     assert (ref["pred_logits"] - fused["pred_logits"]).abs().max() <= 1e-3
     assert (ref["pred_boxes"] - fused["pred_boxes"]).abs().max() <= 1e-4
     assert zoo.export(model, tmp_path / "deimv2_atto.onnx", input_size=320, postprocess=True).is_file()
+
+
+#: the official README's GFLOPs; its counter does not see the ViT's scaled_dot_product_attention, zoo's does
+GFLOPS = {"atto": 0.8, "femto": 1.7, "pico": 5.2, "n": 6.8, "s": 25.6, "m": 52.2, "l": 96.7, "x": 151.6}
+
+
+@pytest.mark.parametrize("size", [pytest.param(s, marks=[pytest.mark.slow] if s in "mlx" else []) for s in GFLOPS])
+def test_gflops_match_the_official_figures(size):
+    """zoo's count (one multiply-add = 2 FLOPs) within 5% of the official table, once the ViT's attention matmuls
+    (QK^T and AV: 4 N^2 d per block, N tokens of width d) that the official count leaves out are taken off."""
+    from zoo.models.complexity import model_complexity
+
+    gflops = model_complexity(f"deimv2_{size}")["gflops"]
+    if size in "smlx":
+        with torch.device("meta"):
+            vit = zoo.create_model(f"deimv2_{size}").backbone.dinov3
+        tokens = 1 + (vit.storage_tokens.shape[1] if vit.storage_tokens is not None else 0) + 40 * 40
+        gflops -= 4 * tokens ** 2 * vit.embed_dim * len(vit.blocks) / 1e9
+    assert abs(gflops - GFLOPS[size]) <= 0.05 * GFLOPS[size] + 0.01, gflops
+
+
+def test_manifest_entries():
+    """Intellindust's eight Hub repos (PyTorchModelHubMixin files in the official layout), coco80, the published AP;
+    Apache-2.0 for the HGNetV2 ones, 'other' (DINOv3 License on the backbone) for the DINOv3-derived ones."""
+    from zoo.weights.manifest import load_manifest
+
+    entries = {k: e for k, e in load_manifest().entries.items() if k.startswith("deimv2_")}
+    assert sorted(entries) == sorted(f"deimv2_{s}.coco" for s in SIZES)
+    aps = {"atto": 23.8, "femto": 31.0, "pico": 38.5, "n": 43.0, "s": 50.9, "m": 53.0, "l": 56.0, "x": 57.8}
+    for name, e in entries.items():
+        size = name[len("deimv2_"):-len(".coco")]
+        assert (e.format, e.num_classes, e.label_set) == ("official-deimv2", 80, "coco80")
+        assert e.license == ("other" if size in "smlx" else "apache-2.0")
+        assert e.hub.repo_id.startswith("Intellindust/DEIMv2_") and e.metric("box_ap") == aps[size]
+        pixels = {"atto": 320, "femto": 416}.get(size, 640)  # official eval_spatial_size
+        assert list(e.preprocessing["input_size"]) == [3, pixels, pixels]
+        assert (e.preprocessing["mean"] is None) == (size not in "smlx")  # DINOv3 variants: ImageNet mean/std
