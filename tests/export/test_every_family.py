@@ -21,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 #: family folder -> (model, narrow model arguments): the smallest structure that still has every part
 NARROW = {"rtdetr": ("rtdetr_r18vd", TINY_RTDETR), "detr": ("detr_resnet50", TINY_DETR),
           # dfine_n's two levels hold 20 anchors at 64x64: as many queries as fit
-          "dfine": ("dfine_n", dict(decoder={"num_queries": 16}))}
+          "dfine": ("dfine_n", dict(decoder={"num_queries": 16})),
+          # deimv2_atto's two levels hold 20 anchors at 64x64 too
+          "deimv2": ("deimv2_atto", dict(decoder={"num_queries": 16}))}
 
 
 def _families() -> dict[str, list[str]]:
