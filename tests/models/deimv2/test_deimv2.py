@@ -72,8 +72,13 @@ def _random_zoo(name: str, calibration: int, **kwargs) -> torch.nn.Module:
 @pytest.mark.parametrize("size", ["atto", pytest.param("n", marks=pytest.mark.slow), pytest.param("s", marks=pytest.mark.slow),
                                   pytest.param("x", marks=pytest.mark.slow)])
 def test_save_pretrained_transformers_loads_in_auto_model(size, tmp_path):
-    """zoo (transformers' options) -> save_pretrained(format="transformers") -> AutoModelForObjectDetection."""
-    model = _random_zoo(f"deimv2_{size}", min(SIZES[size], 320), **TRANSFORMERS_DECODER)
+    """zoo (transformers' options) -> save_pretrained(format="transformers") -> AutoModelForObjectDetection. For
+    the ViT-Tiny variants that includes transformers' backbone: LayerScale (at 1) and the last block's norm."""
+    options = dict(TRANSFORMERS_DECODER)
+    if size in "sm":
+        vit = zoo.create_model(f"deimv2_{size}").config["model_args"]["backbone"]["vit"]
+        options["backbone"] = {"vit": dict(vit, feature_norm="final", layer_scale=1.0)}
+    model = _random_zoo(f"deimv2_{size}", min(SIZES[size], 320), **options)
     model.save_pretrained(tmp_path, format="transformers")
     hf_model = transformers.AutoModelForObjectDetection.from_pretrained(tmp_path).eval()
     assert type(hf_model).__name__ == "Deimv2ForObjectDetection"

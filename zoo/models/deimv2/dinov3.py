@@ -217,8 +217,12 @@ class DINOv3STA(nn.Module):
         self.out_channels, self.strides = [hidden] * 3, [8, 16, 32]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h, w = x.shape[2] // self.dinov3.patch_size, x.shape[3] // self.dinov3.patch_size
-        semantic = [F.interpolate(f, size=[int(h * 2 ** (1 - i)), int(w * 2 ** (1 - i))], mode="bilinear",
-                                  align_corners=False) for i, f in enumerate(self.dinov3(x))]
+        # the official sizes int(h * 2 ** (1 - i)) of the stride-16 maps, as shape arithmetic (traced when exporting);
+        # the stride-16 map keeps its size (bilinear resampling to the same size is the identity)
+        f8, f16, f32 = self.dinov3(x)
+        semantic = [F.interpolate(f8, size=[f8.shape[2] * 2, f8.shape[3] * 2], mode="bilinear", align_corners=False),
+                    f16,
+                    F.interpolate(f32, size=[f32.shape[2] // 2, f32.shape[3] // 2], mode="bilinear",
+                                  align_corners=False)]
         return [norm(conv(torch.cat([s, d], 1))) for conv, norm, s, d in
                 zip(self.convs, self.norms, semantic, self.sta(x))]

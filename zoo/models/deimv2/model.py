@@ -144,27 +144,27 @@ def deimv2_n(**kwargs: Any) -> DEIMv2:
 
 @register_model
 def deimv2_s(**kwargs: Any) -> DEIMv2:
-    """DEIMv2-S: DINOv3-distilled ViT-Tiny + STA, encoder 192, 4 layers (COCO 50.9 AP, 9.7M, 25.6 GFLOPs)."""
+    """DEIMv2-S: distilled ViT-Tiny + STA, width 192, 4 layers (COCO 50.9 AP, 9.7M, 25.6 GFLOPs w/o ViT attention)."""
     return _deimv2("deimv2_s", _dinov3("vit_tiny", (3, 7, 11)), _hybrid(192, 512, 0.34, 0.67),
                    _decoder(192, 4, 512), kwargs, 640)
 
 
 @register_model
 def deimv2_m(**kwargs: Any) -> DEIMv2:
-    """DEIMv2-M: DINOv3-distilled ViT-Tiny+ + STA, encoder 256, 4 layers (COCO 53.0 AP, 18.1M, 52.2 GFLOPs)."""
+    """DEIMv2-M: distilled ViT-Tiny+ + STA, width 256, 4 layers (COCO 53.0 AP, 18.1M, 52.2 GFLOPs w/o ViT attention)."""
     return _deimv2("deimv2_m", _dinov3("vit_tinyplus", (3, 7, 11)), _hybrid(256, 512, 0.67, 1.0),
                    _decoder(256, 4, 512), kwargs, 640)
 
 
 @register_model
 def deimv2_l(**kwargs: Any) -> DEIMv2:
-    """DEIMv2-L: DINOv3 ViT-S/16 + STA (32), width 224, 4 layers (COCO 56.0 AP, 32.2M, 96.7 GFLOPs)."""
+    """DEIMv2-L: DINOv3 ViT-S/16 + STA, width 224, 4 layers (COCO 56.0 AP, 32.2M, 96.7 GFLOPs w/o ViT attention)."""
     return _deimv2("deimv2_l", _dinov3("dinov3_vits16", (5, 8, 11), 32, 224), _hybrid(224, 896, 1.0, 1.0),
                    _decoder(224, 4, 1792), kwargs, 640)
 
 
 @register_model
 def deimv2_x(**kwargs: Any) -> DEIMv2:
-    """DEIMv2-X: DINOv3 ViT-S+/16 + STA (64), width 256, 6 layers (COCO 57.8 AP, 50.3M, 151.6 GFLOPs)."""
+    """DEIMv2-X: DINOv3 ViT-S+/16 + STA, width 256, 6 layers (COCO 57.8 AP, 50.3M, 151.6 GFLOPs w/o ViT attention)."""
     return _deimv2("deimv2_x", _dinov3("dinov3_vits16plus", (5, 8, 11), 64, 256), _hybrid(256, 1024, 1.25, 1.37),
                    _decoder(256, 6, 2048), kwargs, 640)
