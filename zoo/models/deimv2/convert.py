@@ -6,7 +6,8 @@
 - official files: the training ``.pth`` (``{'model': sd}`` / ``{'ema': {'module': sd}}``) and the Hub repos
   Intellindust/DEIMv2_* (``PyTorchModelHubMixin``: ``model.safetensors`` with the same keys, tensors shared by
   reference saved once). Dropped as derived: ``decoder.anchors`` / ``valid_mask`` (one input size), the ViT's
-  ``rope_embed.periods`` (checked equal to what zoo computes), ``mask_token`` (pre-training only) and ``bias_mask``;
+  ``rope_embed.periods`` (checked equal to what zoo computes), ``mask_token`` (pre-training only) and ``bias_mask``
+  (checked to mask the key bias, as zoo's ``key_bias=False`` does);
   the shared ``decoder.decoder.{up,reg_scale}`` and, for Atto/Femto/Pico, the one box head shared by every layer
   are filled in from whichever copy the file kept;
 - transformers' ``Deimv2ForObjectDetection`` (``save_pretrained``; the module names, as transformers 5 writes no
@@ -204,6 +205,13 @@ def official_to_zoo(sd: StateDict) -> StateDict:
             expected = 100.0 ** (2 * torch.arange(periods.numel(), dtype=torch.float64) / (2 * periods.numel()))
             if not torch.allclose(periods.double(), expected, rtol=1e-5):
                 raise CheckpointError(f"{key} is not RoPE base 100 (zoo computes the periods from base 100)")
+    for key, mask in sd.items():
+        if key.endswith("attn.qkv.bias_mask"):
+            expected = torch.ones_like(mask)
+            expected[mask.numel() // 3:2 * mask.numel() // 3] = 0
+            if not torch.equal(mask, expected):
+                raise CheckpointError(f"{key} is not DINOv3's key-bias mask (ones, zeros on the key third); zoo masks "
+                                      "the key bias itself (key_bias=False)")
     lite = any(k.startswith("encoder.bi_fusion.") for k in sd)
     out = {}
     for key, value in sd.items():
