@@ -32,7 +32,7 @@ def _image(size: int) -> torch.Tensor:
 
 
 #: the default run's parity checks (the others, as heavy as a 640x640 float64 forward, are marked slow)
-QUICK = ("atto", "femto")
+QUICK = ("atto",)
 
 
 @pytest.mark.parametrize("size", [pytest.param(s, marks=[] if s in QUICK else [pytest.mark.slow]) for s in SIZES])
@@ -114,7 +114,7 @@ def test_official_and_transformers_differ(option, atto_transformers_options):
     assert diff > 2e-5, diff
 
 
-@pytest.mark.parametrize("size", ["atto", "s"])
+@pytest.mark.parametrize("size", ["atto", pytest.param("s", marks=pytest.mark.slow)])
 def test_official_release_layout_loads(size, tmp_path):
     """The official training checkpoint ({'ema': {'module': sd}}, anchors stored, ViT-Tiny under ``_model.``) and
     a Hub-style file (PyTorchModelHubMixin's safetensors: tensors shared by reference stored once) load through
