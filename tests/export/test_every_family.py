@@ -28,7 +28,9 @@ NARROW = {"rtdetr": ("rtdetr_r18vd", TINY_RTDETR), "detr": ("detr_resnet50", TIN
           # RF-DETR (size divisor 32; LW-DETR's 64 does not divide 96): 2 windowed + global DINOv2 blocks, one
           # decoder layer, the 16 queries 4 x 4 patches hold
           "lwdetr": ("rfdetr_nano", dict(backbone={"depth": 2, "out_indices": [1, 2]},
-                                         decoder={"num_queries": 16, "num_decoder_layers": 1}))}
+                                         decoder={"num_queries": 16, "num_decoder_layers": 1})),
+          # deimv2_atto's two levels hold 20 anchors at 64x64 too
+          "deimv2": ("deimv2_atto", dict(decoder={"num_queries": 16}))}
 
 
 def _families() -> dict[str, list[str]]:

@@ -28,6 +28,9 @@ class HybridEncoder(nn.Module):
     ``block(hidden, hidden, stride=2, act=..., **downsample_args)``;
     zoo.layers.akconv registers the AKConv alternatives.
     ``lateral_act``: the top-down lateral 1x1 convs' activation, ``"same"`` (``act``, RT-DETR) or None (D-FINE).
+    ``fuse_op``: how the CCFM merges the upsampled / downsampled map with the lateral one, ``"cat"`` (RT-DETR,
+    D-FINE: the block takes ``2 * hidden_dim`` channels) or ``"sum"`` (DEIMv2: ``hidden_dim``).
+    ``identity_proj``: no input projection where a level is already ``hidden_dim`` wide (DEIMv2's DINOv3 variants).
     ``pe_layout``: the AIFI position embedding's layout on non-square maps, ``"transformers"`` (rows and columns as
     they are) or ``"official"`` (lyuwenyu/RT-DETR's, which swaps them); see ``sincos_2d_position_embedding``.
     """
@@ -38,8 +41,12 @@ class HybridEncoder(nn.Module):
                  expansion: float = 1.0, depth_mult: float = 1.0, act: str = "silu",
                  fusion_block: str = CSPRepLayer.component_name, fusion_args: dict[str, Any] | None = None,
                  downsample_block: str = conv_bn_act.component_name, downsample_args: dict[str, Any] | None = None,
-                 pe_layout: str = "transformers", lateral_act: str | None = "same"):
+                 pe_layout: str = "transformers", lateral_act: str | None = "same", fuse_op: str = "cat",
+                 identity_proj: bool = False):
         super().__init__()
+        if fuse_op not in ("cat", "sum"):
+            raise ValueError(f"fuse_op must be 'cat' or 'sum', got {fuse_op!r}")
+        self.fuse_op = fuse_op
         if pe_layout not in SINCOS_LAYOUTS:
             raise ValueError(f"pe_layout must be one of {SINCOS_LAYOUTS}, got {pe_layout!r}")
         self.pe_layout = pe_layout
@@ -51,7 +58,8 @@ class HybridEncoder(nn.Module):
         self.pe_temperature = pe_temperature
         self.out_channels = [hidden_dim] * len(self.in_channels)
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, hidden_dim, 1, bias=False), nn.BatchNorm2d(hidden_dim)) for c in in_channels
+            nn.Identity() if identity_proj and c == hidden_dim
+            else nn.Sequential(nn.Conv2d(c, hidden_dim, 1, bias=False), nn.BatchNorm2d(hidden_dim)) for c in in_channels
         )
         layer = TransformerEncoderLayer(hidden_dim, num_heads, dim_feedforward, dropout, enc_act)
         self.encoder = nn.ModuleList(TransformerEncoder(layer, num_encoder_layers) for _ in self.use_encoder_idx)
@@ -64,9 +72,10 @@ class HybridEncoder(nn.Module):
         lateral_act = act if lateral_act == "same" else lateral_act
         self.lateral_convs = nn.ModuleList(ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=lateral_act)
                                            for _ in range(levels - 1))
-        self.fpn_blocks = nn.ModuleList(fusion(hidden_dim * 2, hidden_dim, **fusion_kw) for _ in range(levels - 1))
+        fused = hidden_dim * 2 if fuse_op == "cat" else hidden_dim
+        self.fpn_blocks = nn.ModuleList(fusion(fused, hidden_dim, **fusion_kw) for _ in range(levels - 1))
         self.downsample_convs = nn.ModuleList(downsample(hidden_dim, hidden_dim, **down_kw) for _ in range(levels - 1))
-        self.pan_blocks = nn.ModuleList(fusion(hidden_dim * 2, hidden_dim, **fusion_kw) for _ in range(levels - 1))
+        self.pan_blocks = nn.ModuleList(fusion(fused, hidden_dim, **fusion_kw) for _ in range(levels - 1))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(feats) != len(self.in_channels):
@@ -84,10 +93,13 @@ class HybridEncoder(nn.Module):
             high = self.lateral_convs[i](inner[0])
             inner[0] = high
             up = F.interpolate(high, scale_factor=2.0, mode="nearest")
-            inner.insert(0, self.fpn_blocks[i](torch.cat([up, proj[idx - 1]], dim=1)))
+            inner.insert(0, self.fpn_blocks[i](self._fuse(up, proj[idx - 1])))
         # bottom-up
         outs = [inner[0]]
         for i in range(len(proj) - 1):
             down = self.downsample_convs[i](outs[-1])
-            outs.append(self.pan_blocks[i](torch.cat([down, inner[i + 1]], dim=1)))
+            outs.append(self.pan_blocks[i](self._fuse(down, inner[i + 1])))
         return outs
+
+    def _fuse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a, b], dim=1) if self.fuse_op == "cat" else a + b

@@ -1,10 +1,11 @@
-"""Normalisation helpers: frozen BatchNorm for backbones fine-tuned with small batches."""
+"""Normalisation helpers: frozen BatchNorm for backbones fine-tuned with small batches, and RMSNorm."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["freeze_batch_norm"]
+__all__ = ["freeze_batch_norm", "RMSNorm"]
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
@@ -19,3 +20,17 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
         if new is not child:
             setattr(module, name, new)
     return module
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * scale``, computed in float32 and cast back, as DEIMv2's (and transformers'
+    LlamaRMSNorm) do. Key: ``scale``."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.scale

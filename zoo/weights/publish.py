@@ -65,7 +65,11 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, repo
         raise ValueError(f"format must be 'zoo' or 'transformers', got {format!r}")
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():  # tied modules (DEIMv2's shared box head): one copy per key
+        v = v.detach().to("cpu").contiguous()
+        state[k] = v.clone() if v.data_ptr() in seen and v.numel() else v
+        seen.add(v.data_ptr())
     # one metadata key: safetensors orders several in a per-process random order, and a published file must be
     # byte-identical when its tensors are (config.json beside it names the architecture and zoo version)
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

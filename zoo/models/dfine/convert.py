@@ -201,6 +201,9 @@ def to_transformers(model: torch.nn.Module) -> tuple[dict, StateDict]:
             "transformers computes the AIFI position embedding in the corrected layout only")
     layers = decoder.get("num_decoder_layers", 6)
     require(decoder.get("anchor_eps", 1e-2) == 1e-2, "decoder.anchor_eps", "transformers uses 0.01")
+    for option, value in (("head_act", "relu"), ("lqe_act", "relu"), ("enc_projection", True),
+                          ("query_pos_per_layer", True)):
+        require(decoder.get(option, value) == value, f"decoder.{option}", f"transformers' D-FINE has {value!r}")
     require(decoder.get("dropout", 0.0) == encoder.get("dropout", 0.0), "decoder.dropout",
             "transformers has one dropout for the encoder and the decoder")
     points = decoder.get("num_points", (3, 6, 3))

@@ -68,10 +68,10 @@ def _full_precision(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class Gate(nn.Module):
     """Gated residual: ``norm(g1 * x1 + g2 * x2)`` with sigmoid gates from ``[x1, x2]`` (starts at 0.5/0.5)."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, norm: nn.Module | None = None):
         super().__init__()
         self.gate = nn.Linear(2 * d_model, 2 * d_model)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.LayerNorm(d_model) if norm is None else norm  # DEIMv2: an RMSNorm
         nn.init.constant_(self.gate.bias, prior_prob_bias(0.5))
         nn.init.zeros_(self.gate.weight)
 
@@ -83,10 +83,10 @@ class Gate(nn.Module):
 class LQE(nn.Module):
     """Location quality estimator: ``scores + MLP([top-k bin probabilities, their mean] per edge)``."""
 
-    def __init__(self, k: int = 4, hidden_dim: int = 64, num_layers: int = 2, reg_max: int = 32):
+    def __init__(self, k: int = 4, hidden_dim: int = 64, num_layers: int = 2, reg_max: int = 32, act: str = "relu"):
         super().__init__()
         self.k, self.reg_max = k, reg_max
-        self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, num_layers)
+        self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, num_layers, act=act)
         nn.init.zeros_(self.reg_conf.layers[-1].weight)
         nn.init.zeros_(self.reg_conf.layers[-1].bias)
 
@@ -137,10 +137,10 @@ class DFINEDecoderLayer(nn.Module):
 class _Layers(nn.Module):
     """The official ``decoder.decoder`` container: ``layers`` and ``lqe_layers``."""
 
-    def __init__(self, layer: nn.Module, num_layers: int, reg_max: int):
+    def __init__(self, layer: nn.Module, num_layers: int, reg_max: int, lqe_act: str = "relu"):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
-        self.lqe_layers = nn.ModuleList(LQE(4, 64, 2, reg_max) for _ in range(num_layers))
+        self.lqe_layers = nn.ModuleList(LQE(4, 64, 2, reg_max, act=lqe_act) for _ in range(num_layers))
 
 
 @register_component("decoder", "dfine")
@@ -153,6 +153,12 @@ class DFINEDecoder(nn.Module):
     ``pre_outputs`` (the first layer's box head), ``enc_outputs`` (encoder top-k) and, with denoising queries,
     ``dn_outputs``, ``dn_pre_outputs`` and ``dn_meta``. ``layer_scale`` (wider layers after ``eval_idx``) is
     not used by any released model and only 1 is supported.
+
+    Options for the DEIM lineage (zoo.models.deimv2 subclasses this decoder; D-FINE keeps the defaults):
+    ``head_act`` / ``lqe_act``, the activation of the box heads (encoder, first layer, per layer) / of the LQE MLPs;
+    ``enc_projection=False`` scores and regresses the encoder cells without the ``enc_output`` Linear+LayerNorm;
+    ``query_pos_per_layer=False`` embeds the initial reference boxes once instead of each layer's.
+    ``_build_layer`` / ``_build_query_pos_head`` build the per-layer block and the query position head.
     """
 
     def __init__(self, in_channels: Sequence[int] = (256, 256, 256), num_classes: int = 80, hidden_dim: int = 256,
@@ -161,8 +167,10 @@ class DFINEDecoder(nn.Module):
                  activation: str = "relu", num_denoising: int = 100, label_noise_ratio: float = 0.5,
                  box_noise_scale: float = 1.0, eval_idx: int = -1, anchor_eps: float = 1e-2,
                  cross_attn_method: str = "default", reg_max: int = 32, reg_scale: float = 4.0, up: float = 0.5,
-                 layer_scale: float = 1.0):
+                 layer_scale: float = 1.0, head_act: str = "relu", lqe_act: str = "relu", enc_projection: bool = True,
+                 query_pos_per_layer: bool = True):
         super().__init__()
+        self.query_pos_per_layer = query_pos_per_layer
         if not -num_decoder_layers <= eval_idx < num_decoder_layers:
             raise ValueError(f"eval_idx {eval_idx} out of range for {num_decoder_layers} decoder layers")
         if len(in_channels) > num_levels:
@@ -188,20 +196,20 @@ class DFINEDecoder(nn.Module):
 
         self.register_buffer("up", torch.tensor([up]))
         self.register_buffer("reg_scale", torch.tensor([reg_scale]))
-        layer = DFINEDecoderLayer(hidden_dim, num_heads, dim_feedforward, dropout, activation, num_levels, num_points,
+        layer = self._build_layer(hidden_dim, num_heads, dim_feedforward, dropout, activation, num_levels, num_points,
                                   cross_attn_method)
-        self.decoder = _Layers(layer, num_decoder_layers, reg_max)
+        self.decoder = _Layers(layer, num_decoder_layers, reg_max, lqe_act)
         if num_denoising > 0:
             self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim, padding_idx=num_classes)
             nn.init.normal_(self.denoising_class_embed.weight[:-1])
-        self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, num_layers=2)
+        self.query_pos_head = self._build_query_pos_head(hidden_dim)
         self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(hidden_dim, hidden_dim)),
-                                                     ("norm", nn.LayerNorm(hidden_dim))]))
+                                                     ("norm", nn.LayerNorm(hidden_dim))])) if enc_projection else None
         self.enc_score_head = nn.Linear(hidden_dim, num_classes)
-        self.enc_bbox_head = MLP(hidden_dim, hidden_dim, 4, num_layers=3)
+        self.enc_bbox_head = MLP(hidden_dim, hidden_dim, 4, num_layers=3, act=head_act)
         self.dec_score_head = nn.ModuleList(nn.Linear(hidden_dim, num_classes) for _ in range(num_decoder_layers))
-        self.pre_bbox_head = MLP(hidden_dim, hidden_dim, 4, num_layers=3)
-        self.dec_bbox_head = nn.ModuleList(MLP(hidden_dim, hidden_dim, 4 * (reg_max + 1), num_layers=3)
+        self.pre_bbox_head = MLP(hidden_dim, hidden_dim, 4, num_layers=3, act=head_act)
+        self.dec_bbox_head = nn.ModuleList(MLP(hidden_dim, hidden_dim, 4 * (reg_max + 1), num_layers=3, act=head_act)
                                            for _ in range(num_decoder_layers))
         self.reset_parameters()
 
@@ -214,12 +222,21 @@ class DFINEDecoder(nn.Module):
             nn.init.zeros_(head.layers[-1].bias)
         for head in self.dec_score_head:
             nn.init.constant_(head.bias, bias)
-        nn.init.xavier_uniform_(self.enc_output.proj.weight)
+        if self.enc_output is not None:
+            nn.init.xavier_uniform_(self.enc_output.proj.weight)
         for lin in self.query_pos_head.layers:
             nn.init.xavier_uniform_(lin.weight)
         for proj in self.input_proj:
             if isinstance(proj, nn.Sequential):
                 nn.init.xavier_uniform_(proj.conv.weight)
+
+    def _build_layer(self, *args: Any) -> nn.Module:
+        """One decoder layer (copied ``num_decoder_layers`` times)."""
+        return DFINEDecoderLayer(*args)
+
+    def _build_query_pos_head(self, hidden_dim: int) -> nn.Module:
+        """Reference box (cxcywh) -> query position embedding."""
+        return MLP(4, 2 * hidden_dim, hidden_dim, num_layers=2)
 
     def _flatten_levels(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         proj = [p(f) for p, f in zip(self.input_proj, feats)]
@@ -230,7 +247,8 @@ class DFINEDecoder(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor], denoising: DenoisingQueries | None = None) -> dict[str, Any]:
         memory, shapes = self._flatten_levels(feats)
-        selected = select_queries(memory, shapes, self.enc_output, self.enc_score_head, self.enc_bbox_head,
+        enc_output = self.enc_output if self.enc_output is not None else nn.Identity()
+        selected = select_queries(memory, shapes, enc_output, self.enc_score_head, self.enc_bbox_head,
                                   self.num_queries, self.anchor_eps)
         target, ref_unact = selected.content.detach(), selected.ref_unact.detach()
         attn_mask = None
@@ -277,8 +295,10 @@ class DFINEDecoder(nn.Module):
         output_detach = corners_undetach = 0
         ref = ref_unact.sigmoid()
         pre_logits = pre_boxes = None
+        query_pos = self.query_pos_head(ref).clamp(min=-10, max=10)
         for i, layer in enumerate(self.decoder.layers):
-            query_pos = self.query_pos_head(ref).clamp(min=-10, max=10)
+            if i > 0 and self.query_pos_per_layer:
+                query_pos = self.query_pos_head(ref).clamp(min=-10, max=10)
             target = layer(target, ref.unsqueeze(2), memory, shapes, attn_mask, query_pos)
             if i == 0:
                 pre_boxes = torch.sigmoid(_full_precision(self.pre_bbox_head, target) + inverse_sigmoid(ref))
