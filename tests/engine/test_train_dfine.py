@@ -229,3 +229,59 @@ def test_zoo_train_recipe_deim_logs_mal(tmp_path):
     assert not any("vfl" in k for k in epoch)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["recipe"], config["schedule"], config["lr"]) == ("deim", "flat_cosine", 8e-4)
+
+
+def test_zoo_train_deimv2_atto_logs_its_terms(tmp_path):
+    """``zoo train deimv2_atto``: DEIMv2's loss for the light sizes (MAL + L1 + GIoU on every head, no FGL / DDF)
+    in metrics.jsonl, summing to the total, and Atto's official recipe in config.json."""
+    from zoo.cli import main
+
+    make_data(tmp_path / "data", num_train=4, num_val=1)
+    assert main(["train", "deimv2_atto", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"),
+                 "--epochs", "1", "--batch-size", "4", "--size", "64", "--workers", "0", "--no-progress",
+                 "--model-args", json.dumps(TINY_DFINE), "--warmup-steps", "1"]) == 0
+    epoch = _records(tmp_path / "run")[-1]
+    heads = ["", "_aux_0", "_aux_1", "_aux_2", "_dn_0", "_dn_1", "_dn_2", "_pre", "_dn_pre"]
+    expected = {f"train_loss_{t}{h}" for h in heads for t in ("mal", "bbox", "giou")}
+    assert expected == {k for k in epoch if k.startswith("train_loss_")}, sorted(expected ^ set(epoch))
+    assert abs(sum(epoch[k] for k in expected) - epoch["train_loss"]) < 1e-4 * epoch["train_loss"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["lr"], config["backbone_lr_mult"], config["schedule"], config["mosaic"], config["mixup"]) == \
+        (2e-3, 0.5, "flat_cosine", 0.3, 0.0)
+
+
+@pytest.mark.parametrize("name, lr, backbone_lr, weight_decay, epochs, policy, flat, change", [
+    ("deimv2_atto", 2e-3, 1e-3, 1e-4, 500, (4, 250, 400), 250, 450),
+    ("deimv2_femto", 1.6e-3, 8e-4, 1e-4, 500, (4, 250, 400), 250, 450),
+    ("deimv2_pico", 1.6e-3, 8e-4, 1e-4, 500, (4, 250, 400), 250, 450),
+    ("deimv2_n", 8e-4, 4e-4, 1e-4, 160, (4, 78, 148), 160, 136),
+    ("deimv2_s", 5e-4, 2.5e-5, 1e-4, 132, (4, 64, 120), 64, 100),
+    ("deimv2_m", 5e-4, 2.5e-5, 1e-4, 102, (4, 49, 90), 49, 80),
+    ("deimv2_l", 5e-4, 1.25e-5, 1.25e-4, 68, (4, 34, 60), 34, 50),
+    ("deimv2_x", 5e-4, 1e-5, 1.25e-4, 58, (4, 29, 50), 29, 45)])
+def test_official_deimv2_recipes_and_losses(name, lr, backbone_lr, weight_decay, epochs, policy, flat, change):
+    """configs/deimv2/deimv2_*_coco.yml over configs/base/deimv2.yml: optimiser, epochs, policy epochs, flat epochs,
+    and the criterion: weights, matching (union but for Atto/Femto/Pico), the matcher's change epoch, which scales
+    with the epochs a run sets."""
+    from zoo.engine.trainer import _criterion_settings, recipe_of
+    from zoo.models.deimv2.model import DEIMv2
+
+    probe = type("Probe", (DEIMv2,), {"num_classes": 80})  # the recipe depends on the architecture name only
+    model = probe.__new__(probe)
+    torch.nn.Module.__init__(model)
+    model.config = {"architecture": name}
+    model.decoder = type("Decoder", (), {"reg_max": 32})()
+    recipe = recipe_of(model, None)
+    assert recipe["lr"] == lr and math.isclose(recipe["lr"] * recipe["backbone_lr_mult"], backbone_lr)
+    assert (recipe["weight_decay"], recipe["epochs"], recipe["flat_epochs"]) == (weight_decay, epochs, flat)
+    assert (recipe["mosaic_epochs"], recipe["no_aug_epochs"]) == (policy[:2], epochs - policy[2])
+    assert recipe["schedule"] == "flat_cosine" and recipe["min_lr_ratio"] == (1.0 if name == "deimv2_n" else 0.5)
+    light = name in ("deimv2_atto", "deimv2_femto", "deimv2_pico")
+    criterion = model.criterion(**_criterion_settings(recipe, epochs))
+    assert (criterion.cls_loss, criterion.gamma, criterion.alpha, criterion.matcher_change_epoch) == \
+        ("mal", 1.5, 0.75, change)
+    assert criterion.matching == ("per_layer" if light else "union") and criterion.style == "official"
+    assert set(criterion.weight_dict) == {"loss_mal", "loss_bbox", "loss_giou"} | (
+        set() if light else {"loss_fgl", "loss_ddf"})
+    assert model.criterion(**_criterion_settings(recipe, epochs // 2)).matcher_change_epoch == round(change / 2)
+    assert model.train_recipes == {}

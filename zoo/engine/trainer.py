@@ -46,7 +46,7 @@ from zoo.engine import distributed
 from zoo.engine.reporting import make_reporter
 from zoo.checks import check_input_side
 from zoo.losses.targets import box_count
-from zoo.weights.checkpoint import load_torch_file, read_checkpoint
+from zoo.weights.checkpoint import load_torch_file, read_checkpoint, safetensors_state
 
 __all__ = ["TrainConfig", "Trainer", "train", "find_checkpoint", "save_torch"]
 
@@ -194,6 +194,16 @@ def _with_recipe(config: TrainConfig, model: nn.Module) -> TrainConfig:
     return dataclasses.replace(config, **{k: tuple(v) if k == "mosaic_epochs" else v for k, v in unset.items()})
 
 
+def _criterion_settings(recipe: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The recipe's ``criterion()`` arguments; those counted in epochs (``*_epoch``, e.g. DEIMv2's
+    ``matcher_change_epoch``) scale with ``epochs`` as the recipe's epoch milestones do."""
+    settings = dict(recipe.get("criterion", {}))
+    if epochs != recipe["epochs"]:
+        settings.update({k: round(v * epochs / recipe["epochs"]) for k, v in settings.items()
+                         if k.endswith("_epoch") and isinstance(v, int)})
+    return settings
+
+
 def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay: float) -> list[dict]:
     """The model's own ``param_groups(lr, backbone_lr_mult, weight_decay)`` where it has one (a family's recipe:
     e.g. layer-wise decay); else the backbone at ``lr * backbone_mult`` and no weight decay on 1-d parameters
@@ -314,7 +324,7 @@ class Trainer:
                                      "label_names": list(self.train_set.class_names)}
         self.model.to(self.device)
 
-        self.criterion = self.model.criterion(**self.recipe.get("criterion", {}))
+        self.criterion = self.model.criterion(**_criterion_settings(self.recipe, config.epochs))
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.lr, config.backbone_lr_mult, config.weight_decay), lr=config.lr)
         if isinstance(config.accumulate, bool) or not isinstance(config.accumulate, int) or config.accumulate < 1:
@@ -660,7 +670,7 @@ class Trainer:
             last, tmp, old = (self.out / name for name in CHECKPOINT_NAMES)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
+            save_file(safetensors_state(self.model.state_dict()), str(tmp / "model.safetensors"))
             best = ap is None or ap > self.best_ap
             if best and ap is not None:
                 self.best_ap = ap
@@ -672,7 +682,7 @@ class Trainer:
             os.replace(tmp, last)
             shutil.rmtree(old, ignore_errors=True)
             if best:
-                weights = {k: v.contiguous() for k, v in self.eval_model.state_dict().items()}
+                weights = safetensors_state(self.eval_model.state_dict())
                 save_file(weights, str(self.out / "best.safetensors.tmp"),
                           metadata={"architecture": self.model.config["architecture"], "epoch": str(self.epoch),
                                     "config": json.dumps(self.model.config),

@@ -235,8 +235,15 @@ def _component_kind(key: str) -> str | None:
 
 
 def _accepted_args(builder: Any) -> set[str]:
+    """Keyword arguments ``builder`` takes; a class whose ``__init__`` passes ``**kwargs`` on also takes its
+    bases' (DEIMv2's decoder: D-FINE's ``num_queries``, ``num_points``, ...)."""
     params = inspect.signature(builder).parameters.values()
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if isinstance(builder, type) and any(p.kind == p.VAR_KEYWORD for p in params):
+        base = next((b for b in builder.__mro__[1:] if "__init__" in vars(b)), None)
+        if base is not None and base is not nn.Module and base is not object:
+            names |= _accepted_args(base)
+    return names
 
 
 def _component_spec(kind: str, default: Mapping[str, Any], value: Any) -> dict[str, Any]:

@@ -57,6 +57,17 @@ def layout_names(model: object) -> list[str]:
     return [*OWN_LAYOUTS] + [layout.name for layout in layouts_of(model)]
 
 
+def safetensors_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` as safetensors stores it: contiguous CPU tensors, each tied tensor (DEIMv2's shared box head, tied
+    heads) written once per key as its own copy, since safetensors refuses tensors that share memory."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        value = value.detach().to("cpu").contiguous()
+        out[key] = value.clone() if value.numel() and value.data_ptr() in seen else value
+        seen.add(value.data_ptr())
+    return out
+
+
 def read_checkpoint(path: str | os.PathLike) -> StateDict:
     """Read a state dict without running code: safetensors (memory-mapped) or ``torch.load(weights_only=True)``.
 

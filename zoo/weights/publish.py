@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from zoo.weights.checkpoint import safetensors_state
 from zoo.weights.download import hub_endpoint, sha256_file
 from zoo.weights.manifest import WeightsEntry, load_manifest
 from zoo.weights.sources import CONFIG_NAME, WEIGHTS_NAME
@@ -65,11 +66,7 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, repo
         raise ValueError(f"format must be 'zoo' or 'transformers', got {format!r}")
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
-    state, seen = {}, set()
-    for k, v in model.state_dict().items():  # tied modules (DEIMv2's shared box head): one copy per key
-        v = v.detach().to("cpu").contiguous()
-        state[k] = v.clone() if v.data_ptr() in seen and v.numel() else v
-        seen.add(v.data_ptr())
+    state = safetensors_state(model.state_dict())
     # one metadata key: safetensors orders several in a per-process random order, and a published file must be
     # byte-identical when its tensors are (config.json beside it names the architecture and zoo version)
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

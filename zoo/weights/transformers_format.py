@@ -26,6 +26,7 @@ from torch import nn
 
 from zoo.data.coco_names import label_names_for
 from zoo.registry import family_class, list_families
+from zoo.weights.checkpoint import safetensors_state
 
 __all__ = ["TransformersMapping", "UnrepresentableConfigError", "transformers_model_types", "save_transformers",
            "is_transformers_config", "transformers_spec", "build_transformers", "pretrained_cfg_from_processor",
@@ -111,7 +112,7 @@ def save_transformers(model: nn.Module, folder: str | os.PathLike) -> Path:
                   zoo_architecture=model.config["architecture"], zoo_version=__version__)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+    save_file(safetensors_state(state), str(folder / "model.safetensors"),
               metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     processor = _processor_config(getattr(model, "pretrained_cfg", {}) or {}, family)

@@ -23,6 +23,7 @@ import torch
 
 import zoo
 from zoo.models.deimv2.convert import zoo_to_official  # noqa: F401  (the layout the official state dict is in)
+from zoo.models.dfine.criterion import DEIMV2_MATCHER_CHANGE_EPOCH
 
 from hf_deimv2 import calibrate_batch_norms, perturb  # noqa: E402
 
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.skipif(not SRC or not (Path(SRC) / "engine" / "deim").i
                                 reason="set DEIMV2_OFFICIAL_SRC to a checkout of Intellindust-AI-Lab/DEIMv2")
 MODULES = ["backbone.common", "backbone.hgnetv2", "backbone.vit_tiny", "deim.box_ops", "deim.utils",
            "deim.dfine_utils", "deim.deim_utils", "deim.denoising", "deim.dfine_decoder", "deim.deim_decoder",
-           "deim.hybrid_encoder", "deim.lite_encoder", "backbone.dinov3_adapter"]
+           "deim.hybrid_encoder", "deim.lite_encoder", "backbone.dinov3_adapter", "deim.matcher",
+           "deim.deim_criterion"]
 TOL = 1e-6
 
 
@@ -50,6 +52,10 @@ def official():
     package("engine.core", root / "core").register = lambda *a, **k: (lambda cls: cls)
     package("engine.backbone", root / "backbone")
     package("engine.deim", root / "deim")
+    misc = package("engine.misc", root / "misc")  # the criterion's distributed helpers, single process here
+    misc.dist_utils = types.ModuleType("engine.misc.dist_utils")
+    misc.dist_utils.get_world_size, misc.dist_utils.is_dist_available_and_initialized = lambda: 1, lambda: False
+    sys.modules["engine.misc.dist_utils"] = misc.dist_utils
     loaded = {}
     for name in MODULES:
         spec = importlib.util.spec_from_file_location(f"engine.{name}", root / (name.replace(".", "/") + ".py"))
@@ -144,3 +150,45 @@ def test_official_model_loads_with_equal_outputs(official, size, pixels, tmp_pat
     boxes = (expected["pred_boxes"] - out["pred_boxes"]).abs().max().item()
     print(f"deimv2_{size} vs the official code at {pixels}x{pixels}, float64: logits {logits:.1e}, boxes {boxes:.1e}")
     assert logits <= TOL and boxes <= TOL, (logits, boxes)
+
+
+@pytest.mark.parametrize("size, epoch", [("atto", 0), ("atto", 460), ("n", 0), ("n", 140)])
+def test_criterion_equals_the_official_deim_criterion(official, size, epoch):
+    """``model.criterion()`` (configs/base/deimv2.yml ``DEIMCriterion`` with the size's overrides: Atto ``losses:
+    [mal, boxes]``, ``use_uni_set: False``) against the official criterion and matcher, term by term in float64,
+    before and after the size's matcher change (IoU-ordered costs). The official FGL targets are float32
+    (``translate_gt``: ``.float()``), so sizes with FGL compare in float32, to 1e-5 relative; Atto in float64."""
+    torch.manual_seed(0)
+    light = size == "atto"
+    dtype, tol = (torch.float64, 1e-10) if light else (torch.float32, 1e-5)
+    model = zoo.create_model(f"deimv2_{size}", num_classes=5, num_queries=60).to(dtype).train()
+    with torch.no_grad():  # non-zero heads so that every term is non-trivial
+        for name, p in model.named_parameters():
+            if "bbox_head" in name or "score_head" in name or "reg_conf" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    g = torch.Generator().manual_seed(1)
+    targets = [{"labels": torch.randint(0, 5, (n,), generator=g),
+                "boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.6 + 0.2,
+                                    torch.rand(n, 2, generator=g) * 0.3 + 0.05], 1).to(dtype)} for n in (3, 5)]
+    x = torch.rand(2, 3, 160, 160, generator=g, dtype=dtype)
+    outputs = model(x, **model.training_inputs(x, targets))
+    criterion = model.criterion()
+    criterion.set_epoch(epoch)
+    ours = criterion(outputs, targets)
+    matcher = official["matcher"].HungarianMatcher(
+        weight_dict={"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, use_focal_loss=True, alpha=0.25, gamma=2.0,
+        change_matcher=True, iou_order_alpha=4.0, matcher_change_epoch=DEIMV2_MATCHER_CHANGE_EPOCH[size])
+    reference = official["deim_criterion"].DEIMCriterion(
+        matcher, weight_dict={"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5},
+        losses=["mal", "boxes"] if light else ["mal", "boxes", "local"], alpha=0.75, gamma=1.5, num_classes=5,
+        reg_max=32, use_uni_set=not light)
+    theirs = reference({**outputs, "enc_aux_outputs": [outputs["enc_outputs"]], "enc_meta": {"class_agnostic": False}},
+                       targets, epoch=epoch)
+    theirs = {k.replace("_enc_0", f"_aux_{len(outputs['aux_outputs'])}"): v for k, v in theirs.items()}
+    # D-FINE's criterion gives the last denoising layer (its own teacher) a DDF of 0; DEIM's leaves the term out
+    extra = {k for k in set(ours) - set(theirs) if k.startswith("loss_ddf_dn_") and ours[k].item() == 0}
+    assert set(ours) - extra == set(theirs), sorted(set(ours) ^ set(theirs))
+    assert ("loss_fgl" in ours) == (not light) and "loss_mal_pre" in ours
+    worst = max(abs(ours[k].item() - v.item()) / max(1.0, abs(v.item())) for k, v in theirs.items())
+    print(f"deimv2_{size} criterion at epoch {epoch}: {len(theirs)} terms, worst relative difference {worst:.1e}")
+    assert worst <= tol

@@ -19,7 +19,7 @@ from zoo.models.deimv2 import convert
 from zoo.models.deimv2.decoder import DEIMv2Decoder
 from zoo.models.deimv2.dinov3 import DINOv3STA
 from zoo.models.deimv2.encoder import LiteEncoder
-from zoo.models.dfine.criterion import DFINECriterion
+from zoo.models.dfine.criterion import DEIMV2_LOSS, DEIMV2_MATCHER_CHANGE_EPOCH, DFINECriterion
 from zoo.models.dfine.model import DFINE
 from zoo.models.hgnetv2 import HGNetV2
 from zoo.registry import register_family, register_model
@@ -41,13 +41,71 @@ class DEIMv2(DFINE):
     transformers = convert.TRANSFORMERS
     parts = {"decoder": DEIMv2Decoder}  # backbone (HGNetV2 / DINOv3+STA) and encoder (hybrid / lite): registry
 
-    def criterion(self) -> DFINECriterion:
-        """D-FINE's criterion (VFL + L1 + GIoU + FGL + DDF on every layer, dense one-to-one "union" matching).
-        DEIMv2's own recipe (configs/base/deimv2.yml) replaces VFL by MAL (gamma 1.5, alpha 0.75) with the weights
-        of :data:`DEIMV2_LOSS_WEIGHTS`, drops FGL/DDF for Atto/Femto/Pico (``losses: [mal, boxes]``, no union set)
-        and switches the matcher to IoU-ordered costs (``iou_order_alpha`` 4) late in training; those options are
-        wired where zoo's D-FINE criterion gains MAL."""
-        return DFINECriterion(self.num_classes, reg_max=self.decoder.reg_max)
+    def criterion(self, **settings: Any) -> DFINECriterion:
+        """DEIMv2's loss (configs/base/deimv2.yml ``DEIMCriterion``): MAL (gamma 1.5) + L1 + GIoU + FGL + DDF with
+        the weights of :data:`DEIMV2_LOSS_WEIGHTS` on the union of all layers' matches; Atto/Femto/Pico only MAL +
+        L1 + GIoU, each layer with its own matches (``losses: [mal, boxes]``, ``use_uni_set: False``). The matcher
+        switches to the cost ``-(p * IoU**4)`` at the size's ``matcher_change_epoch``. ``settings``: other
+        :class:`DFINECriterion` arguments (the trainer passes the recipe's, its change epoch scaled to the run)."""
+        size = _size(self)
+        weights = dict(DEIMV2_LOSS_WEIGHTS)
+        light = size in LIGHT_SIZES
+        if light:
+            del weights["loss_fgl"], weights["loss_ddf"]
+        defaults = dict(DEIMV2_LOSS, alpha=0.75, weight_dict=weights, matching="per_layer" if light else "union",
+                        style="official", matcher_change_epoch=DEIMV2_MATCHER_CHANGE_EPOCH[size.split("_")[1]])
+        return DFINECriterion(self.num_classes, reg_max=self.decoder.reg_max, **{**defaults, **settings})
+
+    @property
+    def train_defaults(self) -> dict[str, Any]:
+        """The official training recipe of this size (configs/deimv2/deimv2_*_coco.yml)."""
+        return TRAIN_DEFAULTS[_size(self)]
+
+    @property
+    def train_recipes(self) -> dict[str, dict[str, Any]]:
+        """None besides the default: DEIMv2's own recipe is already DEIM's (D-FINE's ``deim`` is not for it)."""
+        return {}
+
+
+def _size(model: DEIMv2) -> str:
+    """The size whose recipe and loss a model follows: its architecture's (deimv2_atto ... deimv2_x), else L's."""
+    architecture = getattr(model, "config", {}).get("architecture", "")
+    return architecture if architecture in TRAIN_DEFAULTS else "deimv2_l"
+
+
+#: the sizes trained without FGL / DDF and without the union of matches
+LIGHT_SIZES = ("deimv2_atto", "deimv2_femto", "deimv2_pico")
+
+
+def _recipe(size: str, lr: float, backbone_lr: float, weight_decay: float, epochs: int, policy: tuple[int, int, int],
+            flat_epochs: int, min_lr_ratio: float = 0.5, warmup: int = 2000, mosaic: float = 0.5, mixup: float = 0.5,
+            multiscale: bool = True) -> dict[str, Any]:
+    """configs/deimv2/deimv2_*_coco.yml over configs/base/deimv2.yml: AdamW, linear warm-up, flat-cosine lr down to
+    ``lr * min_lr_ratio``; mosaic (p ``mosaic``) and mixup (p ``mixup``) in epochs [policy[0], policy[1]), no
+    photometric / zoom-out / IoU-crop augmentation from policy[2] on; clip 0.1, EMA 0.9999. The matcher changes at
+    the size's ``matcher_change_epoch`` (a criterion setting; scaled with ``--epochs`` like the epoch milestones)."""
+    return dict(lr=lr, backbone_lr_mult=backbone_lr / lr, weight_decay=weight_decay, clip_max_norm=0.1, epochs=epochs,
+                warmup_steps=warmup, schedule="flat_cosine", flat_epochs=min(flat_epochs, epochs),
+                min_lr_ratio=min_lr_ratio, no_aug_epochs=epochs - policy[2], multiscale=multiscale, mosaic=mosaic,
+                mixup=mixup, mosaic_epochs=policy[:2], mosaic_style="deim", ema_decay=0.9999,
+                criterion={"matcher_change_epoch": DEIMV2_MATCHER_CHANGE_EPOCH[size.split("_")[1]]})
+
+
+#: the official DEIMv2 recipes; Atto/Femto/Pico/N train at one size (``base_size_repeat: ~``), N keeps its lr flat
+#: (``flat_epoch: 7800``, ``lr_gamma: 1.0``), Atto/Femto/Pico have no mixup (``mixup_epochs`` out of range)
+TRAIN_DEFAULTS = {
+    "deimv2_atto": _recipe("deimv2_atto", 2e-3, 1e-3, 1e-4, 500, (4, 250, 400), 250, warmup=4000, mosaic=0.3,
+                           mixup=0.0, multiscale=False),
+    "deimv2_femto": _recipe("deimv2_femto", 1.6e-3, 8e-4, 1e-4, 500, (4, 250, 400), 250, warmup=4000, mixup=0.0,
+                            multiscale=False),
+    "deimv2_pico": _recipe("deimv2_pico", 1.6e-3, 8e-4, 1e-4, 500, (4, 250, 400), 250, warmup=4000, mixup=0.0,
+                           multiscale=False),
+    "deimv2_n": _recipe("deimv2_n", 8e-4, 4e-4, 1e-4, 160, (4, 78, 148), 160, min_lr_ratio=1.0, multiscale=False),
+    "deimv2_s": _recipe("deimv2_s", 5e-4, 2.5e-5, 1e-4, 132, (4, 64, 120), 64),
+    "deimv2_m": _recipe("deimv2_m", 5e-4, 2.5e-5, 1e-4, 102, (4, 49, 90), 49),
+    "deimv2_l": _recipe("deimv2_l", 5e-4, 1.25e-5, 1.25e-4, 68, (4, 34, 60), 34),
+    "deimv2_x": _recipe("deimv2_x", 5e-4, 1e-5, 1.25e-4, 58, (4, 29, 50), 29),
+}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,8 +9,13 @@ Two matchings (``matching``):
   first layer's pre-refinement boxes are supervised (``_pre``), the last layer gets FGL, and DDF's positive /
   negative balance uses ``8 / batch`` (the official per-GPU batch), the denoising layers reusing the last
   matching layer's (as the official code's state does); equal to the official criterion term by term;
-- ``"per_layer"``: transformers' ``DFineLoss`` (each head with its own matches, no ``_pre`` terms, no FGL on the
-  last layer, DDF balance ``1 / batch``); term by term equal to it (tests/models/dfine/test_dfine_criterion.py).
+- ``"per_layer"``: each head with its own matches. With ``style="transformers"`` (its default) transformers'
+  ``DFineLoss`` (no ``_pre`` terms, no FGL on the last layer, DDF balance ``1 / batch``), term by term equal to it
+  (tests/models/dfine/test_dfine_criterion.py); with ``style="official"`` the official criteria's
+  ``use_uni_set: False`` (DEIMv2 Atto/Femto/Pico).
+
+Terms whose weight ``weight_dict`` leaves out are not computed (the official ``losses`` list: DEIMv2's light sizes
+train without FGL and DDF).
 
 Terms are weighted and named as transformers names them: ``loss_{vfl,bbox,giou,fgl,ddf}`` (last layer),
 ``..._aux_{i}`` (earlier layers, then the encoder top-k as ``_aux_{L-1}``), ``..._dn_{i}`` (denoising), and in
@@ -107,9 +112,6 @@ class DFINECriterion(nn.Module):
         style = style or ("official" if matching == "union" else "transformers")
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-        if matching == "per_layer" and style == "official":
-            raise ValueError("the official criteria match per union (GO-LSD / dense one-to-one); "
-                             "matching='per_layer' is transformers' DFineLoss: pass style='transformers'")
         self.num_classes, self.reg_max, self.matching, self.style = num_classes, reg_max, matching, style
         self.matcher = matcher or HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, use_focal=True,
                                                    alpha=0.25, gamma=2.0)
@@ -162,13 +164,14 @@ class DFINECriterion(nn.Module):
                 local: bool = True) -> None:
             terms = self._terms(out, targets, cls_idx, box_idx, num_cls, num_box, up, reg_scale, local,
                                 dn=suffix.startswith("_dn"))
-            losses.update({k + suffix: v * self.weight_dict[k] for k, v in terms.items()})
+            losses.update({k + suffix: v * self.weight_dict[k] for k, v in terms.items() if k in self.weight_dict})
 
         add(outputs, indices, go if union else indices, num_boxes, num_go if union else num_boxes, "", local=official)
         for i, (out, idx) in enumerate(zip(aux, aux_indices)):
             add(out, idx, go if union else idx, num_boxes, num_go if union else num_boxes, f"_aux_{i}")
         if pre_indices is not None:
-            add(outputs["pre_outputs"], pre_indices, go, num_boxes, num_go, "_pre")
+            add(outputs["pre_outputs"], pre_indices, go if union else pre_indices, num_boxes,
+                num_go if union else num_boxes, "_pre")
         if enc is not None:
             add(enc, enc_indices, go if union else enc_indices, num_boxes, num_go if union else num_boxes,
                 f"_aux_{len(aux)}")
@@ -215,7 +218,7 @@ class DFINECriterion(nn.Module):
         batch_idx, query_idx, _, tgt_boxes = gather_matched(targets, box_idx, logits.device)
         src_boxes = boxes[batch_idx, query_idx]
         terms["loss_bbox"], terms["loss_giou"] = box_losses(src_boxes, tgt_boxes, num_box)
-        if local and "pred_corners" in out:
+        if local and "pred_corners" in out and {"loss_fgl", "loss_ddf"} & set(self.weight_dict):
             terms.update(self._local(out, (batch_idx, query_idx), src_boxes, tgt_boxes, num_box, up, reg_scale, dn))
         return terms
 
