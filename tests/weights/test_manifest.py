@@ -38,7 +38,7 @@ def test_repo_root_manifest_is_the_packaged_one():
 
 def test_shipped_manifest_is_valid():
     assert validate_manifest(_data()) == []
-    assert len(load_manifest().entries) == 45  # 28 + 9 LW-DETR / RF-DETR + 8 DEIMv2
+    assert len(load_manifest().entries) == 49  # 28 + 9 LW-DETR / RF-DETR + 8 DEIMv2 + 4 D-FINE Objects365
 
 
 def test_upstream_entries():

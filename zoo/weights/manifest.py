@@ -38,6 +38,12 @@ def _imagenet_1k() -> tuple[str, ...]:
     return tuple(ImageNetInfo().label_descriptions())
 
 
+def _objects365() -> tuple[str, ...]:
+    from zoo.data.objects365_names import OBJECTS365_366_NAMES
+
+    return OBJECTS365_366_NAMES
+
+
 def _coco(num_classes: int) -> Callable[[], tuple[str, ...]]:
     def names() -> tuple[str, ...]:
         from zoo.data.coco_names import coco_label_names
@@ -49,9 +55,10 @@ def _coco(num_classes: int) -> Callable[[], tuple[str, ...]]:
 #: label sets an entry may name instead of listing its labels
 LABEL_SETS: dict[str, Callable[[], tuple[str, ...]]] = {
     "coco80": _coco(80), "coco91": _coco(91), "imagenet-1k": _imagenet_1k,
+    "objects365": _objects365,  # index = Objects365 category id, 0 unused (D-FINE's num_classes 366)
 }
 #: their sizes, so that validating a manifest reads no names (imagenet-1k's come from timm, which imports torch)
-LABEL_SET_SIZES = {"coco80": 80, "coco91": 91, "imagenet-1k": 1000}
+LABEL_SET_SIZES = {"coco80": 80, "coco91": 91, "imagenet-1k": 1000, "objects365": 366}
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")

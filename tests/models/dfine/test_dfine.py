@@ -115,20 +115,28 @@ def test_parameter_counts_match_the_official_figures(name):
 
 
 def test_manifest_entries():
-    """ustc-community's transformers files: COCO (N..X) and Objects365 -> COCO (S..X), coco80 labels, Apache-2.0,
-    the published AP; coco is each size's default tag. (No .obj365 tags: the 365 label names are not available
-    offline to check their order against the Hub configs.)"""
+    """ustc-community's transformers files: COCO (N..X), Objects365 -> COCO (S..X) with coco80 labels, and Objects365
+    (S..X) with its 365 categories at their ids (366 outputs, as the official ``num_classes: 366``,
+    ``remap_mscoco_category: False``); Apache-2.0, the published AP; coco is each size's default tag."""
     from zoo.weights.manifest import load_manifest
 
     entries = {k: e for k, e in load_manifest().entries.items() if k.startswith("dfine_")}
-    assert sorted(entries) == sorted([f"dfine_{s}.coco" for s in "nsmlx"] + [f"dfine_{s}.obj2coco" for s in "smlx"])
+    assert sorted(entries) == sorted([f"dfine_{s}.coco" for s in "nsmlx"] + [f"dfine_{s}.obj2coco" for s in "smlx"]
+                                     + [f"dfine_{s}.obj365" for s in "smlx"])
     aps = {"dfine_n.coco": 42.8, "dfine_s.coco": 48.5, "dfine_m.coco": 52.3, "dfine_l.coco": 54.0,
            "dfine_x.coco": 55.8, "dfine_s.obj2coco": 50.7, "dfine_m.obj2coco": 55.1, "dfine_l.obj2coco": 57.3,
-           "dfine_x.obj2coco": 59.3}
+           "dfine_x.obj2coco": 59.3, "dfine_s.obj365": 31.0, "dfine_m.obj365": 38.6, "dfine_l.obj365": 40.6,
+           "dfine_x.obj365": 49.5}  # Objects365 val (L: its first 5000 images, the only figure for that file)
     for name, e in entries.items():
-        assert (e.format, e.license, e.num_classes, e.label_set) == ("transformers-dfine", "apache-2.0", 80, "coco80")
+        objects365 = name.endswith(".obj365")
+        assert (e.format, e.license) == ("transformers-dfine", "apache-2.0")
+        assert (e.num_classes, e.label_set) == ((366, "objects365") if objects365 else (80, "coco80"))
         assert e.hub.repo_id.startswith("ustc-community/dfine-") and e.metric("box_ap") == aps[name]
+        assert len(e.label_names) == e.num_classes
     assert load_manifest().default_tag("dfine_s") == "coco"
+    names = entries["dfine_s.obj365"].label_names
+    assert (names[0], names[1], names[2], names[365]) == ("N/A", "Person", "Sneakers", "Table Tennis")
+    assert len(set(names)) == 366
 
 
 def test_deploy_and_onnx_export_with_postprocess(zoo_model, tmp_path):

@@ -59,9 +59,10 @@ def integral(corners: torch.Tensor, project: torch.Tensor, reg_max: int) -> torc
 def _full_precision(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``head(x)`` outside autocast in float32 (Peterande/D-FINE#3: the box heads' bin logits and their residual sum
     lose the fine bins in half precision); unchanged without autocast (float64 stays float64)."""
-    if not torch.is_autocast_enabled(x.device.type):
+    device = x.device.type  # the meta device (zoo's FLOP counting) has no autocast
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
         return head(x)
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(device, enabled=False):
         return head(x.float())
 
 
