@@ -1,5 +1,5 @@
 """Every way zoo runs a real-time DETR on the CPU, against transformers with the same weights: one interleaved run
-per model, rtdetr_r18vd and every D-FINE size.
+per model, by default rtdetr_r18vd and every D-FINE size; LW-DETR / RF-DETR and DEIMv2 models with ``--models``.
 
 Rows per model: transformers fp32 eager (the baseline), zoo eager fp32, zoo ``deploy()`` fp32 (what predict and
 the CLI run), onnxruntime fp32 and OpenVINO fp32 (verified ``zoo.export`` files), and onnxruntime int8 (static
@@ -9,7 +9,8 @@ and ``--compile`` add zoo deploy() bf16, transformers bf16 and zoo deploy() + to
 Weights are random but shared. rtdetr_r18vd: transformers' ``RTDetrForObjectDetection`` initialisation (+0.02
 noise), saved and loaded into zoo (bench_rtdetr_vs_transformers.twin_models). dfine_*: zoo's initialisation (+0.02
 noise, BatchNorm statistics set from a forward pass), written with ``save_pretrained(format="transformers")`` and
-loaded by ``AutoModelForObjectDetection`` (``DFineForObjectDetection``). Random weights say nothing of accuracy:
+loaded by ``AutoModelForObjectDetection`` (``DFineForObjectDetection``); lwdetr_* / rfdetr_* and deimv2_* the same
+way (DEIMv2 as transformers builds it: see :func:`transformers_options`). Random weights say nothing of accuracy:
 the int8 rows run only when the int8 export of the bundled demo weights keeps its AP on the demo's held-out set
 within 1 point of float32 (measured once per run, printed).
 
@@ -19,7 +20,8 @@ model's table gives the median and interquartile range, the ratio to transformer
 measured fp32 convolution peak (zoo.cli.benchmark.machine_state), and warns when the machine is busy; the summary
 gives each model's GFLOPs / that peak, the least time any fp32 runtime can take without fewer FLOPs.
 
-    python benchmarks/bench_deploy.py --threads 2                       # all six models, 640x640, batch 1
+    python benchmarks/bench_deploy.py --threads 2                       # the six default models, 640x640, batch 1
+    python benchmarks/bench_deploy.py --threads 2 --models rfdetr_nano deimv2_s --no-int8   # at their own sizes
     python benchmarks/bench_deploy.py --models rtdetr_r18vd --rounds 20 --plot docs/performance_cpu.png
     python benchmarks/bench_deploy.py --models dfine_n --size 320 --rounds 2 --warmup 0   # a smoke run
 """
@@ -82,19 +84,38 @@ def _set_batch_norm_statistics(model: torch.nn.Module, run: Callable[[], object]
             handle.remove()
 
 
-def dfine_twins(name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(zoo D-FINE, transformers DFineForObjectDetection) with the same random weights, through zoo's
-    ``save_pretrained(format="transformers")``."""
+def transformers_options(name: str) -> dict:
+    """``create_model`` arguments that make zoo's ``name`` the architecture transformers implements, so that both run
+    the same weights: DEIMv2's transformers variant (ReLU heads and LQE, the encoder-output projection, per-layer query
+    positions, LayerScale and the last norm of the ViT-Tiny backbones; zoo.models.deimv2.convert); none for the
+    others."""
+    if not name.startswith("deimv2_"):
+        return {}
+    from zoo.models.deimv2.convert import TRANSFORMERS_DECODER
+
+    options = dict(TRANSFORMERS_DECODER)
+    if name in ("deimv2_s", "deimv2_m"):
+        vit = zoo.create_model(name).config["model_args"]["backbone"]["vit"]
+        options["backbone"] = {"vit": dict(vit, feature_norm="final", layer_scale=1.0)}
+    return options
+
+
+def transformers_twins(name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(zoo model, transformers model) with the same random weights, through zoo's
+    ``save_pretrained(format="transformers")`` and ``AutoModelForObjectDetection`` (D-FINE, LW-DETR / RF-DETR,
+    DEIMv2)."""
     from transformers import AutoModelForObjectDetection
 
     torch.manual_seed(seed)
-    model = zoo.create_model(name).eval()
+    model = zoo.create_model(name, **transformers_options(name)).eval()
     with torch.no_grad():  # the heads start at zero: perturb every weight but the fixed buffers
         for key, tensor in model.state_dict().items():
             if tensor.is_floating_point() and not key.endswith(("running_mean", "running_var", "num_points_scale",
-                                                                  "decoder.up", "decoder.reg_scale")):
+                                                                  "decoder.up", "decoder.reg_scale", "bias_mask",
+                                                                  "periods")):
                 tensor.add_(torch.randn_like(tensor) * 0.02)
-    _set_batch_norm_statistics(model, lambda: model(torch.rand(1, 3, 320, 320)))
+    side = model.pretrained_cfg["input_size"][-1]
+    _set_batch_norm_statistics(model, lambda: model(torch.rand(1, 3, side, side)))
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, format="transformers")
         hf = AutoModelForObjectDetection.from_pretrained(folder).eval()
@@ -102,7 +123,7 @@ def dfine_twins(name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Mod
 
 
 def twin_models(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    return dfine_twins(name) if name.startswith("dfine_") else rtdetr_twins(name)
+    return rtdetr_twins(name) if name.startswith("rtdetr_") else transformers_twins(name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,7 +348,8 @@ def _calibration(source: str | None, count: int, folder: Path) -> tuple[list[Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--size", type=int, default=None, help="input side (default: each model's own, e.g. 640; "
+                        "rfdetr_nano 384, deimv2_atto 320)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=10, help="timed calls of every row, interleaved")
     parser.add_argument("--warmup", type=int, default=2)
@@ -335,6 +357,8 @@ def main() -> None:
     parser.add_argument("--calibration", default=None, metavar="DIR",
                         help="images for the int8 rows (default: ../shared/data/coco_tiny/val2017, else synthetic)")
     parser.add_argument("--calibration-count", type=int, default=16)
+    parser.add_argument("--no-int8", action="store_true", help="leave out the int8 rows (their calibration takes "
+                        "minutes for the large models)")
     parser.add_argument("--bf16", action="store_true", help="add bf16 rows (slow on CPUs without AVX512-BF16/AMX)")
     parser.add_argument("--compile", action="store_true", help="add a zoo deploy() + torch.compile row")
     parser.add_argument("--plot", default=None, metavar="PNG",
@@ -353,16 +377,22 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        ap32, ap8 = int8_demo_ap(folder, threads)
-        gate = None if abs(ap32 - ap8) <= 1.0 else f"demo AP {ap8:.1f} int8 vs {ap32:.1f} fp32: more than 1 point lost"
-        calibration, calibration_text = _calibration(args.calibration, args.calibration_count, folder)
-        print(f"int8 check on the demo weights (50 held-out shapes): AP {ap32:.1f} fp32, {ap8:.1f} int8; the timed "
-              f"models' int8 rows are calibrated on {calibration_text}", flush=True)
+        ap32 = ap8 = None
+        calibration: list[Path] = []
+        if args.no_int8:
+            gate = "--no-int8"
+        else:
+            ap32, ap8 = int8_demo_ap(folder, threads)
+            gate = None if abs(ap32 - ap8) <= 1.0 else f"demo AP {ap8:.1f} int8 vs {ap32:.1f} fp32: more than 1 point lost"
+            calibration, calibration_text = _calibration(args.calibration, args.calibration_count, folder)
+            print(f"int8 check on the demo weights (50 held-out shapes): AP {ap32:.1f} fp32, {ap8:.1f} int8; the "
+                  f"timed models' int8 rows are calibrated on {calibration_text}", flush=True)
         for name in args.models:
-            x = torch.rand(args.batch_size, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+            side = args.size or zoo.create_model(name).pretrained_cfg["input_size"][-1]
+            x = torch.rand(args.batch_size, 3, side, side, generator=torch.Generator().manual_seed(0))
             rows = build_rows(name, x, folder, threads, calibration, gate, args.bf16, args.compile)
             times, diffs = measure(rows.runs, args.rounds, args.warmup, label=name)
-            title = (f"{name}, batch {args.batch_size}, {args.size}x{args.size}, CPU ({threads} threads, "
+            title = (f"{name}, batch {args.batch_size}, {side}x{side}, CPU ({threads} threads, "
                      f"{platform.processor() or platform.machine()})")
             header = (f"{title}: median of {args.rounds} interleaved rounds after {args.warmup} warm-up; torch "
                       f"{torch.__version__}, transformers {transformers.__version__}.")
@@ -372,11 +402,11 @@ def main() -> None:
                     f"{Path(args.plot).stem}_{name}{Path(args.plot).suffix or '.png'}")
                 print(plot(times, target, title))
             results[name] = {"times_s": times, "max_abs_diff": diffs, "skipped": rows.skipped, "notes": rows.notes,
-                             "gflops": model_complexity(name, args.size)["gflops"]}
+                             "gflops": model_complexity(name, side)["gflops"], "size": side}
             del rows
     after = machine_state(threads, running=threads)
     print(f"\nSummary: median latency / transformers fp32 (one interleaved run per model); fp32 floor = the "
-          f"model's GFLOPs at {args.size}x{args.size} / this CPU's fp32 conv peak ({before['conv_peak_gflops']:.0f} "
+          f"model's GFLOPs at its input size / this CPU's fp32 conv peak ({before['conv_peak_gflops']:.0f} "
           f"GFLOP/s before the run).\n")
     print(summary(results, before["conv_peak_gflops"]))
     print(f"\nbefore: {before['text']}\nafter: {after['text']}")
