@@ -27,7 +27,7 @@ def test_list_info_check_on_the_shipped_manifest(shipped, capsys, tmp_path, monk
     assert info["loads_from"].endswith(f"/PekingU/rtdetr_r18vd/resolve/main/model.safetensors (into {tmp_path})")
     assert main(["weights", "check"]) == 0
     out = capsys.readouterr().out
-    assert "detr_resnet101_dc5.coco: ok" in out and "28 entries" in out and "0 with errors" in out
+    assert "detr_resnet101_dc5.coco: ok" in out and "49 entries" in out and "0 with errors" in out
     assert "rtdetr_mobilenetv3_small.shapes_demo: ok" in out
     assert main(["weights", "info", "rtdetr_r18vd.coco_0365"]) == 1
     assert "Did you mean coco_o365" in capsys.readouterr().err

@@ -21,6 +21,8 @@ the RT-DETR query selection is treated alike:
   projection), so that the sampling reads float values.
 - ``activation x activation``: matrix products without a constant operand (attention scores and the
   softmax-weighted sums): no weights to quantize, and the softmax output stays float.
+- ``shares an input with a float node``: onnxruntime quantizes a tensor once for all its readers, so a product
+  that reads the same tensor as a float node stays float too (LW-DETR's encoder box head, beside its score head).
 
 Sigmoid, Softmax, GridSample, TopK and the gathers are never quantized (only Conv/MatMul/Gemm are candidates).
 An int8 graph differs from float by far more than rounding, so it is not verified against the float bound of
@@ -111,6 +113,21 @@ def int8_exclusions(model: Any) -> dict[str, list[str]]:
             reasons["sampled values"].append(node.name)
         elif len(node.input) < 2 or node.input[1] not in constants:
             reasons["activation x activation"].append(node.name)
+    # onnxruntime puts one QuantizeLinear / DequantizeLinear pair on a tensor for all its readers, so a float node
+    # that shares its input with a quantized one would read the dequantized copy: keep such neighbours float too
+    # (LW-DETR's encoder box head beside its score head)
+    reasons["shares an input with a float node"] = []
+    kept = {name for names in reasons.values() for name in names}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            if not candidate(node) or node.name in kept:
+                continue
+            if any(c.name in kept for i in node.input if i not in constants for c in consumers.get(i, [])):
+                reasons["shares an input with a float node"].append(node.name)
+                kept.add(node.name)
+                changed = True
     return reasons
 
 
