@@ -176,6 +176,26 @@ class Detector(nn.Module):
         return frames if stream else list(frames)
 
 
+class SigmoidTopK:
+    """Postprocessing of the detectors trained with sigmoid (focal-style) class scores (RT-DETR, D-FINE, DEIMv2,
+    LW-DETR / RF-DETR: the official ``PostProcessor`` of each): the best (query, class) pairs overall."""
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, torch.Tensor], target_sizes: torch.Tensor, score_threshold: float = 0.0,
+                    top_k: int = 300) -> list[dict[str, torch.Tensor]]:
+        """Sigmoid, top-k over queries x classes, boxes to xyxy pixels of ``target_sizes`` ``[B, 2]`` (height,
+        width) of the original images; per image ``boxes``, ``scores`` and ``labels`` (class indices), sorted."""
+        return detections_to_pixels(*self.select_detections(outputs, top_k), target_sizes, score_threshold)
+
+    @staticmethod
+    def select_detections(outputs: dict[str, torch.Tensor], top_k: int = 300
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batched part of :meth:`postprocess` (also what an exported ``postprocess=True`` graph runs):
+        ``(boxes [B, K, 4] normalised cxcywh, scores [B, K], labels [B, K])``, the top ``K = min(top_k, Q * C)``
+        (query, class) pairs by sigmoid score, sorted."""
+        return sigmoid_topk(outputs, top_k)
+
+
 class AnchorQueries:
     """For detectors whose decoder selects its ``num_queries`` queries from one anchor per feature-map cell (the
     RT-DETR lineage): an input too small to hold that many cells is a usage error naming the smallest size."""

@@ -14,8 +14,7 @@ import torch
 from zoo.layers.denoising import DenoisingQueries, build_denoising_queries
 from zoo.layers.elan import RepNCSPELAN4, sc_down
 from zoo.layers.hybrid_encoder import HybridEncoder
-from zoo.models.base import (AnchorQueries, ClassHead, Detector, build_detector, check_pixel_values,
-                             detections_to_pixels, sigmoid_topk)
+from zoo.models.base import AnchorQueries, ClassHead, Detector, SigmoidTopK, build_detector, check_pixel_values
 from zoo.models.dfine import convert
 from zoo.models.dfine.criterion import DEIM_LOSS, DFINECriterion
 from zoo.models.dfine.decoder import DFINEDecoder
@@ -26,7 +25,7 @@ __all__ = ["DFINE"]
 
 
 @register_family
-class DFINE(AnchorQueries, Detector):
+class DFINE(SigmoidTopK, AnchorQueries, Detector):
     """D-FINE. ``forward(pixel_values)`` -> ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}`` (sigmoid
     logits, normalised cxcywh); in training mode also the FDR outputs the criterion needs (see DFINEDecoder).
     pixel_values: float ``[B, 3, H, W]`` in [0, 1] (no mean/std), H and W multiples of 32."""
@@ -72,18 +71,6 @@ class DFINE(AnchorQueries, Detector):
         """Denoising queries built from the targets (contrastive denoising training)."""
         return {"denoising": build_denoising_queries(targets, self.decoder)}
 
-    @torch.no_grad()
-    def postprocess(self, outputs: dict[str, torch.Tensor], target_sizes: torch.Tensor, score_threshold: float = 0.0,
-                    top_k: int = 300) -> list[dict[str, torch.Tensor]]:
-        """Official ``DFINEPostProcessor``: sigmoid, top-k over queries x classes, boxes to xyxy pixels of
-        ``target_sizes`` ``[B, 2]`` (height, width); per image ``boxes``, ``scores``, ``labels``, sorted."""
-        return detections_to_pixels(*self.select_detections(outputs, top_k), target_sizes, score_threshold)
-
-    @staticmethod
-    def select_detections(outputs: dict[str, torch.Tensor], top_k: int = 300
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batched part of :meth:`postprocess` (what an exported ``postprocess=True`` graph runs)."""
-        return sigmoid_topk(outputs, top_k)
 
 
 # --------------------------------------------------------------------------------------------------

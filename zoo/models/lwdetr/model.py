@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from zoo.models.base import (AnchorQueries, ClassHead, Detector, build_detector, check_pixel_values,
-                             detections_to_pixels, sigmoid_topk)
+from zoo.models.base import AnchorQueries, ClassHead, Detector, SigmoidTopK, build_detector, check_pixel_values
 from zoo.models.lwdetr import convert, recipe
 from zoo.models.lwdetr.criterion import LWDETRCriterion
 from zoo.models.lwdetr.backbone import WindowedViT
@@ -26,7 +25,7 @@ __all__ = ["LWDETR"]
 
 
 @register_family
-class LWDETR(AnchorQueries, Detector):
+class LWDETR(SigmoidTopK, AnchorQueries, Detector):
     """LW-DETR / RF-DETR. ``forward(pixel_values)`` -> ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}``
     (sigmoid logits, normalised cxcywh); ``pixel_values``: ``[B, 3, H, W]`` normalised with the ImageNet mean/std,
     H and W multiples of ``size_divisor`` (patch size x windows per side).
@@ -78,18 +77,6 @@ class LWDETR(AnchorQueries, Detector):
         r = recipe.recipe_for(self)
         return recipe.param_groups(self, lr, lr * backbone_lr_mult, weight_decay, r.layer_decay, r.component_decay)
 
-    @torch.no_grad()
-    def postprocess(self, outputs: dict[str, torch.Tensor], target_sizes: torch.Tensor, score_threshold: float = 0.0,
-                    top_k: int = 300) -> list[dict[str, torch.Tensor]]:
-        """The official ``PostProcess``: sigmoid, top-k over queries x classes, boxes to xyxy pixels of
-        ``target_sizes`` ``[B, 2]`` (height, width); per image ``boxes``, ``scores``, ``labels``, sorted."""
-        return detections_to_pixels(*self.select_detections(outputs, top_k), target_sizes, score_threshold)
-
-    @staticmethod
-    def select_detections(outputs: dict[str, torch.Tensor], top_k: int = 300
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batched part of :meth:`postprocess` (what an exported ``postprocess=True`` graph runs)."""
-        return sigmoid_topk(outputs, top_k)
 
 
 # --------------------------------------------------------------------------------------------------

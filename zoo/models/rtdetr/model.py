@@ -16,8 +16,7 @@ import torch
 from zoo.layers.akconv import AKConv, C3_AKConv
 from zoo.layers.denoising import DenoisingQueries, build_denoising_queries
 from zoo.layers.hybrid_encoder import HybridEncoder
-from zoo.models.base import (AnchorQueries, ClassHead, Detector, build_detector, check_pixel_values, detections_to_pixels,
-                             sigmoid_topk)
+from zoo.models.base import AnchorQueries, ClassHead, Detector, SigmoidTopK, build_detector, check_pixel_values
 from zoo.models.rtdetr import convert
 from zoo.models.rtdetr.criterion import RTDETRCriterion
 from zoo.models.rtdetr.decoder import RTDETRDecoder
@@ -29,7 +28,7 @@ __all__ = ["RTDETR"]
 
 
 @register_family
-class RTDETR(AnchorQueries, Detector):
+class RTDETR(SigmoidTopK, AnchorQueries, Detector):
     """Real-time DETR. ``forward(pixel_values)`` -> ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}``.
 
     pixel_values: float ``[B, 3, H, W]`` preprocessed as ``pretrained_cfg`` says; H and W multiples of
@@ -67,23 +66,6 @@ class RTDETR(AnchorQueries, Detector):
         """Denoising queries built from the targets (contrastive denoising training)."""
         return {"denoising": build_denoising_queries(targets, self.decoder)}
 
-    @torch.no_grad()
-    def postprocess(self, outputs: dict[str, torch.Tensor], target_sizes: torch.Tensor, score_threshold: float = 0.0,
-                    top_k: int = 300) -> list[dict[str, torch.Tensor]]:
-        """Official RT-DETR postprocessing: sigmoid, top-k over queries x classes, boxes to xyxy pixels.
-
-        target_sizes: ``[B, 2]`` (height, width) of the original images. Returns per image ``boxes``
-        (xyxy, pixels), ``scores`` and ``labels`` (contiguous class indices), sorted by score.
-        """
-        return detections_to_pixels(*self.select_detections(outputs, top_k), target_sizes, score_threshold)
-
-    @staticmethod
-    def select_detections(outputs: dict[str, torch.Tensor], top_k: int = 300
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batched part of :meth:`postprocess` (also what an exported ``postprocess=True`` graph runs):
-        ``(boxes [B, K, 4] normalised cxcywh, scores [B, K], labels [B, K])``, the top ``K = min(top_k, Q * C)``
-        (query, class) pairs by sigmoid score, sorted."""
-        return sigmoid_topk(outputs, top_k)
 
 
 # --------------------------------------------------------------------------------------------------
