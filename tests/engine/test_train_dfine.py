@@ -285,3 +285,20 @@ def test_official_deimv2_recipes_and_losses(name, lr, backbone_lr, weight_decay,
         set() if light else {"loss_fgl", "loss_ddf"})
     assert model.criterion(**_criterion_settings(recipe, epochs // 2)).matcher_change_epoch == round(change / 2)
     assert model.train_recipes == {}
+
+
+@pytest.mark.parametrize("name, backbone_lr_only", [("deimv2_s", "backbone.dinov3."), ("deimv2_atto", "backbone.")])
+def test_deimv2_backbone_lr_groups(name, backbone_lr_only):
+    """The official optimiser groups (configs/deimv2/deimv2_dinov3_*.yml): the DINOv3 ViT at the backbone lr, its
+    spatial tuning adapter (``sta``, ``convs``, ``norms``) at the main lr; HGNetV2 variants: all the backbone."""
+    from zoo.engine.trainer import _param_groups
+
+    model = zoo.create_model(name)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in _param_groups(model, lr=5e-4, backbone_mult=0.05, weight_decay=1e-4):
+        for p in group["params"]:
+            slow = names[id(p)].startswith(backbone_lr_only)
+            assert math.isclose(group["lr"], 5e-4 * (0.05 if slow else 1.0)), names[id(p)]
+            assert group["weight_decay"] == (0.0 if p.ndim <= 1 else 1e-4)
+    if name == "deimv2_s":
+        assert any(n.startswith("backbone.sta.") for n in names.values())

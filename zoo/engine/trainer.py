@@ -207,13 +207,16 @@ def _criterion_settings(recipe: dict[str, Any], epochs: int) -> dict[str, Any]:
 def _param_groups(model: nn.Module, lr: float, backbone_mult: float, weight_decay: float) -> list[dict]:
     """The model's own ``param_groups(lr, backbone_lr_mult, weight_decay)`` where it has one (a family's recipe:
     e.g. layer-wise decay); else the backbone at ``lr * backbone_mult`` and no weight decay on 1-d parameters
-    (norms, biases). Groups carry a unique ``name`` (logged as ``lr_<name>``, ``_no_decay`` aside)."""
+    (norms, biases); "the backbone" is what ``model.backbone_lr_prefix`` names (default ``"backbone."``; DEIMv2's
+    DINOv3 variants: the ViT only, not its adapter). Groups carry a unique ``name`` (logged as ``lr_<name>``,
+    ``_no_decay`` aside)."""
     if callable(getattr(model, "param_groups", None)):
         return model.param_groups(lr, backbone_mult, weight_decay)
+    prefix = getattr(model, "backbone_lr_prefix", "backbone.")
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((name.startswith("backbone."), p.ndim <= 1), []).append(p)
+            groups.setdefault((name.startswith(prefix), p.ndim <= 1), []).append(p)
     return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0), "weight_decay": 0.0 if flat else weight_decay,
              "name": ("backbone" if bb else "rest") + ("_no_decay" if flat else "")}
             for (bb, flat), ps in sorted(groups.items())]

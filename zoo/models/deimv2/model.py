@@ -57,6 +57,12 @@ class DEIMv2(DFINE):
         return DFINECriterion(self.num_classes, reg_max=self.decoder.reg_max, **{**defaults, **settings})
 
     @property
+    def backbone_lr_prefix(self) -> str:
+        """Parameters trained at the backbone lr: the DINOv3 ViT (``backbone.dinov3``; its spatial tuning adapter
+        and feature projections train at the main lr, as the official optimiser groups say), else the backbone."""
+        return "backbone.dinov3." if isinstance(self.backbone, DINOv3STA) else "backbone."
+
+    @property
     def train_defaults(self) -> dict[str, Any]:
         """The official training recipe of this size (configs/deimv2/deimv2_*_coco.yml)."""
         return TRAIN_DEFAULTS[_size(self)]
