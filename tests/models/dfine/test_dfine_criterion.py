@@ -166,5 +166,9 @@ def test_criterion_refuses_unknown_settings():
         DFINECriterion(NUM_CLASSES, style="mine")
     with pytest.raises(ValueError, match="matching"):
         DFINECriterion(NUM_CLASSES, matching="mine")
-    with pytest.raises(ValueError, match="loss_mal"):
+    with pytest.raises(ValueError, match="unknown terms"):
         DFINECriterion(NUM_CLASSES, cls_loss="mal", weight_dict={"loss_vfl": 1.0})
+    with pytest.raises(ValueError, match="unknown terms.*loss_box'"):  # a typo is not a term silently left out
+        DFINECriterion(NUM_CLASSES, weight_dict={"loss_vfl": 1.0, "loss_box": 5.0, "loss_giou": 2.0})
+    with pytest.raises(ValueError, match="no weight for loss_mal"):
+        DFINECriterion(NUM_CLASSES, cls_loss="mal", weight_dict={"loss_bbox": 5.0})

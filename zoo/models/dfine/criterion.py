@@ -118,6 +118,11 @@ class DFINECriterion(nn.Module):
         self.cls_loss = cls_loss
         self.weight_dict = dict(weight_dict or {f"loss_{cls_loss}": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0,
                                                 "loss_fgl": 0.15, "loss_ddf": 1.5})
+        terms = (f"loss_{cls_loss}", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")
+        unknown = sorted(set(self.weight_dict) - set(terms))
+        if unknown:
+            raise ValueError(f"weight_dict has unknown terms {unknown} (cls_loss={cls_loss!r}); it may weigh "
+                             f"{', '.join(terms)} (a term left out is not computed)")
         if f"loss_{cls_loss}" not in self.weight_dict:
             raise ValueError(f"weight_dict has no weight for loss_{cls_loss} (cls_loss={cls_loss!r}): "
                              f"{sorted(self.weight_dict)}")
