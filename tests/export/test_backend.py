@@ -13,7 +13,7 @@ from zoo.data.synthetic import make_synthetic_coco
 from zoo.export import OnnxRuntimeDetector, onnxruntime_session
 from zoo.export.runtime import model_fingerprint
 
-from conftest import DEMO, tiny_model
+from export_setup import DEMO, tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

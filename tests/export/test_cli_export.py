@@ -7,7 +7,7 @@ import pytest
 from zoo.cli import main
 from zoo.export import read_metadata
 
-from conftest import DEMO
+from export_setup import DEMO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

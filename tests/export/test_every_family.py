@@ -17,7 +17,7 @@ from zoo.export import OnnxRuntimeDetector, read_metadata
 from zoo.models.base import Detector
 from zoo.registry import list_models, model_entrypoint
 
-from conftest import TINY_DETR, TINY_RTDETR
+from export_setup import TINY_DETR, TINY_RTDETR
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -15,7 +15,7 @@ from zoo.data.synthetic import make_synthetic_coco
 from zoo.export import OnnxRuntimeDetector, read_metadata
 from zoo.export.quantize import QUANTIZED_OPS, detection_agreement, int8_exclusions
 
-from conftest import DEMO, tiny_model
+from export_setup import DEMO, tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -14,7 +14,7 @@ from zoo.export import ExportError, read_metadata
 from zoo.export.onnx import POSTPROCESS_TOP_K, verify_export
 from zoo.models.rtdetr import RTDETR
 
-from conftest import tiny_model
+from export_setup import tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

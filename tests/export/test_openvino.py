@@ -13,7 +13,7 @@ from zoo.cli import main
 from zoo.export import OpenVinoDetector
 from zoo.export.openvino import read_openvino_metadata
 
-from conftest import DEMO
+from export_setup import DEMO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
