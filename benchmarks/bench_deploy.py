@@ -214,9 +214,8 @@ def _export_rows(rows: Rows, name: str, model: torch.nn.Module, x: torch.Tensor,
                         f"{sum(map(len, kept.values()))} products kept float")
 
 
-def build_rows(name: str, x: torch.Tensor, folder: Path, threads: int, calibration: list[Path],
-               int8_gate: str | None, bf16: bool, compile: bool) -> Rows:
-    model, hf = twin_models(name)
+def build_rows(name: str, model: torch.nn.Module, hf: torch.nn.Module, x: torch.Tensor, folder: Path,
+               threads: int, calibration: list[Path], int8_gate: str | None, bf16: bool, compile: bool) -> Rows:
     rows = Rows()
     x_cl = x.contiguous(memory_format=torch.channels_last)
     rows.runs[BASELINE] = _hf_run(hf, x)
@@ -389,9 +388,10 @@ def main() -> None:
             print(f"int8 check on the demo weights (50 held-out shapes): AP {ap32:.1f} fp32, {ap8:.1f} int8; the "
                   f"timed models' int8 rows are calibrated on {calibration_text}", flush=True)
         for name in args.models:
-            side = args.size or zoo.create_model(name).pretrained_cfg["input_size"][-1]
+            model, hf = twin_models(name)
+            side = args.size or model.pretrained_cfg["input_size"][-1]
             x = torch.rand(args.batch_size, 3, side, side, generator=torch.Generator().manual_seed(0))
-            rows = build_rows(name, x, folder, threads, calibration, gate, args.bf16, args.compile)
+            rows = build_rows(name, model, hf, x, folder, threads, calibration, gate, args.bf16, args.compile)
             times, diffs = measure(rows.runs, args.rounds, args.warmup, label=name)
             title = (f"{name}, batch {args.batch_size}, {side}x{side}, CPU ({threads} threads, "
                      f"{platform.processor() or platform.machine()})")
@@ -404,7 +404,7 @@ def main() -> None:
                 print(plot(times, target, title))
             results[name] = {"times_s": times, "max_abs_diff": diffs, "skipped": rows.skipped, "notes": rows.notes,
                              "gflops": model_complexity(name, side)["gflops"], "size": side}
-            del rows
+            del rows, model, hf
     after = machine_state(threads, running=threads)
     print(f"\nSummary: median latency / transformers fp32 (one interleaved run per model); fp32 floor = the "
           f"model's GFLOPs at its input size / this CPU's fp32 conv peak ({before['conv_peak_gflops']:.0f} "

@@ -87,6 +87,16 @@ class Detector(nn.Module):
         (see :attr:`parts` and :func:`part_builder`)."""
         return part_builder(type(self), kind, spec)(**{k: v for k, v in spec.items() if k != "name"}, **injected)
 
+    def build_parts(self, backbone: Mapping[str, Any], encoder: Mapping[str, Any], decoder: Mapping[str, Any],
+                    num_classes: int) -> None:
+        """``self.backbone -> self.encoder -> self.decoder`` (the RT-DETR lineage), each part given the channels and
+        strides of the one before it and the decoder the class count."""
+        self.backbone = self.build_part("backbone", backbone)
+        self.encoder = self.build_part("encoder", encoder, in_channels=self.backbone.out_channels,
+                                       strides=self.backbone.strides)
+        self.decoder = self.build_part("decoder", decoder, in_channels=self.encoder.out_channels,
+                                       num_classes=num_classes)
+
     def criterion(self) -> nn.Module:
         """The family's training loss: ``criterion(outputs, targets)`` -> dict of weighted terms to sum."""
         raise NotImplementedError(f"{type(self).__name__} does not define a training criterion")

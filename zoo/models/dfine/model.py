@@ -40,11 +40,7 @@ class DFINE(SigmoidTopK, AnchorQueries, Detector):
     def __init__(self, backbone: dict[str, Any], encoder: dict[str, Any], decoder: dict[str, Any],
                  num_classes: int = 80):
         super().__init__()
-        self.backbone = self.build_part("backbone", backbone)
-        self.encoder = self.build_part("encoder", encoder, in_channels=self.backbone.out_channels,
-                                       strides=self.backbone.strides)
-        self.decoder = self.build_part("decoder", decoder, in_channels=self.encoder.out_channels,
-                                       num_classes=num_classes)
+        self.build_parts(backbone, encoder, decoder, num_classes)
         self.size_divisor = 32
 
     def forward(self, pixel_values: torch.Tensor, denoising: DenoisingQueries | None = None) -> dict[str, Any]:

@@ -46,11 +46,7 @@ class LWDETR(SigmoidTopK, AnchorQueries, Detector):
     def __init__(self, backbone: dict[str, Any], encoder: dict[str, Any], decoder: dict[str, Any],
                  num_classes: int = 91):
         super().__init__()
-        self.backbone = self.build_part("backbone", backbone)
-        self.encoder = self.build_part("encoder", encoder, in_channels=self.backbone.out_channels,
-                                       strides=self.backbone.strides)
-        self.decoder = self.build_part("decoder", decoder, in_channels=self.encoder.out_channels,
-                                       num_classes=num_classes)
+        self.build_parts(backbone, encoder, decoder, num_classes)
         self.size_divisor = self.backbone.size_divisor
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, Any]:
