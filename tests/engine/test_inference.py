@@ -2,12 +2,17 @@
 prepare_for_inference (what the command line does). Weights: the bundled demo (no network)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torchvision.ops import box_iou
 
 import zoo
-from zoo.engine.inference import inference_model, model_dtype, parse_dtype, prepare_for_inference
+from zoo.engine.inference import (ALLOCATOR_OPT_OUT, inference_model, model_dtype, parse_dtype,
+                                  prepare_for_inference)
 from zoo.data.images import Preprocess, load_image
 from zoo.engine.predict import run_detector
 
@@ -82,3 +87,37 @@ def test_compiled_model_traces_as_one_graph_and_finds_the_same_detections(demo):
     torch._dynamo.reset()
     model = prepare_for_inference(zoo.create_model(DEMO), "fp32", compile=True, backend="eager", fullgraph=True)
     _assert_same_detections(demo.predict(IMAGE, score_threshold=0.5), model.predict(IMAGE, score_threshold=0.5))
+
+
+_FAULTS = """
+import resource, torch, zoo
+from zoo.engine.inference import tune_cpu_allocator
+torch.set_num_threads(1)
+model = zoo.create_model("deimv2_atto").deploy()
+x = torch.rand(1, 3, 320, 320)
+with torch.inference_mode():
+    for _ in range(2):
+        model(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        model(x)
+print(tune_cpu_allocator(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator setting is glibc's")
+def test_deploy_keeps_freed_activations_for_the_next_call():
+    """After deploy(), forward passes reuse the memory that the previous ones freed: a quarter of the page faults
+    or fewer (measured: 1.2k vs 9.9k over 5 passes of DEIMv2 Atto at 320), where glibc by default hands the large
+    activations back to the kernel and faults them in again on every call; ZOO_CPU_ALLOCATOR=default leaves
+    malloc as it was. Each run in a fresh interpreter: the setting is process-wide."""
+    def run(env: dict[str, str]) -> tuple[bool, int]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[-2] == "True", int(out[-1])
+
+    env = {key: value for key, value in os.environ.items() if key != ALLOCATOR_OPT_OUT}
+    tuned, tuned_faults = run(env)
+    default, default_faults = run(dict(env, **{ALLOCATOR_OPT_OUT: "default"}))
+    assert tuned and not default
+    assert tuned_faults * 4 <= default_faults, (tuned_faults, default_faults)

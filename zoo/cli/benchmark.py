@@ -81,48 +81,66 @@ def peak_memory_mib(device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
 
 
+def _best_gflops(op, flops: float, threads: int | None, repeat: int) -> float:
+    """GFLOP/s of the fastest of ``repeat`` calls of ``op()`` (after one warm-up) with ``threads`` torch threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    best = float("inf")
+    try:
+        with torch.inference_mode():
+            op()
+            for _ in range(repeat):
+                start = time.perf_counter()
+                op()
+                best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return flops / best / 1e9
+
+
 def conv_peak_gflops(threads: int | None = None, repeat: int = 5) -> float:
     """This CPU's float32 convolution throughput in GFLOP/s, the ceiling of what any fp32 runtime can reach on
     convolutional detectors: the best of ``repeat`` runs of torch's 3x3, 256-channel convolution on an 80x80 map
     in channels-last memory (rtdetr_r18vd's typical layer), with ``threads`` torch threads (default: as set)."""
     import torch
 
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last)
     x = torch.rand(1, 256, 80, 80).contiguous(memory_format=torch.channels_last)
-    best = float("inf")
-    try:
-        with torch.inference_mode():
-            conv(x)
-            for _ in range(repeat):
-                start = time.perf_counter()
-                conv(x)
-                best = min(best, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return 2 * 256 * 256 * 9 * 80 * 80 / best / 1e9
+    return _best_gflops(lambda: conv(x), 2 * 256 * 256 * 9 * 80 * 80, threads, repeat)
+
+
+def matmul_peak_gflops(threads: int | None = None, repeat: int = 5) -> float:
+    """This CPU's float32 matrix-product throughput in GFLOP/s, the ceiling for the ViT detectors (LW-DETR,
+    RF-DETR, DEIMv2 S-X): the best of ``repeat`` runs of a ViT-S MLP layer (1600 tokens, 384 -> 1536, with bias)."""
+    import torch
+
+    x, weight, bias = torch.rand(1600, 384), torch.rand(1536, 384), torch.rand(1536)
+    return _best_gflops(lambda: torch.nn.functional.linear(x, weight, bias), 2 * 1600 * 384 * 1536, threads, repeat)
 
 
 def machine_state(threads: int, running: int = 0) -> dict:
-    """The load average (1, 5, 15 min), the core count, the measured fp32 convolution peak and whether the machine
+    """The load average (1, 5, 15 min), the core count, the measured fp32 convolution and matrix-product peaks and
+    whether the machine
     is busy: a 1-minute load above :data:`BUSY_LOAD` plus ``running``, the threads this process itself keeps busy
     (0 before a run; a quiet machine right after a 2-thread run shows a load near 2). ``text`` says it in a line,
     with a warning when busy."""
     import os
 
     load = os.getloadavg()
-    peak = conv_peak_gflops(threads)
+    peak, matmul = conv_peak_gflops(threads), matmul_peak_gflops(threads)
     busy = load[0] > BUSY_LOAD + running
     text = (f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) on {os.cpu_count()} cores; "
-            f"fp32 conv peak {peak:.0f} GFLOP/s (torch 3x3 conv, channels-last, {threads} threads)")
+            f"fp32 peaks {peak:.0f} GFLOP/s conv (torch 3x3, channels-last), {matmul:.0f} GFLOP/s matmul "
+            f"(ViT-S MLP layer), {threads} threads")
     if busy:
         text += (f"\nWARNING: the machine is busy (1-minute load {load[0]:.2f} > {BUSY_LOAD + running:g}): other "
                  "processes share the cores, so these numbers are not those of a quiet machine; rerun alone "
                  "before quoting them")
     return {"load_average": [round(v, 2) for v in load], "cpu_count": os.cpu_count(),
-            "conv_peak_gflops": round(peak, 1), "busy": busy, "text": text}
+            "conv_peak_gflops": round(peak, 1), "matmul_peak_gflops": round(matmul, 1), "busy": busy, "text": text}
 
 
 def benchmark_model(model, batch_size: int = 1, size: int | None = None, device=None, warmup: int = 5,

@@ -122,22 +122,26 @@ class Detector(nn.Module):
 
     @torch.no_grad()
     def deploy(self, channels_last: bool = False) -> "Detector":
-        """Prepare for inference: fuse re-parameterisable blocks (RepVGG) and fold every BatchNorm that follows a
-        convolution into it; outputs are unchanged up to float rounding (<= 1e-5 relative).
+        """Prepare for inference: fuse re-parameterisable blocks (RepVGG), fold every BatchNorm that follows a
+        convolution into it and swap slow kernels for equal ones (zoo.layers.fusion); outputs are unchanged up to
+        float rounding (<= 1e-5 relative). Also keeps freed activations in the process's heap for the next call
+        (:func:`zoo.engine.inference.tune_cpu_allocator`, glibc only; ``ZOO_CPU_ALLOCATOR=default`` turns it off).
 
         The state dict keys of fused blocks change and the model can no longer train, so load weights first
         (``model.predict`` does this on a cached copy and leaves the model as it is). ``channels_last=True`` also
         switches to channels-last memory: convolutions run faster on CPU and GPU, outputs move by float
         rounding only. Returns self in eval mode.
         """
-        from zoo.layers.fusion import fold_sequential
+        from zoo.engine.inference import tune_cpu_allocator
+        from zoo.layers.fusion import rewrite_for_deploy
 
+        tune_cpu_allocator()
         self.eval()
         for module in list(self.modules()):
             if module is not self and hasattr(module, "fuse_for_deploy"):
                 module.fuse_for_deploy()
-            elif isinstance(module, nn.Sequential):
-                fold_sequential(module)
+            else:
+                rewrite_for_deploy(module)
         self.deployed = True
         return self.to(memory_format=torch.channels_last) if channels_last else self
 
