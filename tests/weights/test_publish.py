@@ -86,3 +86,13 @@ def test_model_card_of_manifest_weights(local_hub, hub_env, use_manifest, tiny_w
 def test_save_requires_a_zoo_model(tmp_path):
     with pytest.raises(TypeError, match="no zoo config"):
         zoo.save_pretrained(torch.nn.Linear(2, 2), tmp_path)
+
+
+@pytest.mark.parametrize("format", ["zoo", "transformers"])
+def test_save_refuses_a_deployed_model(tmp_path, format):
+    """A deploy()ed model's state has folded BatchNorms that no model loads: saving it is refused, nothing is
+    written, and the message says to save before deploy()."""
+    model = zoo.create_model("deimv2_atto").deploy()
+    with pytest.raises(ValueError, match=r"deploy\(\)ed.*save it before calling deploy\(\)"):
+        model.save_pretrained(tmp_path / "out", format=format)
+    assert not (tmp_path / "out").exists()

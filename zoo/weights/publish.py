@@ -34,6 +34,10 @@ def _config(model: nn.Module) -> dict[str, Any]:
     if not isinstance(config, Mapping) or "architecture" not in config:
         raise TypeError(f"{type(model).__name__} has no zoo config ({{'architecture', 'model_args'}}); "
                         "save models made by zoo.create_model")
+    if getattr(model, "deployed", False):
+        raise ValueError(f"this {config['architecture']} model was deploy()ed: its BatchNorms and re-parameterised "
+                         "blocks are folded into the convolutions, so no zoo model could load what it would save; "
+                         "save it before calling deploy() (model.predict fuses a copy and leaves the model as it is)")
     return dict(config)
 
 
