@@ -17,8 +17,10 @@ way (DEIMv2 as transformers builds it: see :func:`transformers_options`). Random
 the int8 rows run only when the int8 export of the bundled demo weights keeps its AP on the demo's held-out set
 within 1 point of float32 (measured once per run, printed).
 
-Runs are interleaved (one timed call of every row per round), so load on the machine hits every row alike; the
-baseline's time is measured inside its process, around the forward pass alone. Each model's table gives the median
+Runs are interleaved (one timed call of every row per round), so load on the machine hits every row alike. Each
+timed call follows an untimed call of the same row: a row run right after another pays for the caches and threads
+that the other left (the own-process baseline most: 47 vs 39 ms for DEIMv2 Atto); the baseline's time is measured
+inside its process, around the forward pass alone. Each model's table gives the median
 and interquartile range, the ratio to transformers fp32, and how far each row's 100 best scores are from zoo
 eager fp32's. Before and after, the script prints the load average and this CPU's measured fp32 convolution and
 matrix-product peaks (zoo.cli.benchmark.machine_state), and warns when the machine is busy; the summary gives each
@@ -296,8 +298,8 @@ def top_scores(logits: torch.Tensor, k: int = 100) -> torch.Tensor:
 
 def measure(runs: dict[str, Run], rounds: int, warmup: int, label: str = ""
             ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Interleaved timing (seconds per call, per row) and each row's max |top-100 score difference| from
-    zoo eager fp32."""
+    """Interleaved timing (seconds per call, per row; each timed call right after an untimed one of the same row)
+    and each row's max |top-100 score difference| from zoo eager fp32."""
     times: dict[str, list[float]] = {key: [] for key in runs}
     with torch.inference_mode():
         reference = top_scores(runs[REFERENCE]()[0])
@@ -307,6 +309,7 @@ def measure(runs: dict[str, Run], rounds: int, warmup: int, label: str = ""
                 run()
         for i in range(rounds):
             for key, run in runs.items():
+                run()  # untimed: the timed call must not pay for the previous row's caches and waking threads
                 start = time.perf_counter()
                 run()
                 times[key].append(getattr(run, "seconds", time.perf_counter() - start))

@@ -54,14 +54,16 @@ def test_conv_norm_act_fold_keeps_the_function(scale, use_act):
     if use_act:
         with torch.no_grad():
             block.lab.scale.fill_(scale)
-    x = torch.randn(2, 6, 15, 15, dtype=torch.float64)
-    with torch.no_grad():
-        expected = block(x)
-        fused = copy.deepcopy(block)
-        fold_conv_norm_act(fused)
-        torch.testing.assert_close(fused(x), expected, rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, 6, 15, 15, dtype=torch.float64, requires_grad=True)
+    fused = copy.deepcopy(block)
+    fold_conv_norm_act(fused)
     assert isinstance(fused.bn, nn.Identity)
     assert isinstance(fused.lab, AddConstant) == (use_act and scale > 0)
+    with torch.no_grad():  # the in-place path
+        torch.testing.assert_close(fused(x), block(x), rtol=1e-12, atol=1e-12)
+    # with autograd (saliency maps on a deployed model): out of place, the same input gradient
+    expected = torch.autograd.grad(block(x).square().sum(), x)[0]
+    torch.testing.assert_close(torch.autograd.grad(fused(x).square().sum(), x)[0], expected, rtol=1e-10, atol=1e-10)
 
 
 def test_deploy_reaches_hgnetv2():

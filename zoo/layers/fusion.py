@@ -55,14 +55,14 @@ def fold_sequential(seq: nn.Sequential) -> None:
 
 
 class AddConstant(nn.Module):
-    """``x + value`` (in place: it follows an activation whose output nobody else holds)."""
+    """``x + value``, in place where autograd allows it: it follows an activation whose output nobody else holds."""
 
     def __init__(self, value: float):
         super().__init__()
         self.value = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.add_(self.value)
+        return x + self.value if x.requires_grad else x.add_(self.value)
 
 
 def _conv_norm_act_blocks() -> tuple[type, ...]:
