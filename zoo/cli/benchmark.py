@@ -123,10 +123,9 @@ def matmul_peak_gflops(threads: int | None = None, repeat: int = 5) -> float:
 
 def machine_state(threads: int, running: int = 0) -> dict:
     """The load average (1, 5, 15 min), the core count, the measured fp32 convolution and matrix-product peaks and
-    whether the machine
-    is busy: a 1-minute load above :data:`BUSY_LOAD` plus ``running``, the threads this process itself keeps busy
-    (0 before a run; a quiet machine right after a 2-thread run shows a load near 2). ``text`` says it in a line,
-    with a warning when busy."""
+    whether the machine is busy: a 1-minute load above :data:`BUSY_LOAD` plus ``running``, the threads this process
+    itself keeps busy (0 before a run; a quiet machine right after a 2-thread run shows a load near 2). ``text``
+    says it in a line, with a warning when busy."""
     import os
 
     load = os.getloadavg()

@@ -62,11 +62,12 @@ _allocator_tuned: bool | None = None
 def tune_cpu_allocator() -> bool:
     """Make glibc's ``malloc`` keep freed activations for the next forward pass; returns whether it is in effect.
 
-    A forward pass on the CPU allocates and frees the same large activations on every call. glibc serves blocks
-    over 128 KiB-32 MiB from fresh ``mmap`` pages and returns them on ``free``, so each call pays the kernel's
-    page faults again: on small models that is a quarter of the time (DEIMv2 Pico at 640: 92 -> 68 ms on 2
-    threads). Raising ``M_MMAP_THRESHOLD`` to 64 MiB and ``M_TRIM_THRESHOLD`` to 256 MiB (what jemalloc and
-    tcmalloc do by design) keeps them in the heap; the process may then hold up to 256 MiB of freed memory.
+    A forward pass on the CPU allocates and frees the same large activations on every call. glibc serves large
+    blocks from fresh ``mmap`` pages (above a threshold that starts at 128 KiB) and hands freed memory at the top
+    of its heap back to the kernel, so each call pays the page faults again: on small models that is a quarter of
+    the time (DEIMv2 Pico at 640: 92 -> 68 ms on 2 threads). Raising ``M_MMAP_THRESHOLD`` to 64 MiB and
+    ``M_TRIM_THRESHOLD`` to 256 MiB keeps them in the heap for reuse, as jemalloc and tcmalloc do by design; the
+    process may then hold up to 256 MiB of freed memory.
 
     Done once per process by ``deploy()``, so ``predict``, ``evaluate`` and the command line run with it. A no-op
     off glibc (macOS, Windows, musl); ``ZOO_CPU_ALLOCATOR=default`` leaves ``malloc`` as it is. The process-wide
