@@ -154,13 +154,16 @@ def _hf_run(model: torch.nn.Module, x: torch.Tensor) -> Run:
 
 class OwnProcessRun:
     """transformers' model in a child process of its own (spawned: glibc's default malloc, as a transformers user
-    has it), run on request; ``seconds`` is the forward pass alone, timed in the child."""
+    has it), run on request; ``seconds`` is the forward pass alone, timed in the child. The child builds the model
+    from ``save_pretrained`` and then loads this process's state dict: transformers' own round trip re-initialises
+    the box head that DEIMv2 Atto/Femto/Pico share across layers."""
 
     def __init__(self, hf: torch.nn.Module, x: torch.Tensor, folder: Path, threads: int):
         hf.save_pretrained(folder)
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_own_process_worker, args=(child, str(folder), x, threads), daemon=True)
+        self.process = context.Process(target=_own_process_worker, daemon=True,
+                                       args=(child, str(folder), hf.state_dict(), x, threads))
         self.process.start()
         self.seconds = 0.0
         ready = self.conn.recv()
@@ -177,12 +180,13 @@ class OwnProcessRun:
         self.process.join(timeout=60)
 
 
-def _own_process_worker(conn, folder: str, x: torch.Tensor, threads: int) -> None:
+def _own_process_worker(conn, folder: str, state: dict[str, torch.Tensor], x: torch.Tensor, threads: int) -> None:
     try:
         from transformers import AutoModelForObjectDetection
 
         torch.set_num_threads(threads)
         model = AutoModelForObjectDetection.from_pretrained(folder).eval()
+        model.load_state_dict(state)
         conn.send("ready")
     except Exception as exc:  # reported to the parent, which raises
         conn.send(f"{type(exc).__name__}: {exc}")
