@@ -155,8 +155,8 @@ def _hf_run(model: torch.nn.Module, x: torch.Tensor) -> Run:
 class OwnProcessRun:
     """transformers' model in a child process of its own (spawned: glibc's default malloc, as a transformers user
     has it), run on request; ``seconds`` is the forward pass alone, timed in the child. The child builds the model
-    from ``save_pretrained`` and then loads this process's state dict: transformers' own round trip re-initialises
-    the box head that DEIMv2 Atto/Femto/Pico share across layers."""
+    from ``save_pretrained`` and then loads this process's state dict: transformers' own round trip does not keep
+    the values of the box head that DEIMv2 Atto/Femto/Pico share across layers."""
 
     def __init__(self, hf: torch.nn.Module, x: torch.Tensor, folder: Path, threads: int):
         hf.save_pretrained(folder)
